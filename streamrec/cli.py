@@ -1,0 +1,138 @@
+"""The `streamrec` command line (also `python -m streamrec`).
+
+Every command has ``--help``; a user mistake or an unreachable service is one ``error:`` line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ._exceptions import StreamrecError
+from .config import get_settings
+
+__all__ = ["main", "cli"]
+
+err = Console(stderr=True)
+out = Console()
+
+# Commands of the contract that later issues build; until then they say so plainly.
+PLANNED: dict[str, tuple[int, str]] = {
+    "images": (7, "product images with diffusers"),
+    "apply": (3, "Feast feature repository"),
+    "train": (5, "two-tower training"),
+    "trainer": (5, "periodic trainer"),
+    "worker": (4, "Faust stream worker"),
+    "replay": (4, "interaction replay producer"),
+    "request": (6, "recommendation requests"),
+    "freshness": (4, "feature freshness"),
+    "bench": (8, "benchmark suite"),
+}
+
+
+class _Group(click.Group):
+    """Turns StreamrecError into one line and exit 1, Ctrl-C into exit 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StreamrecError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamrec")
+def cli() -> None:
+    """streamrec: an event-driven streaming recommender (Kafka → Faust → Feast/Redis → two-tower)."""
+
+
+# ---- stack -----------------------------------------------------------------------------------
+@cli.group()
+def stack() -> None:
+    """Run the embedded Kafka broker and Redis server on loopback (pids and logs in .stack/)."""
+
+
+@stack.command("up")
+def stack_up() -> None:
+    """Start what is not running, wait until it answers, create the topics. Idempotent."""
+    from . import stack as _stack
+
+    with err.status("starting the embedded stack…"):
+        statuses = _stack.up(get_settings())
+    for s in statuses:
+        out.print(s.line(), highlight=False)
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop what `stack up` started (and nothing else)."""
+    from . import stack as _stack
+
+    stopped = _stack.down(get_settings())
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop", highlight=False)
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Tell what runs where. Exit code 0 when everything answers, 1 otherwise."""
+    from . import stack as _stack
+
+    statuses = _stack.status(get_settings())
+    for s in statuses:
+        out.print(s.line(), highlight=False)
+    if not all(s.running for s in statuses):
+        sys.exit(1)
+
+
+# ---- data --------------------------------------------------------------------------------------
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+             add_help_option=False)
+@click.pass_context
+def generate(ctx: click.Context) -> None:
+    """Generate synthetic users, items and interactions (all flags: `streamrec generate --help`)."""
+    from generation.dataset_gen_amazon import main as generate_main
+
+    code = generate_main(list(ctx.args))
+    if code:
+        sys.exit(code)
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--keep-stack", is_flag=True, help="Leave the stack running afterwards.")
+def demo(keep_stack: bool) -> None:
+    """Run every stage that is built, end to end, and say which are not built yet."""
+    from .demo import run_demo
+
+    run_demo(get_settings(), keep_stack=keep_stack, console=out)
+
+
+def _planned(name: str, issue: int, what: str) -> Callable[..., None]:
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                   help=f"({what}: not built yet, tracked in issue #{issue}.)")
+    def _cmd() -> None:
+        raise StreamrecError(f"`streamrec {name}` ({what}) is not built yet — tracked in issue #{issue}")
+
+    return _cmd
+
+
+for _name, (_issue, _what) in PLANNED.items():
+    cli.add_command(_planned(_name, _issue, _what))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="streamrec")
+    except StreamrecError as exc:  # raised before a command ran, e.g. while reading settings
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)

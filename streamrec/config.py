@@ -1,0 +1,196 @@
+"""One typed settings object, read from the environment once and validated.
+
+Every field names the environment variable it comes from (``validation_alias``), and a bad value
+raises :class:`ConfigError` with that variable's name and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._exceptions import ConfigError
+
+__all__ = ["Settings", "get_settings", "load_settings"]
+
+_HOSTPORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class Settings(BaseSettings):
+    """streamrec's configuration; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str | None = Field(
+        None, validation_alias="KAFKA_BOOTSTRAP_SERVERS",
+        description="host:port[,host:port...] of an external cluster; unset = embedded broker",
+    )
+    redis_url: SecretStr | None = Field(
+        None, validation_alias="REDIS_URL",
+        description="redis://, rediss:// or unix:// URL; unset = embedded Redis",
+    )
+    data_dir: Path = Field(Path("feature_repo/data"), validation_alias="STREAMREC_DATA_DIR")
+    checkpoint_dir: Path = Field(Path("checkpoints"), validation_alias="STREAMREC_CHECKPOINT_DIR")
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, validation_alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
+
+    # The embedded stack. Ports and folder are configurable so tests can run a second stack
+    # beside the one `make test` started.
+    stack_dir: Path = Field(Path(".stack"), validation_alias="STREAMREC_STACK_DIR")
+    embedded_kafka_port: int = Field(9092, ge=1, le=65535, validation_alias="STREAMREC_KAFKA_PORT")
+    embedded_redis_port: int = Field(6379, ge=1, le=65535, validation_alias="STREAMREC_REDIS_PORT")
+    topic_partitions: int = Field(4, ge=1, le=256, validation_alias="STREAMREC_TOPIC_PARTITIONS")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        servers = [s.strip() for s in value.split(",")]
+        bad = [s for s in servers if not _HOSTPORT.match(s) or not 0 < int(s.rsplit(":", 1)[1]) < 65536]
+        if bad:
+            raise ValueError(f"expected host:port[,host:port...], got {bad[0]!r}")
+        return ",".join(servers)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value().strip() == "":
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in _REDIS_SCHEMES:
+            # Never echo the URL: it may carry a password.
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("expected a host in the URL, e.g. redis://127.0.0.1:6379/0")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a non-numeric port
+        except ValueError as exc:
+            raise ValueError("the URL's port is not a number") from exc
+        return value
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def embedded_kafka(self) -> bool:
+        """True when streamrec runs the broker itself (no KAFKA_BOOTSTRAP_SERVERS)."""
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when streamrec runs Redis itself (no REDIS_URL)."""
+        return self.redis_url is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The brokers clients connect to, embedded or external."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.embedded_kafka_port}"
+
+    @property
+    def redis(self) -> str:
+        """The Redis URL clients connect to (may hold a password: never log it)."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        return f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+
+    def redis_display(self) -> str:
+        """The Redis URL with any password masked, fit for logs and `stack status`."""
+        parts = urlsplit(self.redis)
+        if parts.password is None:
+            return self.redis
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+
+    def feast_redis_connection_string(self) -> str:
+        """Feast's ``connection_string`` form of the Redis URL: ``host:port,password=..,ssl=true,db=N``."""
+        parts = urlsplit(self.redis)
+        if parts.scheme == "unix":
+            raise ConfigError("REDIS_URL: Feast's Redis online store needs host:port, not a unix socket")
+        fields = [f"{parts.hostname}:{parts.port or 6379}"]
+        if parts.username and parts.username != "default":
+            fields.append(f"username={unquote(parts.username)}")
+        if parts.password:
+            fields.append(f"password={unquote(parts.password)}")
+        if parts.scheme == "rediss":
+            fields.append("ssl=true")
+        db = parts.path.lstrip("/")
+        if db:
+            fields.append(f"db={db}")
+        return ",".join(fields)
+
+    def kafka_python_config(self) -> dict[str, Any]:
+        """Connection settings for kafka-python clients (producers, admin)."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl_mechanism"] = self.kafka_sasl_mechanism
+            config["sasl_plain_username"] = self.kafka_sasl_username
+            config["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return config
+
+    def aiokafka_config(self) -> dict[str, Any]:
+        """Connection settings for aiokafka clients (same names except the password field)."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl_mechanism"] = self.kafka_sasl_mechanism
+            config["sasl_plain_username"] = self.kafka_sasl_username
+            config["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            config["ssl_context"] = create_ssl_context()
+        return config
+
+
+_SECRET_FIELDS = frozenset({"redis_url", "kafka_sasl_password"})
+
+
+def _env_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; a bad value raises ConfigError naming its variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = str(first["loc"][0]) if first["loc"] else "?"
+        name = _env_name(loc) if loc in Settings.model_fields else loc
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "literal_error":
+            message = "expected " + message.removeprefix("Input should be ")
+        if loc not in _SECRET_FIELDS and "got" not in message:
+            message += f", got {first.get('input')!r}"
+        extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        # `from None`: pydantic's own error text would echo secret inputs.
+        raise ConfigError(f"{name}: {message}{extra}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
+    return load_settings()

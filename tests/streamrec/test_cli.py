@@ -1,0 +1,59 @@
+"""The command line as a user meets it: in a subprocess, reading stdout, stderr and the exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from streamrec.cli import PLANNED, cli
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streamrec", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+
+
+def _all_commands() -> list[list[str]]:
+    paths: list[list[str]] = [[]]
+    for name, command in cli.commands.items():
+        paths.append([name])
+        paths += [[name, sub] for sub in getattr(command, "commands", {})]
+    return paths
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=lambda p: " ".join(p) or "streamrec")
+def test_every_command_has_help(path: list[str]) -> None:
+    result = run(*path, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_the_contract_commands_all_exist() -> None:
+    expected = {"stack", "generate", "images", "apply", "train", "trainer", "worker", "replay", "request",
+                "freshness", "demo", "bench"}
+    assert expected <= set(cli.commands)
+
+
+def test_a_bad_setting_is_one_line_and_a_nonzero_exit() -> None:
+    result = run("stack", "status", STREAMREC_REDIS_PORT="not-a-port")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: STREAMREC_REDIS_PORT")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(PLANNED))
+def test_a_command_not_built_yet_says_so(name: str) -> None:
+    result = run(name)
+    assert result.returncode == 1
+    assert "not built yet" in result.stderr and f"#{PLANNED[name][0]}" in result.stderr
+
+
+def test_an_unknown_command_is_a_usage_error() -> None:
+    result = run("nonsense")
+    assert result.returncode == 2
+    assert "No such command" in result.stderr

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamrec import ConfigError, load_settings
+
+VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "STREAMREC_DATA_DIR", "STREAMREC_CHECKPOINT_DIR",
+             "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
+             "KAFKA_SASL_PASSWORD", "STREAMREC_STACK_DIR", "STREAMREC_KAFKA_PORT",
+             "STREAMREC_REDIS_PORT", "STREAMREC_TOPIC_PARTITIONS")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_use_the_embedded_stack() -> None:
+    s = load_settings()
+    assert s.embedded_kafka and s.embedded_redis
+    assert s.bootstrap_servers == "127.0.0.1:9092"
+    assert s.redis == "redis://127.0.0.1:6379/0"
+    assert s.data_dir == Path("feature_repo/data")
+    assert s.checkpoint_dir == Path("checkpoints")
+    assert s.topic_partitions == 4
+
+
+def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9093, k2:9094")
+    monkeypatch.setenv("REDIS_URL", "rediss://:s3cret@redis.example:6380/2")
+    monkeypatch.setenv("STREAMREC_DATA_DIR", "/tmp/d")
+    monkeypatch.setenv("STREAMREC_CHECKPOINT_DIR", "/tmp/c")
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "alice")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "pw")
+    monkeypatch.setenv("STREAMREC_TOPIC_PARTITIONS", "8")
+    s = load_settings()
+    assert not s.embedded_kafka and not s.embedded_redis
+    assert s.bootstrap_servers == "k1:9093,k2:9094"
+    assert s.data_dir == Path("/tmp/d") and s.checkpoint_dir == Path("/tmp/c")
+    assert s.topic_partitions == 8
+    kp = s.kafka_python_config()
+    assert kp["bootstrap_servers"] == ["k1:9093", "k2:9094"]
+    assert kp["security_protocol"] == "SASL_PLAINTEXT"
+    assert (kp["sasl_mechanism"], kp["sasl_plain_username"], kp["sasl_plain_password"]) == (
+        "SCRAM-SHA-256", "alice", "pw")
+    assert s.aiokafka_config()["sasl_plain_password"] == "pw"
+    assert s.feast_redis_connection_string() == "redis.example:6380,password=s3cret,ssl=true,db=2"
+
+
+def test_secrets_are_masked_in_display_and_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://user:hunter2@h:6379/0")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "hunter3")
+    s = load_settings()
+    assert s.redis_display() == "redis://user:***@h:6379/0"
+    assert "hunter2" not in repr(s) and "hunter3" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "host:port"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "h:99999", "host:port"),
+        ("REDIS_URL", "http://h:1", "redis://"),
+        ("REDIS_URL", "redis://h:notaport", "port"),
+        ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT"),
+        ("STREAMREC_TOPIC_PARTITIONS", "zero", "integer"),
+        ("STREAMREC_TOPIC_PARTITIONS", "0", "greater than or equal to 1"),
+        ("STREAMREC_KAFKA_PORT", "70000", "less than or equal to 65535"),
+    ],
+)
+def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
+                                        expected: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"{variable}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_a_bad_redis_url_never_echoes_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://:topsecret@h:1")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "topsecret" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_unix_socket_redis_is_refused_for_feast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "unix:///tmp/redis.sock")
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        load_settings().feast_redis_connection_string()

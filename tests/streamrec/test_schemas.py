@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamrec import SchemaError
+from streamrec.schemas import (
+    INTERACTION_TYPES, MAX_MESSAGE_BYTES, DLQRecord, Interaction, ItemUpdate, ModelUpdate,
+    RecommendationRequest, RecommendationResponse, decode, encode,
+)
+
+TS = "2026-11-01T10:00:00+00:00"
+VALID = {
+    Interaction: {"event_id": "e1", "user_id": "U000001", "item_id": "I000001",
+                  "interaction_type": "rate", "timestamp": TS, "rating": 4, "quantity": None,
+                  "context": {"device": "mobile", "session_id": "s1"}},
+    ItemUpdate: {"item_id": "I000001", "stock": 0, "price": 12.5, "timestamp": TS},
+    RecommendationRequest: {"request_id": "r1", "user_id": "U000001", "k": 20,
+                            "context": {"timestamp": TS, "device": "desktop", "page": "home"},
+                            "exclude": ["I000002"]},
+    RecommendationResponse: {"request_id": "r1", "user_id": "U000001",
+                             "items": [{"item_id": "I1", "score": 0.9}], "model_version": "v1",
+                             "feature_age_ms": 12.0, "latency_ms": 3.5, "fallback": "popularity",
+                             "filtered": {"availability": 2}},
+    ModelUpdate: {"version": "v2", "path": "checkpoints/v2", "metrics": {"recall@10": 0.2},
+                  "created_at": TS},
+    DLQRecord: {"reason": "not JSON", "topic": "interactions", "partition": 0, "offset": 7,
+                "raw": "{oops"},
+}
+
+
+@pytest.mark.parametrize("model", list(VALID))
+def test_valid_messages_round_trip(model: type) -> None:
+    parsed = decode(model, json.dumps(VALID[model]).encode())
+    assert decode(model, encode(parsed)) == parsed
+
+
+def test_request_defaults_and_context_extras() -> None:
+    r = decode(RecommendationRequest, b'{"request_id":"r","user_id":"u","context":{"hour_hint":3}}')
+    assert r.k == 10 and r.context is not None and r.context.model_extra == {"hour_hint": 3}
+    assert r.context.timestamp is None
+
+
+def test_timestamps_keep_their_zone() -> None:
+    i = decode(Interaction, json.dumps({**VALID[Interaction], "timestamp": "2026-11-01T12:00:00+02:00"}))
+    assert i.timestamp == datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "field"),
+    [
+        (RecommendationRequest, {"k": 0}, "k"),
+        (RecommendationRequest, {"k": 101}, "k"),
+        (RecommendationRequest, {"k": "10"}, "k"),
+        (RecommendationRequest, {"k": True}, "k"),
+        (RecommendationRequest, {"request_id": ""}, "request_id"),
+        (RecommendationRequest, {"user_id": "x" * 129}, "user_id"),
+        (RecommendationRequest, {"exclude": ["i"] * 1001}, "exclude"),
+        (RecommendationRequest, {"context": {"timestamp": "2026-11-01T10:00:00"}}, "context.timestamp"),
+        (RecommendationRequest, {"context": {"nested": {"a": 1}}}, "context"),
+        (RecommendationRequest, {"K": 5}, "K"),
+        (Interaction, {"interaction_type": "like"}, "interaction_type"),
+        (Interaction, {"rating": 6}, "rating"),
+        (Interaction, {"quantity": 0}, "quantity"),
+        (Interaction, {"user_id": 42}, "user_id"),
+        (Interaction, {"timestamp": "yesterday"}, "timestamp"),
+        (Interaction, {"user_id": "a\nb"}, "user_id"),
+        (ItemUpdate, {"stock": -1}, "stock"),
+    ],
+)
+def test_malformed_messages_name_the_field(model: type, change: dict, field: str) -> None:
+    with pytest.raises(SchemaError) as info:
+        decode(model, json.dumps({**VALID[model], **change}))
+    assert field in info.value.fields
+    assert str(info.value).startswith(field)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", b"[]", b"null", b'"x"', b"1e999"])
+def test_not_an_object_is_a_schema_error(raw: bytes) -> None:
+    with pytest.raises(SchemaError):
+        decode(Interaction, raw)
+
+
+def test_missing_field_is_named() -> None:
+    body = dict(VALID[Interaction])
+    del body["item_id"]
+    with pytest.raises(SchemaError, match="item_id"):
+        decode(Interaction, json.dumps(body))
+
+
+def test_oversized_message_is_refused_before_parsing() -> None:
+    raw = b'{"event_id":"' + b"x" * MAX_MESSAGE_BYTES + b'"}'
+    with pytest.raises(SchemaError, match="bytes"):
+        decode(Interaction, raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children,
+                                                                         max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    model=st.sampled_from(list(VALID)),
+    mutation=st.dictionaries(
+        st.sampled_from(["event_id", "user_id", "item_id", "interaction_type", "timestamp", "rating",
+                         "quantity", "context", "request_id", "k", "exclude", "stock", "price", "x"]),
+        json_values, max_size=3),
+)
+def test_any_json_either_parses_or_raises_schema_error(model: type, mutation: dict) -> None:
+    raw = json.dumps({**VALID[model], **mutation})
+    try:
+        parsed = decode(model, raw)
+    except SchemaError as exc:
+        assert exc.fields or str(exc)
+    else:
+        assert decode(model, encode(parsed)) == parsed
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash_the_decoder(raw: bytes) -> None:
+    with pytest.raises(SchemaError):
+        decode(Interaction, raw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(k=st.integers(1, 100), t=st.sampled_from(INTERACTION_TYPES),
+       uid=st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=64))
+def test_valid_values_are_accepted(k: int, t: str, uid: str) -> None:
+    assert decode(RecommendationRequest, json.dumps({"request_id": "r", "user_id": uid, "k": k})).k == k
+    assert decode(Interaction, json.dumps({**VALID[Interaction], "interaction_type": t,
+                                            "user_id": uid})).user_id == uid
