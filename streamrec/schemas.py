@@ -8,7 +8,7 @@ and oversized strings or lists are rejected with a :class:`SchemaError` naming t
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -190,6 +190,5 @@ def loads_any(raw: bytes) -> Any:
 
 def utc_now() -> datetime:
     """Aware UTC now; every timestamp streamrec writes carries its zone."""
-    from datetime import timezone
 
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

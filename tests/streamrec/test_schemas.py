@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,8 +9,16 @@ from hypothesis import strategies as st
 
 from streamrec import SchemaError
 from streamrec.schemas import (
-    INTERACTION_TYPES, MAX_MESSAGE_BYTES, DLQRecord, Interaction, ItemUpdate, ModelUpdate,
-    RecommendationRequest, RecommendationResponse, decode, encode,
+    INTERACTION_TYPES,
+    MAX_MESSAGE_BYTES,
+    DLQRecord,
+    Interaction,
+    ItemUpdate,
+    ModelUpdate,
+    RecommendationRequest,
+    RecommendationResponse,
+    decode,
+    encode,
 )
 
 TS = "2026-11-01T10:00:00+00:00"
@@ -47,7 +55,7 @@ def test_request_defaults_and_context_extras() -> None:
 
 def test_timestamps_keep_their_zone() -> None:
     i = decode(Interaction, json.dumps({**VALID[Interaction], "timestamp": "2026-11-01T12:00:00+02:00"}))
-    assert i.timestamp == datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
+    assert i.timestamp == datetime(2026, 11, 1, 10, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
