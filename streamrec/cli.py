@@ -24,7 +24,6 @@ out = Console()
 # Commands of the contract that later issues build; until then they say so plainly.
 PLANNED: dict[str, tuple[int, str]] = {
     "images": (7, "product images with diffusers"),
-    "apply": (3, "Feast feature repository"),
     "train": (5, "two-tower training"),
     "trainer": (5, "periodic trainer"),
     "worker": (4, "Faust stream worker"),
@@ -104,6 +103,37 @@ def generate(ctx: click.Context) -> None:
     code = generate_main(list(ctx.args))
     if code:
         sys.exit(code)
+
+
+@cli.command()
+@click.option("--no-materialize", is_flag=True, help="Register only; leave the online store as it is.")
+@click.option("--print-env", is_flag=True,
+              help="Print the exports `feast` needs when run by hand in feature_repo/, then exit.")
+def apply(no_materialize: bool, print_env: bool) -> None:
+    """Register the Feast repository and load profiles and items into the online store (Redis)."""
+    settings = get_settings()
+    if print_env:
+        import shlex
+
+        # On request only, for `eval`: this is the one place the connection string is printed.
+        out.print(f"export FEAST_REDIS_CONNECTION_STRING={shlex.quote(settings.feast_redis_connection_string())}",
+                  highlight=False, soft_wrap=True)
+        out.print(f"export STREAMREC_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))}",
+                  highlight=False, soft_wrap=True)
+        return
+    from .features import FeatureClient
+
+    with err.status("loading Feast…"):
+        client = FeatureClient(settings)
+    with err.status("feast apply…"):
+        views = client.apply()
+    out.print(f"registered: {', '.join(views)} (registry {client.data_dir / 'registry.db'})", highlight=False)
+    if not no_materialize:
+        with err.status("materializing user_profile and item_features into Redis…"):
+            client.materialize()
+        out.print(f"materialized user_profile and item_features into {settings.redis_display()}",
+                  highlight=False)
+    client.close()
 
 
 # ---- demo ----------------------------------------------------------------------------------------

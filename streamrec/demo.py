@@ -43,10 +43,21 @@ def _generate(settings: Settings, console: Console) -> str:
     return f"1000 users, 5000 items, 20000 interactions in {settings.data_dir}"
 
 
+def _apply(settings: Settings, console: Console) -> str:
+    from .features import FeatureClient
+
+    client = FeatureClient(settings)
+    views = client.apply()
+    client.materialize()
+    sample = client.user_features("U000001")
+    client.close()
+    return f"{len(views)} views applied; U000001 reads back age {sample['age']}, {sample['region']}"
+
+
 STAGES: list[Stage] = [
     Stage("start the embedded stack", _stack_up),
     Stage("generate synthetic data", _generate),
-    Stage("apply the feature repository", None, issue=3),
+    Stage("apply the feature repository", _apply),
     Stage("train the two-tower model (v1)", None, issue=5),
     Stage("start the stream worker and recommender", None, issue=4),
     Stage("replay interactions / train v2 mid-stream", None, issue=4),

@@ -1,0 +1,179 @@
+"""Feature access shared by the stream processors and the recommender: one Feast store, configured in
+code from streamrec's settings.
+
+- ``FeatureClient.apply()`` registers the repository and ``materialize()`` loads the static views;
+- ``user_features(user_id)`` reads a profile and recent history in one call;
+- ``item_features(item_ids)`` reads many items at once;
+- ``push_history(rows)`` writes a micro-batch to the push source in one call.
+
+The registry is read once and cached for the client's life (``cache_ttl_seconds=0``): a Feast push
+that refreshes the registry on every call takes seconds (feast#2051). Long-running processes that
+must see a changed registry call ``refresh_registry()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+os.environ.setdefault("FEAST_USAGE", "False")  # never phone home
+
+from ._exceptions import StreamrecError
+from .config import Settings
+
+__all__ = ["FeatureClient", "FeatureStoreError", "PROFILE_FEATURES", "HISTORY_FEATURES",
+           "ITEM_FEATURES", "REPO_PATH", "history_frame"]
+
+REPO_PATH = Path(__file__).resolve().parents[1] / "feature_repo"
+PROFILE_FEATURES = ("age", "gender", "region", "signup_date", "preferred_categories")
+HISTORY_FEATURES = ("recent_item_ids", "recent_interaction_types", "count_positive_view",
+                    "count_negative_view", "count_cart", "count_purchase", "count_rate",
+                    "last_event_at", "pushed_at_ms")
+ITEM_FEATURES = ("category", "top_category", "discounted_price", "actual_price", "discount_percentage",
+                 "rating", "rating_count", "stock", "arrival_date")
+STATIC_VIEWS = ("user_profile", "item_features")
+
+
+class FeatureStoreError(StreamrecError):
+    """Feast or its online store failed; the message says which step."""
+
+
+def _definitions() -> Any:
+    """feature_repo/definitions.py, imported from the repository folder (it is not a package)."""
+    if str(REPO_PATH) not in sys.path:
+        sys.path.insert(0, str(REPO_PATH))
+    import definitions  # noqa: PLC0415 - lives in feature_repo/
+
+    return definitions
+
+
+class FeatureClient:
+    """A Feast store for ``settings``; ``project`` separates tests sharing one Redis."""
+
+    def __init__(self, settings: Settings, project: str = "streamrec") -> None:
+        from feast import FeatureStore, RepoConfig
+
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir).resolve()
+        config = RepoConfig(
+            project=project,
+            provider="local",
+            registry={"path": str(self.data_dir / "registry.db"), "cache_ttl_seconds": 0},
+            online_store={"type": "redis",
+                          "connection_string": settings.feast_redis_connection_string()},
+            offline_store={"type": "file"},
+            entity_key_serialization_version=3,
+            repo_path=str(REPO_PATH),
+        )
+        self.store = FeatureStore(config=config, repo_path=str(REPO_PATH))
+        self._profile_refs = [f"user_profile:{f}" for f in PROFILE_FEATURES]
+        self._history_refs = [f"user_recent_history:{f}" for f in HISTORY_FEATURES]
+        self._item_refs = [f"item_features:{f}" for f in ITEM_FEATURES]
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def apply(self) -> list[str]:
+        """Register entities, sources and views (what `feast apply` does). Returns the view names."""
+        defs = _definitions()
+        missing = [n for n in ("recommendation_users.parquet", "recommendation_items.parquet")
+                   if not (self.data_dir / n).exists()]
+        if missing:
+            raise FeatureStoreError(f"{self.data_dir} lacks {', '.join(missing)}: run `streamrec generate` first")
+        self._ensure_history_log(defs)
+        objects = defs.build(self.data_dir)
+        try:
+            self.store.apply(objects)
+        except Exception as exc:
+            raise FeatureStoreError(f"feast apply failed: {exc}") from exc
+        self.store.refresh_registry()
+        return [o.name for o in objects if type(o).__name__ == "FeatureView"]
+
+    def materialize(self, end: datetime | None = None) -> None:
+        """Load the static views (profiles, items) from parquet into the online store."""
+        # Items carry `updated_at` at the generator's window end, which may lie after now.
+        end = end or max(datetime.now(UTC), self._latest_static_timestamp())
+        try:
+            self.store.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end,
+                                   feature_views=list(STATIC_VIEWS))
+        except Exception as exc:
+            raise FeatureStoreError(f"feast materialize failed: {exc}") from exc
+
+    def refresh_registry(self) -> None:
+        self.store.refresh_registry()
+
+    def _latest_static_timestamp(self) -> datetime:
+        items = pd.read_parquet(self.data_dir / "recommendation_items.parquet", columns=["updated_at"])
+        return items["updated_at"].max().to_pydatetime() + pd.Timedelta(seconds=1)
+
+    def _ensure_history_log(self, defs: Any) -> None:
+        """The push source's batch source must exist with the right columns for Feast to read it."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.data_dir / defs.HISTORY_FILE
+        if path.exists():
+            return
+        ts = pa.timestamp("us", tz="UTC")
+        fields = [("user_id", pa.string()), ("recent_item_ids", pa.list_(pa.string())),
+                  ("recent_interaction_types", pa.list_(pa.string())),
+                  *((n, pa.int64()) for n in HISTORY_FEATURES if n.startswith("count_")),
+                  ("pushed_at_ms", pa.int64()), ("last_event_at", ts), ("event_timestamp", ts)]
+        pq.write_table(pa.table({n: pa.array([], t) for n, t in fields}), path)
+
+    # ---- reads --------------------------------------------------------------------------------
+    def user_features(self, user_id: str) -> dict[str, Any]:
+        """Profile and recent history of one user in one online read; absent values are None."""
+        return self.users_features([user_id])[0]
+
+    def users_features(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        """Profiles and recent histories of many users in one online read."""
+        rows = self._online(self._profile_refs + self._history_refs, "user_id", user_ids)
+        return rows
+
+    def item_features(self, item_ids: list[str]) -> pd.DataFrame:
+        """Item features for many items in one online read, indexed by item_id."""
+        rows = self._online(self._item_refs, "item_id", item_ids)
+        return pd.DataFrame(rows).set_index("item_id")
+
+    def _online(self, refs: list[str], key: str, ids: list[str]) -> list[dict[str, Any]]:
+        try:
+            result = self.store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids])
+            columns = result.to_dict()
+        except Exception as exc:
+            raise FeatureStoreError(f"online read failed: {exc}") from exc
+        return [{name: values[i] for name, values in columns.items()} for i in range(len(ids))]
+
+    # ---- writes -------------------------------------------------------------------------------
+    def push_history(self, rows: pd.DataFrame) -> None:
+        """Write a batch of history rows (one per user, see :func:`history_frame`) in one push."""
+        if rows.empty:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.store.push("user_recent_history_push", rows, allow_registry_cache=True)
+        except Exception as exc:
+            raise FeatureStoreError(f"push to user_recent_history failed: {exc}") from exc
+
+    def close(self) -> None:
+        online = getattr(self.store, "_provider", None)
+        client = getattr(getattr(online, "online_store", None), "_client", None)
+        if client is not None:
+            client.close()
+
+
+def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A push-ready frame: user_id, the history features, event_timestamp (= last_event_at)."""
+    columns = ["user_id", *HISTORY_FEATURES, "event_timestamp"]
+    frame = pd.DataFrame(rows, columns=columns)
+    for name in ("last_event_at", "event_timestamp"):
+        frame[name] = pd.to_datetime(frame[name], utc=True)
+    for name in HISTORY_FEATURES:
+        if name.startswith("count_") or name == "pushed_at_ms":
+            frame[name] = frame[name].astype("int64")
+    return frame

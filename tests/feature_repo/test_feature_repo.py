@@ -1,0 +1,132 @@
+"""The feature repository on the real embedded Redis and real Feast: apply, materialize, read, push."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from generation.dataset_gen_amazon import GeneratorConfig, generate, write
+from streamrec import load_settings
+from streamrec.config import Settings
+from streamrec.features import REPO_PATH, FeatureClient, history_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    write(generate(GeneratorConfig(n_users=200, n_items=400, n_interactions=3000, seed=7)), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(stack: Settings, data_dir: Path) -> Iterator[FeatureClient]:
+    settings = load_settings(data_dir=data_dir, kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
+                             redis_url=stack.redis_url, embedded_redis_port=stack.embedded_redis_port)
+    c = FeatureClient(settings, project=f"t{uuid.uuid4().hex[:8]}")
+    assert c.apply() == ["user_profile", "item_features", "user_recent_history"]
+    c.materialize()
+    yield c
+    c.close()
+
+
+def test_profiles_read_back_as_generated(client: FeatureClient, data_dir: Path) -> None:
+    users = pd.read_parquet(data_dir / "recommendation_users.parquet").set_index("user_id")
+    for user_id in ("U000001", "U000077", "U000200"):
+        got = client.user_features(user_id)
+        want = users.loc[user_id]
+        assert (got["age"], got["gender"], got["region"]) == (want["age"], want["gender"], want["region"])
+        assert got["preferred_categories"] == list(want["preferred_categories"])
+        assert pd.Timestamp(got["signup_date"]) == want["signup_date"]
+        assert got["recent_item_ids"] is None  # nothing pushed yet
+
+
+def test_many_items_in_one_read(client: FeatureClient, data_dir: Path) -> None:
+    items = pd.read_parquet(data_dir / "recommendation_items.parquet").set_index("item_id")
+    ids = list(items.index[:50]) + ["I999999"]
+    got = client.item_features(ids)
+    assert list(got.index) == ids
+    pd.testing.assert_series_equal(got.loc[ids[:50], "stock"].astype("int64"), items.loc[ids[:50], "stock"],
+                                   check_names=False)
+    assert (got.loc[ids[:50], "top_category"] == items.loc[ids[:50], "top_category"]).all()
+    # items that arrive after now are in the store too: the availability filter needs them
+    future = items.index[items["arrival_date"] > pd.Timestamp.now(tz="UTC")][:5]
+    assert client.item_features(list(future))["category"].notna().all()
+    assert got.loc["I999999"].isna().all()
+
+
+def _row(user_id: str, items: list[str], types: list[str], when: pd.Timestamp, pushed_ms: int) -> dict:
+    counts = {f"count_{t}": types.count(t) for t in
+              ("positive_view", "negative_view", "cart", "purchase", "rate")}
+    return dict(user_id=user_id, recent_item_ids=items, recent_interaction_types=types, **counts,
+                last_event_at=when, pushed_at_ms=pushed_ms, event_timestamp=when)
+
+
+def test_pushed_history_reads_back_and_newest_push_wins(client: FeatureClient) -> None:
+    t0 = pd.Timestamp("2026-11-01T10:00:00Z")
+    client.push_history(history_frame([
+        _row("U000001", ["I000002", "I000001"], ["cart", "positive_view"], t0, 1_000),
+        _row("U000002", ["I000009"], ["purchase"], t0, 1_001),
+    ]))
+    got = client.users_features(["U000001", "U000002", "U000003"])
+    assert got[0]["recent_item_ids"] == ["I000002", "I000001"]
+    assert got[0]["recent_interaction_types"] == ["cart", "positive_view"]
+    assert (got[0]["count_cart"], got[0]["count_positive_view"], got[0]["count_purchase"]) == (1, 1, 0)
+    assert got[0]["pushed_at_ms"] == 1_000 and got[1]["count_purchase"] == 1
+    assert got[0]["age"] is not None  # profile and history come back in the same read
+    assert got[2]["recent_item_ids"] is None
+
+    client.push_history(history_frame([
+        _row("U000001", ["I000003", "I000002", "I000001"], ["purchase", "cart", "positive_view"],
+             t0 + pd.Timedelta(seconds=5), 2_000)]))
+    again = client.user_features("U000001")
+    assert again["recent_item_ids"][0] == "I000003" and again["count_purchase"] == 1
+    assert pd.Timestamp(again["last_event_at"]) == t0 + pd.Timedelta(seconds=5)
+
+
+def test_apply_without_data_is_a_clear_error(stack: Settings, tmp_path: Path) -> None:
+    from streamrec.features import FeatureStoreError
+
+    c = FeatureClient(load_settings(data_dir=tmp_path, redis_url=stack.redis_url,
+                                    embedded_redis_port=stack.embedded_redis_port), project="empty")
+    with pytest.raises(FeatureStoreError, match="streamrec generate"):
+        c.apply()
+
+
+def _env(stack: Settings, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "STREAMREC_DATA_DIR"}
+    env["STREAMREC_DATA_DIR"] = str(data_dir)
+    env["STREAMREC_REDIS_PORT"] = str(stack.embedded_redis_port)
+    return env
+
+
+def test_streamrec_apply_then_feast_by_hand(stack: Settings, data_dir: Path, tmp_path: Path) -> None:
+    own = tmp_path / "data"
+    own.mkdir()
+    for f in data_dir.glob("recommendation_*.parquet"):
+        (own / f.name).write_bytes(f.read_bytes())
+    env = _env(stack, own)
+    applied = subprocess.run([sys.executable, "-m", "streamrec", "apply"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=180)
+    assert applied.returncode == 0, applied.stderr
+    assert "materialized user_profile and item_features" in applied.stdout
+
+    exports = subprocess.run([sys.executable, "-m", "streamrec", "apply", "--print-env"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert exports.returncode == 0, exports.stderr
+    feast = Path(sys.executable).parent / "feast"
+    script = f"{exports.stdout}\n{feast} apply && {feast} feature-views list"
+    by_hand = subprocess.run(["bash", "-c", script], env=env, cwd=REPO_PATH, capture_output=True, text=True,
+                             timeout=180)
+    assert by_hand.returncode == 0, by_hand.stderr
+    for view in ("user_profile", "item_features", "user_recent_history"):
+        assert view in by_hand.stdout
+    assert (own / "registry.db").exists() and not (REPO_PATH / "${STREAMREC_DATA_DIR}").exists()
