@@ -16,7 +16,7 @@ $(PY):
 # project, the torch requirement would make pip fetch a multi-GB CUDA build instead.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check 'torch==2.13.0'
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,images]'
 	touch $@
 
 install: $(STAMP)

@@ -23,13 +23,9 @@ out = Console()
 
 # Commands of the contract that later issues build; until then they say so plainly.
 PLANNED: dict[str, tuple[int, str]] = {
-    "images": (7, "product images with diffusers"),
     "train": (5, "two-tower training"),
     "trainer": (5, "periodic trainer"),
-    "worker": (4, "Faust stream worker"),
-    "replay": (4, "interaction replay producer"),
     "request": (6, "recommendation requests"),
-    "freshness": (4, "feature freshness"),
     "bench": (8, "benchmark suite"),
 }
 
@@ -154,6 +150,18 @@ def _planned(name: str, issue: int, what: str) -> Callable[..., None]:
 
     return _cmd
 
+
+def _register() -> None:
+    """Commands that live with their stage."""
+    from generation.generate_images import images
+    from producers.cli import replay
+    from stream_processors.cli import freshness, worker
+
+    for command in (worker, replay, freshness, images):
+        cli.add_command(command)
+
+
+_register()
 
 for _name, (_issue, _what) in PLANNED.items():
     cli.add_command(_planned(_name, _issue, _what))

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     embedded_redis_port: int = Field(6379, ge=1, le=65535, validation_alias="STREAMREC_REDIS_PORT")
     topic_partitions: int = Field(4, ge=1, le=256, validation_alias="STREAMREC_TOPIC_PARTITIONS")
 
+    # The stream worker: micro-batches of at most `push_batch` events, flushed after `push_max_wait_ms`.
+    push_batch: int = Field(1000, ge=1, le=100_000, validation_alias="STREAMREC_PUSH_BATCH")
+    push_max_wait_ms: int = Field(50, ge=1, le=60_000, validation_alias="STREAMREC_PUSH_MAX_WAIT_MS")
+    worker_port: int = Field(6066, ge=1, le=65535, validation_alias="STREAMREC_WORKER_PORT")
+    worker_app_id: str = Field("streamrec-features", min_length=1, max_length=100,
+                               pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_WORKER_APP_ID")
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, value: str | None) -> str | None:

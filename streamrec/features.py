@@ -160,6 +160,13 @@ class FeatureClient:
         except Exception as exc:
             raise FeatureStoreError(f"push to user_recent_history failed: {exc}") from exc
 
+    def write_items(self, rows: pd.DataFrame) -> None:
+        """Overwrite whole `item_features` rows (item_id, every feature, updated_at) in the online store."""
+        try:
+            self.store.write_to_online_store("item_features", rows, allow_registry_cache=True)
+        except Exception as exc:
+            raise FeatureStoreError(f"write to item_features failed: {exc}") from exc
+
     def close(self) -> None:
         online = getattr(self.store, "_provider", None)
         client = getattr(getattr(online, "online_store", None), "_client", None)

@@ -1,0 +1,253 @@
+"""The stream worker, a Faust app: `faust -A stream_processors.app worker` or `streamrec worker`.
+
+- history agent on `interactions`: validates each event (bad ones go to `interactions.dlq`), updates the
+  user's state in a changelog-backed table, and pushes every changed user to Feast's push source
+  `user_recent_history_push` once per micro-batch (one row per user);
+- item agent on `item-updates`: keeps stock and price current in the online store;
+- web: `/freshness` (JSON) and `/metrics` (Prometheus text) on STREAMREC_WORKER_PORT.
+
+Offsets are acked only after the batch's effects are durable (Feast push done, changelog and DLQ writes
+flushed), and applying an event twice changes nothing (see history.py): effectively once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import faust
+
+from streamrec.config import Settings, get_settings
+from streamrec.features import FeatureClient, FeatureStoreError, history_frame
+from streamrec.schemas import DLQRecord, Interaction, ItemUpdate, SchemaError, decode, encode
+from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
+
+from .history import apply_event, feature_row
+from .items import merge_item_updates
+from .metrics import FreshnessTracker
+
+__all__ = ["app", "tracker", "create_app"]
+
+log = logging.getLogger("streamrec.worker")
+RETRY_MAX_S = 5.0
+
+
+def _credentials(settings: Settings) -> Any:
+    if settings.kafka_sasl_mechanism:
+        ssl_context = settings.aiokafka_config().get("ssl_context")
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=password,
+                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(settings.aiokafka_config()["ssl_context"])
+    return None
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.worker_app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=_credentials(settings),
+        store="memory://",  # the changelog topic is the durable copy; recovery replays it
+        topic_partitions=settings.topic_partitions,
+        web_host="127.0.0.1",
+        web_port=settings.worker_port,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        datadir=str(settings.data_dir / "faust"),
+        # Faust's 60 s defaults make the embedded broker take ~30 s to seat a new member; these give
+        # ~3-5 s joins and a 10 s failure detection for a killed worker.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=6.0,
+        producer_acks=-1,
+        web_in_thread=False,
+    )
+
+
+settings = get_settings()
+app = create_app(settings)
+tracker = FreshnessTracker()
+
+raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+interactions_topic = app.topic(INTERACTIONS, **raw)
+item_updates_topic = app.topic(ITEM_UPDATES, **raw)
+dlq_topics = {t: app.topic(dlq(t), **raw) for t in (INTERACTIONS, ITEM_UPDATES)}
+history_table = app.Table("user_history", default=None, partitions=settings.topic_partitions,
+                          schema=faust.Schema(key_serializer="json", value_serializer="json"))
+
+_features: FeatureClient | None = None
+_features_lock = asyncio.Lock()
+
+
+async def features() -> FeatureClient:
+    """The Feast client, built once off the event loop (importing Feast takes seconds)."""
+    global _features
+    async with _features_lock:
+        if _features is None:
+            _features = await asyncio.get_running_loop().run_in_executor(None, FeatureClient, settings)
+    return _features
+
+
+async def _with_retry(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+    """Retry ``call`` with capped exponential backoff until it succeeds: a Redis hiccup stalls the
+    agent (and so backpressures Kafka) instead of killing it or dropping the batch."""
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except (FeatureStoreError, OSError) as exc:
+            tracker.push_retries += 1
+            log.warning("%s failed, retrying in %.1fs: %s", what, delay, str(exc).splitlines()[0][:200])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+
+async def _dead_letter(event: Any, reason: str) -> None:
+    message = event.message
+    record = DLQRecord(reason=reason[:2048], topic=message.topic, partition=message.partition,
+                       offset=message.offset, raw=(event.value or b"").decode("utf-8", "backslashreplace"))
+    fut = await dlq_topics[message.topic].send(key=event.key, value=encode(record))
+    await fut  # durable before the source offset may be committed
+    tracker.record_dlq(reason)
+
+
+def _decode(model: type, event: Any) -> Any:
+    value = decode(model, event.value or b"")
+    key = event.key.decode("utf-8", "replace") if event.key is not None else None
+    entity = value.user_id if model is Interaction else value.item_id
+    if key != entity:
+        # Keying decides the partition, and the table's state lives on that partition.
+        field = "user_id" if model is Interaction else "item_id"
+        raise SchemaError(f"key: must equal {field} ({entity!r}), got {key!r}", fields=("key",))
+    return value
+
+
+async def process_history_batch(stream: Any, events: Sequence[Any]) -> None:
+    """Apply a micro-batch of interaction events, push changed users once, then ack."""
+    newest_record_ts: dict[str, float] = {}  # user → Kafka timestamp (s) of their newest event here
+    pending: dict[str, tuple[dict[str, Any], Any]] = {}  # user → (state, last event that changed it)
+    applied = valid = 0
+    for event in events:
+        try:
+            interaction = _decode(Interaction, event)
+        except SchemaError as exc:
+            await _dead_letter(event, str(exc))
+            continue
+        valid += 1
+        user_id = interaction.user_id
+        before = pending[user_id][0] if user_id in pending else history_table.get(user_id)
+        state, changed = apply_event(before, interaction, event.message.offset)
+        if changed:
+            pending[user_id] = (state, event)
+            applied += 1
+        # Pushed even when the event was a replay: its push may not have happened before a crash.
+        newest_record_ts[user_id] = max(newest_record_ts.get(user_id, 0.0), event.message.timestamp)
+    # One table write (one changelog record) per user per batch, on the partition of its events.
+    for user_id, (state, event) in pending.items():
+        stream._set_current_event(event)
+        history_table[user_id] = state
+    stream._set_current_event(None)
+
+    if newest_record_ts:
+        client = await features()
+        loop = asyncio.get_running_loop()
+
+        async def push() -> float:
+            pushed_ms = int(time.time() * 1000)
+            frame = history_frame([feature_row(u, history_table[u], pushed_ms) for u in newest_record_ts])
+            await loop.run_in_executor(None, client.push_history, frame)
+            return time.time()
+
+        written = await _with_retry("feast push", push)
+        lags = [(written - ts) * 1000.0 for ts in newest_record_ts.values()]
+    else:
+        lags = []
+    await app.producer.flush()  # the changelog writes of this batch
+    tracker.record_batch(valid, applied, lags)
+    for event in events:
+        event.ack()
+
+
+async def process_item_batch(stream: Any, events: Sequence[Any]) -> None:
+    """Apply a micro-batch of item updates to the online store (read, merge, write), then ack."""
+    updates: list[ItemUpdate] = []
+    for event in events:
+        try:
+            updates.append(_decode(ItemUpdate, event))
+        except SchemaError as exc:
+            await _dead_letter(event, str(exc))
+    if updates:
+        client = await features()
+        loop = asyncio.get_running_loop()
+        ids = sorted({u.item_id for u in updates})
+
+        async def write() -> list[str]:
+            current = await loop.run_in_executor(None, client.item_features, ids)
+            merged, unknown = merge_item_updates(current, updates)
+            if not merged.empty:
+                await loop.run_in_executor(None, client.write_items, merged)
+            return unknown
+
+        unknown = await _with_retry("item write", write)
+        for event in events:
+            key = event.key.decode("utf-8", "replace") if event.key else ""
+            if key in unknown:
+                await _dead_letter(event, f"item_id: unknown item {key!r}")
+    for event in events:
+        event.ack()
+
+
+def _batching() -> tuple[int, float]:
+    return settings.push_batch, settings.push_max_wait_ms / 1000.0
+
+
+@app.agent(interactions_topic)
+async def history_agent(stream: Any) -> None:
+    size, within = _batching()
+    async for events in stream.noack_take(size, within=within):
+        await process_history_batch(stream, events)
+
+
+@app.agent(item_updates_topic)
+async def item_agent(stream: Any) -> None:
+    size, within = _batching()
+    async for events in stream.noack_take(size, within=within):
+        await process_item_batch(stream, events)
+
+
+@app.task
+async def _warm_up() -> None:
+    await features()
+    log.info("feature store ready (data %s, redis %s)", settings.data_dir, settings.redis_display())
+
+
+@app.timer(5.0)
+async def _log_figures() -> None:
+    snap = tracker.snapshot()
+    f = snap["freshness_ms"]
+    if snap["events"]:
+        log.info("events %d (%.0f/s) applied %d dup %d dlq %d | freshness ms p50 %s p99 %s max %s",
+                 snap["events"], snap["events_per_s"], snap["applied"], snap["duplicates_skipped"],
+                 snap["dlq_total"], _ms(f["p50"]), _ms(f["p99"]), _ms(f["max"]))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+@app.page("/freshness")
+async def freshness_page(web: Any, request: Any) -> Any:
+    snap = tracker.snapshot()
+    snap["assigned_partitions"] = len(app.consumer.assignment()) if app.consumer else 0
+    if request.query.get("samples"):
+        snap["lags_ms"] = tracker.samples()
+    return web.json(snap)
+
+
+@app.page("/metrics")
+async def metrics_page(web: Any, request: Any) -> Any:
+    return web.text(tracker.prometheus(), content_type="text/plain; version=0.0.4")

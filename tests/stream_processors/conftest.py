@@ -1,0 +1,141 @@
+"""A fresh embedded stack per test (an empty broker starts in well under a second) and real
+`streamrec worker` processes on it, so tests never see each other's events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generation.dataset_gen_amazon import GeneratorConfig, generate, write
+from streamrec import load_settings
+from streamrec import stack as _stack
+from streamrec.config import Settings
+from streamrec.features import FeatureClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small generated dataset (parquet files only) for the stream tests."""
+    out = tmp_path_factory.mktemp("generated")
+    write(generate(GeneratorConfig(n_users=300, n_items=1000, n_interactions=5000, seed=11)), out)
+    return out
+
+
+@pytest.fixture
+def env_stack(tmp_path: Path, generated: Path) -> Iterator[Settings]:
+    """An empty broker + Redis of this test's own, the feature repo applied and materialized."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in generated.glob("*.parquet"):
+        (data / f.name).write_bytes(f.read_bytes())
+    settings = load_settings(stack_dir=tmp_path / "stack", embedded_kafka_port=free_port(),
+                             embedded_redis_port=free_port(), data_dir=data, worker_port=free_port(),
+                             kafka_bootstrap_servers=None, redis_url=None)
+    _stack.up(settings)
+    client = FeatureClient(settings)
+    client.apply()
+    client.materialize()
+    client.close()
+    yield settings
+    _stack.down(settings)
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
+    env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
+               STREAMREC_REDIS_PORT=str(settings.embedded_redis_port), STREAMREC_DATA_DIR=str(settings.data_dir),
+               STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def figures(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/freshness", timeout=5) as r:
+            return json.loads(r.read())
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Start `streamrec worker` processes; wait until each owns partitions; stop them all at the end."""
+    started: list[Worker] = []
+
+    def start(settings: Settings, port: int | None = None, timeout: float = 90.0, **env: str) -> Worker:
+        port = port or settings.worker_port
+        log = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "streamrec", "worker"], cwd=ROOT,
+                                    env=settings_env(settings, STREAMREC_WORKER_PORT=str(port), **env),
+                                    stdout=out, stderr=subprocess.STDOUT)
+        worker = Worker(proc, f"http://127.0.0.1:{port}", log)
+        started.append(worker)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"worker exited with {proc.returncode}:\n{worker.tail()}")
+            try:
+                if worker.figures()["assigned_partitions"] > 0:
+                    return worker
+            except OSError:
+                pass
+            time.sleep(0.3)
+        pytest.fail(f"worker not ready within {timeout}s:\n{worker.tail()}")
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
