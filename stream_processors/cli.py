@@ -34,7 +34,7 @@ def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
     settings = get_settings()
     from stream_processors.app import app
 
-    logging.getLogger("streamrec.worker").setLevel(logging.INFO)
+    logging.getLogger("streamrec.worker").setLevel(logging.DEBUG if loglevel == "debug" else logging.INFO)
     sys.argv = ["streamrec worker", "worker", "-l", loglevel, "--web-port", str(settings.worker_port),
                 *faust_args]
     app.main()
