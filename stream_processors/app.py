@@ -87,6 +87,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=6.0,
         producer_acks=-1,
+        # Without linger every changelog record became its own produce request (a fifth of the
+        # worker's time); 5 ms lets a batch's records share requests.
+        producer_linger_ms=5,
         web_in_thread=False,
     )
 
