@@ -1,0 +1,112 @@
+"""Each rule filter on hand-made frames, where the right answer can be read off the table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from generation.dataset_gen_amazon import CATEGORIES
+from models.filtering import (
+    FilterConfig,
+    FilterConfigError,
+    FilterContext,
+    Rule,
+    apply_filters,
+    availability,
+    contextual,
+    demographic,
+    history,
+    load_filter_config,
+)
+
+NOW = datetime(2026, 11, 4, 14, 0, tzinfo=UTC)  # a Wednesday afternoon
+SAT_NIGHT = datetime(2026, 11, 7, 2, 0, tzinfo=UTC)
+
+
+def frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "item_id": ["A", "B", "C", "D", "E", "F"],
+        "score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+        "top_category": ["Electronics", "Beauty", "Toys&Games", "OfficeProducts", "HomeImprovement", "Books"],
+        "stock": [5, 0, 3, 1, 2, 7],
+        "arrival_date": pd.to_datetime(["2026-01-01", "2026-01-01", "2026-12-01", "2026-01-01", "2026-01-01",
+                                        "2026-11-04T13:59:59"], utc=True, format="ISO8601"),
+        "discounted_price": [2500.0, 20.0, 15.0, 40.0, 300.0, 12.0],
+    }).set_index("item_id")
+
+
+def kept(mask: pd.Series) -> list[str]:
+    return list(mask[mask].index)
+
+
+def test_availability_needs_stock_and_an_arrival_that_has_come() -> None:
+    assert kept(availability(frame(), FilterContext(now=NOW))) == ["A", "D", "E", "F"]
+
+
+def test_demographic_rules_by_age_band_and_gender() -> None:
+    rules = (Rule(exclude_categories=frozenset({"HomeImprovement"}), age_max=24, max_price=2000),
+             Rule(exclude_categories=frozenset({"Toys&Games"}), age_min=65),
+             Rule(exclude_categories=frozenset({"Beauty"}), genders=frozenset({"M"}), age_max=30))
+    assert kept(demographic(frame(), FilterContext(now=NOW, age=20, gender="M"), rules)) == ["C", "D", "F"]
+    assert kept(demographic(frame(), FilterContext(now=NOW, age=70, gender="F"), rules)) == ["A", "B", "D", "E", "F"]
+    assert kept(demographic(frame(), FilterContext(now=NOW, age=40, gender="M"), rules)) == list("ABCDEF")
+    # an unknown age matches no age-bounded rule
+    assert kept(demographic(frame(), FilterContext(now=NOW, gender="F"), rules)) == list("ABCDEF")
+
+
+def test_history_drops_purchases_recent_items_and_request_excludes() -> None:
+    ctx = FilterContext(now=NOW, recent_item_ids=["B", "C", "A"], recent_interaction_types=["positive_view", "cart",
+                                                                                            "purchase"],
+                        exclude=frozenset({"F"}))
+    assert kept(history(frame(), ctx, last_n=2)) == ["D", "E"]  # A purchased, B and C recent, F excluded
+    assert kept(history(frame(), ctx, last_n=1, drop_purchased=False)) == ["A", "C", "D", "E"]
+
+
+def test_contextual_time_of_day_weekend_and_device() -> None:
+    rules = (Rule(exclude_categories=frozenset({"OfficeProducts", "Electronics"}), hours=(0, 6)),
+             Rule(exclude_categories=frozenset({"OfficeProducts"}), days=frozenset({"weekend"})),
+             Rule(max_price=100, devices=frozenset({"mobile"})),
+             Rule(exclude_categories=frozenset({"Books"}), hours=(22, 3)))  # wraps midnight
+    assert kept(contextual(frame(), FilterContext(now=NOW, device="desktop"), rules)) == list("ABCDEF")
+    assert kept(contextual(frame(), FilterContext(now=NOW, device="mobile"), rules)) == ["B", "C", "D", "F"]
+    assert kept(contextual(frame(), FilterContext(now=SAT_NIGHT, device="tablet"), rules)) == ["B", "C", "E"]
+
+
+def test_apply_filters_runs_in_order_and_counts_each_rule() -> None:
+    config = FilterConfig(history_last_n=5, demographic=(Rule(exclude_categories=frozenset({"Books"}), age_min=60),),
+                          contextual=(Rule(max_price=1000, devices=frozenset({"mobile"})),))
+    ctx = FilterContext(now=NOW, age=61, gender="F", recent_item_ids=["D"], recent_interaction_types=["cart"],
+                        device="mobile")
+    survivors, counts = apply_filters(frame(), ctx, config)
+    assert list(survivors.index) == ["E"]
+    assert counts == {"availability": 2, "demographic": 1, "history": 1, "contextual": 1}
+    assert list(survivors["score"]) == [0.5]
+
+
+def test_disabled_filters_do_not_run() -> None:
+    survivors, counts = apply_filters(frame(), FilterContext(now=NOW), FilterConfig(enabled=("history",)))
+    assert counts == {"history": 0} and len(survivors) == 6
+
+
+def test_the_shipped_rules_load_and_name_real_categories() -> None:
+    config = load_filter_config(categories=CATEGORIES)
+    assert config.enabled == ("availability", "demographic", "history", "contextual")
+    assert config.demographic and config.contextual
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("demographic: [{exclude_categories: [Cars]}]", "not in the data"),
+    ("contextual: [{hours: [3]}]", "hours"),
+    ("contextual: [{days: [someday]}]", "days"),
+    ("demographic: [{colour: red}]", "unknown key"),
+    ("enabled: [availability, magic]", "enabled"),
+    ("demographic: [", "cannot read"),
+])
+def test_bad_rules_are_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    with pytest.raises(FilterConfigError, match=message):
+        load_filter_config(path, categories=CATEGORIES)
