@@ -1,9 +1,10 @@
-"""The four rule filters of the recommender, as small pure functions over a candidate frame.
+"""The four rule filters of the recommender, as small pure functions over candidates.
 
-A candidate frame is indexed by item_id and has at least: ``score``, ``top_category``, ``stock``,
-``arrival_date`` (aware UTC) and ``discounted_price``. Each filter returns a boolean mask of the rows
-to KEEP; :func:`apply_filters` runs them in order and counts what each removed (the response's
-``filtered``). Rules come from one YAML file (``models/filters.yaml`` or STREAMREC_FILTERS_CONFIG).
+:class:`Candidates` holds item ids and aligned numpy columns: ``score``, ``top_category``, ``stock``,
+``arrival_ns`` (UTC epoch nanoseconds) and ``discounted_price`` (numpy, not pandas: the whole request
+has a 3 ms budget). Each filter returns a boolean mask of the candidates to KEEP; :func:`apply_filters`
+runs them in order and counts what each removed (the response's ``filtered``). Rules come from one YAML
+file (``models/filters.yaml`` or STREAMREC_FILTERS_CONFIG).
 """
 
 from __future__ import annotations
@@ -15,14 +16,41 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from streamrec._exceptions import StreamrecError
 
-__all__ = ["FilterConfig", "FilterContext", "FilterConfigError", "load_filter_config", "availability",
+__all__ = ["Candidates", "FilterConfig", "FilterContext", "FilterConfigError", "load_filter_config", "availability",
            "demographic", "history", "contextual", "apply_filters", "FILTER_ORDER", "day_part"]
 
 FILTER_ORDER = ("availability", "demographic", "history", "contextual")
+COLUMNS = ("score", "top_category", "stock", "arrival_ns", "discounted_price")
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Item ids (best first) and their columns, all aligned."""
+
+    ids: np.ndarray
+    columns: Mapping[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def take(self, keep: np.ndarray) -> Candidates:
+        return Candidates(self.ids[keep], {k: v[keep] for k, v in self.columns.items()})
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> Candidates:
+        """From a frame indexed by item_id with an aware ``arrival_date`` instead of ``arrival_ns``."""
+        arrival = pd.to_datetime(frame["arrival_date"], utc=True)
+        columns = {"arrival_ns": arrival.to_numpy(dtype="datetime64[ns]").view("int64")}
+        columns |= {c: frame[c].to_numpy() for c in COLUMNS if c in frame.columns and c != "arrival_ns"}
+        return cls(frame.index.to_numpy(dtype=object), columns)
 DEFAULT_CONFIG = Path(__file__).with_name("filters.yaml")
 
 
@@ -114,24 +142,26 @@ def load_filter_config(path: Path | None = None, categories: Iterable[str] | Non
 
 
 # ---- the filters --------------------------------------------------------------------------------
-def availability(cands: pd.DataFrame, ctx: FilterContext) -> pd.Series:
+_NAT = np.iinfo(np.int64).min  # NaT as int64: an unknown arrival date counts as arrived
+
+
+def availability(cands: Candidates, ctx: FilterContext) -> np.ndarray:
     """In stock, and available from a date that has come."""
-    stock = pd.to_numeric(cands["stock"], errors="coerce").fillna(0)
-    arrival = pd.to_datetime(cands["arrival_date"], utc=True)
-    return (stock > 0) & (arrival.isna() | (arrival <= pd.Timestamp(ctx.now)))
+    arrival = cands["arrival_ns"]
+    return (cands["stock"] > 0) & ((arrival == _NAT) | (arrival <= pd.Timestamp(ctx.now).value))
 
 
-def _excluded(cands: pd.DataFrame, rules: Iterable[Rule]) -> pd.Series:
-    out = pd.Series(False, index=cands.index)
+def _excluded(cands: Candidates, rules: Iterable[Rule]) -> np.ndarray:
+    out = np.zeros(len(cands), dtype=bool)
     for rule in rules:
         if rule.exclude_categories:
-            out |= cands["top_category"].isin(rule.exclude_categories)
+            out |= np.isin(cands["top_category"], list(rule.exclude_categories))
         if rule.max_price is not None:
-            out |= pd.to_numeric(cands["discounted_price"], errors="coerce") > rule.max_price
+            out |= cands["discounted_price"] > rule.max_price
     return out
 
 
-def demographic(cands: pd.DataFrame, ctx: FilterContext, rules: Sequence[Rule]) -> pd.Series:
+def demographic(cands: Candidates, ctx: FilterContext, rules: Sequence[Rule]) -> np.ndarray:
     """Drop the categories a rule excludes for the user's age band and gender."""
     def applies(rule: Rule) -> bool:
         if rule.age_min is not None and (ctx.age is None or ctx.age < rule.age_min):
@@ -143,13 +173,13 @@ def demographic(cands: pd.DataFrame, ctx: FilterContext, rules: Sequence[Rule]) 
     return ~_excluded(cands, [r for r in rules if applies(r)])
 
 
-def history(cands: pd.DataFrame, ctx: FilterContext, last_n: int, drop_purchased: bool = True) -> pd.Series:
+def history(cands: Candidates, ctx: FilterContext, last_n: int, drop_purchased: bool = True) -> np.ndarray:
     """Drop items already purchased, seen in the last ``last_n`` events, or excluded by the request."""
     seen = set(ctx.recent_item_ids[:last_n]) | set(ctx.exclude)
     if drop_purchased:
         seen |= {i for i, t in zip(ctx.recent_item_ids, ctx.recent_interaction_types, strict=False)
                  if t == "purchase"}
-    return pd.Series(~cands.index.isin(list(seen)), index=cands.index)
+    return np.fromiter((i not in seen for i in cands.ids), dtype=bool, count=len(cands))
 
 
 def day_part(now: datetime) -> tuple[int, str, str]:
@@ -158,7 +188,7 @@ def day_part(now: datetime) -> tuple[int, str, str]:
     return now.hour, day, "weekend" if now.weekday() >= 5 else "weekday"
 
 
-def contextual(cands: pd.DataFrame, ctx: FilterContext, rules: Sequence[Rule]) -> pd.Series:
+def contextual(cands: Candidates, ctx: FilterContext, rules: Sequence[Rule]) -> np.ndarray:
     """Time of day, weekday/weekend and device rules, from the request's context or the request time."""
     hour, day, kind = day_part(ctx.now)
 
@@ -175,7 +205,7 @@ def contextual(cands: pd.DataFrame, ctx: FilterContext, rules: Sequence[Rule]) -
     return ~_excluded(cands, [r for r in rules if applies(r)])
 
 
-def apply_filters(cands: pd.DataFrame, ctx: FilterContext, config: FilterConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+def apply_filters(cands: Candidates, ctx: FilterContext, config: FilterConfig) -> tuple[Candidates, dict[str, int]]:
     """Run the enabled filters in order; returns the survivors (order kept) and removals per filter."""
     counts: dict[str, int] = {}
     for name in config.enabled:
@@ -187,7 +217,6 @@ def apply_filters(cands: pd.DataFrame, ctx: FilterContext, config: FilterConfig)
             keep = history(cands, ctx, config.history_last_n, config.drop_purchased)
         else:
             keep = contextual(cands, ctx, config.contextual)
-        keep = keep.to_numpy()
-        counts[name] = int((~keep).sum())
-        cands = cands[keep]
+        counts[name] = int(len(keep) - keep.sum())
+        cands = cands.take(keep)
     return cands, counts

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from generation.dataset_gen_amazon import CATEGORIES
 from models.filtering import (
+    Candidates,
     FilterConfig,
     FilterConfigError,
     FilterContext,
@@ -26,8 +28,8 @@ NOW = datetime(2026, 11, 4, 14, 0, tzinfo=UTC)  # a Wednesday afternoon
 SAT_NIGHT = datetime(2026, 11, 7, 2, 0, tzinfo=UTC)
 
 
-def frame() -> pd.DataFrame:
-    return pd.DataFrame({
+def frame() -> Candidates:
+    return Candidates.from_frame(pd.DataFrame({
         "item_id": ["A", "B", "C", "D", "E", "F"],
         "score": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
         "top_category": ["Electronics", "Beauty", "Toys&Games", "OfficeProducts", "HomeImprovement", "Books"],
@@ -35,11 +37,11 @@ def frame() -> pd.DataFrame:
         "arrival_date": pd.to_datetime(["2026-01-01", "2026-01-01", "2026-12-01", "2026-01-01", "2026-01-01",
                                         "2026-11-04T13:59:59"], utc=True, format="ISO8601"),
         "discounted_price": [2500.0, 20.0, 15.0, 40.0, 300.0, 12.0],
-    }).set_index("item_id")
+    }).set_index("item_id"))
 
 
-def kept(mask: pd.Series) -> list[str]:
-    return list(mask[mask].index)
+def kept(mask: np.ndarray) -> list[str]:
+    return list(frame().ids[mask])
 
 
 def test_availability_needs_stock_and_an_arrival_that_has_come() -> None:
@@ -81,7 +83,7 @@ def test_apply_filters_runs_in_order_and_counts_each_rule() -> None:
     ctx = FilterContext(now=NOW, age=61, gender="F", recent_item_ids=["D"], recent_interaction_types=["cart"],
                         device="mobile")
     survivors, counts = apply_filters(frame(), ctx, config)
-    assert list(survivors.index) == ["E"]
+    assert list(survivors.ids) == ["E"]
     assert counts == {"availability": 2, "demographic": 1, "history": 1, "contextual": 1}
     assert list(survivors["score"]) == [0.5]
 

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from models import checkpoints
+from models.checkpoints import CheckpointError, latest_version, list_versions, promote, read_checkpoint
+from models.serving import load_checkpoint, load_latest
+from models.train import Report
+
+
+@pytest.fixture
+def copy(checkpoint: Path, tmp_path: Path) -> Path:
+    """A private copy of the session checkpoint that a test may damage."""
+    dst = tmp_path / "ckpt" / checkpoint.name
+    shutil.copytree(checkpoint, dst)
+    return dst
+
+
+def _rewrite_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Write new weights and fix the checksum, so only the content check can catch the damage."""
+    save_file(state, str(path / checkpoints.WEIGHTS))
+    meta = json.loads((path / checkpoints.META).read_text())
+    meta["weights"]["sha256"] = checkpoints._sha256(path / checkpoints.WEIGHTS)
+    (path / checkpoints.META).write_text(json.dumps(meta))
+
+
+def test_round_trip(trained: Report, checkpoint: Path) -> None:
+    model, schema, meta = read_checkpoint(checkpoint)
+    original = trained.fit.model.state_dict()
+    assert all(torch.equal(original[k].cpu(), v) for k, v in model.state_dict().items())
+    assert schema == trained.prepared.enc.schema
+    assert meta["version"] == "v1" and meta["metrics"]["recall@10"] == trained.test["two-tower"]["recall@10"]
+    assert {"created_at", "data_window", "config", "feature_schema"} <= set(meta)
+    assert load_latest(checkpoint.parent).version == "v1"
+
+
+def test_never_unpickles(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.load / pickle must never be used to read a checkpoint")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr("pickle.loads", forbidden)
+    monkeypatch.setattr("pickle.load", forbidden)
+    assert load_checkpoint(checkpoint).version == "v1"
+
+
+def test_truncated_weights_are_refused(copy: Path) -> None:
+    weights = copy / checkpoints.WEIGHTS
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="checksum"):
+        read_checkpoint(copy)
+    # with the checksum "fixed", the safetensors parser itself must refuse it
+    meta = json.loads((copy / checkpoints.META).read_text())
+    meta["weights"]["sha256"] = checkpoints._sha256(weights)
+    (copy / checkpoints.META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        read_checkpoint(copy)
+
+
+def test_wrong_shapes_are_refused(copy: Path) -> None:
+    state = load_file(str(copy / checkpoints.WEIGHTS))
+    state["user_tower.mlp.1.weight"] = state["user_tower.mlp.1.weight"][:, :-1].contiguous()
+    _rewrite_weights(copy, state)
+    with pytest.raises(CheckpointError, match=r"user_tower\.mlp\.1\.weight .* expected"):
+        read_checkpoint(copy)
+
+
+def test_missing_tensor_and_nan_are_refused(copy: Path) -> None:
+    state = load_file(str(copy / checkpoints.WEIGHTS))
+    bad = dict(state)
+    del bad["user_tower.pos_bias"]
+    _rewrite_weights(copy, bad)
+    with pytest.raises(CheckpointError, match="missing"):
+        read_checkpoint(copy)
+    state["user_tower.pos_bias"][0] = float("nan")
+    _rewrite_weights(copy, state)
+    with pytest.raises(CheckpointError, match="NaN"):
+        read_checkpoint(copy)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: "{not json", "not valid JSON"),
+    (lambda m: json.dumps({k: v for k, v in m.items() if k != "config"}), "lacks config"),
+    (lambda m: json.dumps({**m, "version": "v7"}), "says version"),
+    (lambda m: json.dumps({**m, "format_version": 2}), "format"),
+    (lambda m: json.dumps({**m, "config": {**m["config"], "dim": 32}}), "expected"),
+    (lambda m: json.dumps({**m, "config": {**m["config"], "n_items": 9}}), "feature schema implies"),
+    (lambda m: json.dumps({**m, "feature_schema": {**m["feature_schema"], "item_ids": 3}}), "feature_schema"),
+    (lambda m: json.dumps({**m, "metrics": {"recall@10": "high"}}), "metrics"),
+])
+def test_bad_meta_is_refused(copy: Path, damage, message: str) -> None:  # noqa: ANN001 - lambda
+    meta = json.loads((copy / checkpoints.META).read_text())
+    (copy / checkpoints.META).write_text(damage(meta))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(copy)
+
+
+def test_latest_is_replaced_atomically(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = copy.parent
+    assert latest_version(root) is None
+    with pytest.raises(CheckpointError, match="no LATEST"):
+        load_latest(root)
+    promote(root, "v1")
+    assert (root / "LATEST").read_text() == "v1\n"
+    shutil.copytree(copy, root / "v2")
+    meta = json.loads((root / "v2" / checkpoints.META).read_text())
+    (root / "v2" / checkpoints.META).write_text(json.dumps({**meta, "version": "v2"}))
+    assert list_versions(root) == ["v1", "v2"]
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        promote(root, "v2")
+    monkeypatch.undo()
+    assert latest_version(root) == "v1"  # the old pointer survives a crash mid-promotion
+    assert sorted(p.name for p in root.iterdir()) == ["LATEST", "v1", "v2"]  # no temp file left behind
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        promote(root, "v9")
+    promote(root, "v2")
+    assert load_latest(root).version == "v2"
+    (root / "LATEST").write_text("../../etc\n")
+    with pytest.raises(CheckpointError, match="expected a version name"):
+        load_latest(root)
+
+
+def test_save_claims_the_next_version(trained: Report, tmp_path: Path) -> None:
+    model, schema = trained.fit.model, trained.prepared.enc.schema
+    (tmp_path / "v4").mkdir()  # a stray folder without meta still counts as taken
+    path = checkpoints.save_checkpoint(tmp_path, model, schema, metrics={"recall@10": 0.1}, data_window={})
+    assert path.name == "v5" and not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+    with pytest.raises(CheckpointError, match="NaN|nan|Out of range"):
+        checkpoints.save_checkpoint(tmp_path, model, schema, metrics={"recall@10": float("nan")}, data_window={})
+    assert list_versions(tmp_path) == ["v4", "v5"]

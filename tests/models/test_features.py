@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.features import OOV, FeatureError, FeatureSchema, text_hashes
+
+from .conftest import raw_of
+
+
+@pytest.fixture(scope="module")
+def schema(tiny) -> FeatureSchema:  # noqa: ANN001 - fixture
+    raw = raw_of(tiny)
+    return FeatureSchema.build(raw.users, raw.items, raw.interactions)
+
+
+def test_json_round_trip(schema: FeatureSchema) -> None:
+    again = FeatureSchema.from_json(json.loads(json.dumps(schema.to_json())))
+    assert again == schema
+
+
+def test_from_json_refuses_malformed_input(schema: FeatureSchema) -> None:
+    good = schema.to_json()
+    for bad in ({**good, "surprise": 1}, {k: v for k, v in good.items() if k != "item_ids"},
+                {**good, "item_ids": [1, 2]}, {**good, "item_ids": ["a", "a"]}, {**good, "version": 99}, []):
+        with pytest.raises(FeatureError):
+            FeatureSchema.from_json(bad)
+
+
+def test_unknown_values_map_to_oov(schema: FeatureSchema) -> None:
+    assert schema.item_index(["nope", schema.item_ids[0]]).tolist() == [OOV, 2]
+    prof = schema.profile_table([{"age": None, "gender": "?", "region": None, "preferred_categories": ["Nope"]},
+                                 None, {"age": 30, "gender": "F", "preferred_categories": None}])
+    assert prof["age"].tolist()[:2] == [0, 0] and prof["age"][2] > 0
+    assert prof["gender"][0] == 0 and prof["gender"][2] > 0
+    assert prof["pref"][0, 0] == OOV and (prof["pref"][1:] == 0).all()
+    cats = list(schema.top_categories[:2])
+    as_list, as_text = schema.profile_table([{"preferred_categories": cats}, {"preferred_categories": ",".join(cats)}])[
+        "pref"]
+    assert (as_list == as_text).all() and (as_list[:2] >= 2).all()
+
+
+def test_history_encoding_keeps_the_newest(schema: FeatureSchema) -> None:
+    ids = list(schema.item_ids[:25])
+    items, types = schema.encode_history([ids, []], [["cart"] * 25, []])
+    assert items.shape == (2, schema.max_history)
+    assert items[0].tolist() == schema.item_index(ids[:20]).tolist()  # newest first: the head is kept
+    assert (items[1] == 0).all() and (types[1] == 0).all()
+    with pytest.raises(FeatureError, match="aligned"):
+        schema.encode_history([["a", "b"]], [["cart"]])
+
+
+def test_extend_appends_and_keeps_indices(schema: FeatureSchema) -> None:
+    users = pd.DataFrame({"user_id": ["U9"], "gender": ["Q"], "region": ["Mars"], "preferred_categories": [["Space"]]})
+    items = pd.DataFrame({"item_id": ["NEW1"], "category": ["Space|Ships|Rockets"], "top_category": ["Space"],
+                          "discounted_price": [1.0], "rating": [4.0], "rating_count": [3], "product_name": ["x"]})
+    inter = pd.DataFrame({"item_id": ["NEW2", schema.item_ids[0]]})
+    grown = schema.extend(users, items, inter)
+    assert grown.item_ids[: len(schema.item_ids)] == schema.item_ids
+    assert grown.item_ids[len(schema.item_ids):] == ("NEW1", "NEW2")
+    assert grown.top_categories[-1] == "Space" and grown.regions[-1] == "Mars"
+    assert grown.price_edges == schema.price_edges
+    table = grown.item_table(items)
+    row = grown.item_index(["NEW1", "NEW2"])
+    assert table["top"][row[0]] == len(grown.top_categories) + 1 and table["top"][row[1]] == OOV
+
+
+def test_text_hashes_are_stable_and_in_range() -> None:
+    a = text_hashes("Acme Quiet In Ear Headphones", 128, 16)
+    assert a == text_hashes("acme quiet in-ear headphones", 128, 16)  # case and punctuation do not matter
+    assert all(1 <= h < 128 for h in a) and len(a) == 5 + 4
+    assert np.unique(text_hashes("a b c d e f g h", 1 << 20, 3)).size == 3

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.features import POSITIVE_TYPES, FeatureSchema
+from models.train import Events, Report, TrainError, encode, load_data, split_by_time, user_batch
+from streamrec.schemas import INTERACTION_TYPES
+
+EVENTS = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 8), st.integers(0, 40), st.sampled_from(INTERACTION_TYPES)),
+    min_size=1, max_size=120)
+
+
+def _frame(rows: list[tuple[int, int, int, str]]) -> pd.DataFrame:
+    # few distinct timestamps on purpose: ties are where a leak would hide
+    return pd.DataFrame({
+        "interaction_id": [f"E{i}" for i in range(len(rows))],
+        "user_id": [f"U{u}" for u, _, _, _ in rows], "item_id": [f"I{i}" for _, i, _, _ in rows],
+        "timestamp": pd.to_datetime([t for _, _, t, _ in rows], unit="s", utc=True),
+        "interaction_type": [k for _, _, _, k in rows]})
+
+
+@settings(max_examples=150, deadline=None)
+@given(EVENTS, st.sampled_from(["all", "novel"]))
+def test_no_history_reaches_the_target_time(rows: list[tuple[int, int, int, str]], targets: str) -> None:
+    ev = Events.from_frame(_frame(rows))
+    split = split_by_time(ev, targets)
+    for part in (split.train, split.val, split.test):
+        if len(part) == 0:
+            continue
+        hist = ev.history_rows(part, 20)
+        for row, h in zip(part, hist, strict=True):
+            h = h[h >= 0]
+            assert (ev.ts[h] < ev.ts[row]).all(), "history holds an event at or after the target"
+            assert (ev.user[h] == ev.user[row]).all(), "history holds another user's event"
+            assert (np.diff(ev.ts[h]) <= 0).all(), "history is not newest first"
+            earlier = np.flatnonzero((ev.user == ev.user[row]) & (ev.ts < ev.ts[row]))
+            assert len(h) == min(20, len(earlier)), "history is not the full last-20 window"
+    # the encoded batch that training feeds the model holds exactly those events
+    if len(split.train):
+        schema = FeatureSchema.build(pd.DataFrame({"user_id": []}), _no_items(), ev.frame)
+        enc = encode(ev, schema, pd.DataFrame({"user_id": []}), _no_items())
+        ub = user_batch(enc, torch.as_tensor(split.train))
+        hist = ev.history_rows(split.train, 20)
+        expect = np.where(hist >= 0, enc.ev_item.numpy()[np.maximum(hist, 0)], 0)
+        assert (ub.hist_items.numpy() == expect).all()
+    # training targets are positive and strictly older than the user's held-out targets
+    assert ev.frame["interaction_type"].iloc[split.train].isin(POSITIVE_TYPES).all()
+    held = np.r_[split.val, split.test]
+    for row in split.train:
+        same = held[ev.user[held] == ev.user[row]]
+        assert (ev.ts[row] < ev.ts[same]).all()
+
+
+def _no_items() -> pd.DataFrame:
+    return pd.DataFrame({c: [] for c in ("item_id", "category", "top_category", "discounted_price", "rating",
+                                         "rating_count", "product_name")})
+
+
+def test_split_holds_out_each_users_last_novel_positive(trained: Report) -> None:
+    p = trained.prepared
+    ev, split = p.events, p.split
+    assert len(np.unique(ev.user[split.test])) == len(split.test)  # one test target per user
+    assert set(split.train).isdisjoint(split.test) and set(split.train).isdisjoint(split.val)
+    test_ts = dict(zip(ev.user[split.test], ev.ts[split.test], strict=True))
+    val_ts = dict(zip(ev.user[split.val], ev.ts[split.val], strict=True))
+    for u, t in val_ts.items():
+        assert t < test_ts[u]
+    # nothing the user touched before the target can be a test target (they are novel)
+    seen = set(zip(ev.user[: split.test.min()], ev.frame["item_id"].iloc[: split.test.min()], strict=True))
+    assert not any((ev.user[r], ev.frame["item_id"].iloc[r]) in seen for r in split.test if r < split.test.min())
+
+
+def test_model_beats_popularity(trained: Report) -> None:
+    model, pop = trained.test["two-tower"], trained.test["popularity"]
+    assert model["recall@10"] > pop["recall@10"] + 0.02, trained.test
+    assert model["ndcg@10"] > pop["ndcg@10"], trained.test
+    assert trained.test["random"]["recall@10"] < 0.02  # sanity: the task is not trivial
+    assert model["coverage@10"] > pop["coverage@10"]  # personalised lists reach more of the catalogue
+
+
+def test_missing_data_is_one_clear_error(tmp_path) -> None:  # noqa: ANN001 - fixture
+    with pytest.raises(TrainError, match="run `streamrec generate` first"):
+        load_data(tmp_path)
+
+
+def test_logged_events_are_added_once(tiny, tmp_path) -> None:  # noqa: ANN001 - fixtures
+    from generation.dataset_gen_amazon import write
+
+    write(tiny, tmp_path)
+    base = tiny.interactions
+    replay = base.iloc[:50].copy()
+    looped = replay.assign(interaction_id=replay.interaction_id + "~1",
+                           timestamp=replay.timestamp.dt.floor("us"))  # a looped replay, µs timestamps
+    new = base.iloc[:3].assign(interaction_id=["N1", "N2", "N3"], item_id="brand-new")
+    raw = load_data(tmp_path, pd.concat([replay, looped, new]))
+    assert len(raw.interactions) == len(base) + 3
+
+
+def test_warm_start_grows_vocabularies_in_place(tiny) -> None:  # noqa: ANN001 - fixture
+    from models.train import grow_state, new_model, prepare
+
+    from .conftest import raw_of
+
+    raw = raw_of(tiny)
+    old = prepare(raw)
+    model = new_model(old.enc.schema, old.enc, dim=8, hidden=16)
+    extra = raw.interactions.iloc[:5].assign(interaction_id=[f"X{i}" for i in range(5)], item_id="NEW")
+    raw.interactions = pd.concat([raw.interactions, extra], ignore_index=True)
+    grown = prepare(raw, old.enc.schema)
+    assert grown.enc.schema.n_item_rows == old.enc.schema.n_item_rows + 1
+    bigger = new_model(grown.enc.schema, grown.enc, dim=8, hidden=16)
+    grow_state(bigger, model.state_dict())
+    old_rows = model.item_tower.id.weight.shape[0]
+    assert torch.equal(bigger.item_tower.id.weight[:old_rows], model.item_tower.id.weight)
+    with pytest.raises(TrainError, match="--dim"):
+        grow_state(new_model(grown.enc.schema, grown.enc, dim=4, hidden=16), model.state_dict())
+
+
+def test_too_little_data_is_one_clear_error(tiny) -> None:  # noqa: ANN001 - fixture
+    from models.train import RawData, prepare
+
+    with pytest.raises(TrainError, match="too little data"):
+        prepare(RawData(tiny.users, tiny.items, tiny.interactions.iloc[:3]))
