@@ -73,3 +73,81 @@ def replay(path: Path | None, rate: float | None, speedup: float | None, loop: b
                f"({stats.rate:,.0f}/s)")
     if stats.failed:
         raise ReplayError(f"{stats.failed} sends failed, first: {stats.errors[0] if stats.errors else '?'}")
+
+
+@click.command("request")
+@click.option("--user", help="Ask for this user's recommendations and print them.")
+@click.option("--k", type=click.IntRange(1, 100), default=10, show_default=True, help="How many items.")
+@click.option("--context", help="Request context as JSON, e.g. '{\"device\": \"mobile\"}'.")
+@click.option("--exclude", multiple=True, help="An item id not to recommend (repeatable).")
+@click.option("--load", "load_n", type=click.IntRange(1), metavar="N", help="Send N requests for random users.")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=100.0, show_default=True,
+              help="Requests per second with --load.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for answers.")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
+def request(user: str | None, k: int, context: str | None, exclude: tuple[str, ...], load_n: int | None,
+            rate: float, timeout: float, as_json: bool) -> None:
+    """Publish recommendation requests and print the answers (or, with --load, latency percentiles)."""
+    import json
+    import uuid
+
+    from rich.table import Table
+
+    from streamrec._exceptions import StreamrecError
+    from streamrec.schemas import RecommendationRequest, decode
+
+    from .requests import RequestClient, parse_context, run_load
+
+    settings = get_settings()
+    console = Console()
+    if load_n:
+        import pandas as pd
+
+        path = settings.data_dir / "recommendation_users.parquet"
+        if not path.exists():
+            raise StreamrecError(f"no users at {path}: run `streamrec generate` first")
+        users = list(pd.read_parquet(path, columns=["user_id"])["user_id"])
+        with console.status(f"sending {load_n} requests at {rate:g}/s…"):
+            summary = run_load(settings, users, load_n, rate, k=k, timeout=timeout).summary()
+        if as_json:
+            click.echo(json.dumps(summary))
+            return
+        table = Table(title=f"{summary['sent']} requests at {summary['requests_per_s']:.0f}/s")
+        for col in ("", "p50 ms", "p95 ms", "p99 ms"):
+            table.add_column(col)
+        for name in ("round_trip_ms", "server_latency_ms"):
+            p = summary[name]
+            table.add_row(name.replace("_ms", "").replace("_", " "),
+                          *("-" if p[q] is None else f"{p[q]:.1f}" for q in ("p50", "p95", "p99")))
+        console.print(table)
+        click.echo(f"answered {summary['answered']}, missing {summary['missing']}, errors {summary['errors']}, "
+                   f"fallbacks {summary['fallbacks'] or 'none'}")
+        if summary["missing"]:
+            raise StreamrecError(f"{summary['missing']} requests got no answer within {timeout:.0f}s")
+        return
+    if not user:
+        raise StreamrecError("give --user U (one request) or --load N (a load test)")
+    body = {"request_id": f"cli-{uuid.uuid4().hex[:12]}", "user_id": user, "k": k,
+            "context": parse_context(context), "exclude": list(exclude) or None}
+    req = decode(RecommendationRequest, json.dumps({k: v for k, v in body.items() if v is not None}))
+    client = RequestClient(settings)
+    try:
+        response, round_trip = client.ask(req, timeout)
+    finally:
+        client.close()
+    if as_json:
+        click.echo(response.model_dump_json(exclude_none=True))
+        return
+    if response.error:
+        raise StreamrecError(f"{response.error.code}: {response.error.message}")
+    table = Table(title=f"top {k} for {user}")
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    for i, item in enumerate(response.items, 1):
+        table.add_row(str(i), item.item_id, f"{item.score:.4f}")
+    console.print(table)
+    age = "-" if response.feature_age_ms is None else f"{response.feature_age_ms:,.0f} ms"
+    click.echo(f"model {response.model_version or '-'} | feature age {age} | server {response.latency_ms:.1f} ms, "
+               f"round trip {round_trip:.1f} ms | fallback {response.fallback or 'none'} | "
+               f"filtered {response.filtered or {}}")

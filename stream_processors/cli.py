@@ -21,22 +21,31 @@ __all__ = ["worker", "freshness"]
 
 
 @click.command("worker", context_settings={"ignore_unknown_options": True})
+@click.option("--app", "which", type=click.Choice(["features", "recommender"]), default="features",
+              show_default=True, help="features: history and item agents; recommender: answers requests.")
 @click.option("-l", "--loglevel", type=click.Choice(["crit", "error", "warn", "info", "debug"]), default="warn",
               show_default=True, help="Faust's log level (streamrec's own figures log at info regardless).")
 @click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
-def worker(loglevel: str, faust_args: tuple[str, ...]) -> None:
-    """Run the stream worker (history and item agents, /freshness and /metrics on STREAMREC_WORKER_PORT).
+def worker(which: str, loglevel: str, faust_args: tuple[str, ...]) -> None:
+    """Run a stream worker: `features` (history and item agents; /freshness and /metrics on
+    STREAMREC_WORKER_PORT) or `recommender` (answers recommendation-requests; /status on
+    STREAMREC_RECOMMENDER_PORT).
 
-    Same as `faust -A stream_processors.app worker`; extra arguments go to Faust.
+    Same as `faust -A stream_processors.app worker` (or `.recommender_app`); extra arguments go to Faust.
     """
     import logging
 
     settings = get_settings()
-    from stream_processors.app import app
+    if which == "features":
+        from stream_processors.app import app
 
-    logging.getLogger("streamrec.worker").setLevel(logging.DEBUG if loglevel == "debug" else logging.INFO)
-    sys.argv = ["streamrec worker", "worker", "-l", loglevel, "--web-port", str(settings.worker_port),
-                *faust_args]
+        port, logger = settings.worker_port, "streamrec.worker"
+    else:
+        from stream_processors.recommender_app import app
+
+        port, logger = settings.recommender_port, "streamrec.recommender"
+    logging.getLogger(logger).setLevel(logging.DEBUG if loglevel == "debug" else logging.INFO)
+    sys.argv = ["streamrec worker", "worker", "-l", loglevel, "--web-port", str(port), *faust_args]
     app.main()
 
 

@@ -23,9 +23,6 @@ out = Console()
 
 # Commands of the contract that later issues build; until then they say so plainly.
 PLANNED: dict[str, tuple[int, str]] = {
-    "train": (5, "two-tower training"),
-    "trainer": (5, "periodic trainer"),
-    "request": (6, "recommendation requests"),
     "bench": (8, "benchmark suite"),
 }
 
@@ -154,10 +151,11 @@ def _planned(name: str, issue: int, what: str) -> Callable[..., None]:
 def _register() -> None:
     """Commands that live with their stage."""
     from generation.generate_images import images
-    from producers.cli import replay
+    from models.cli import train, trainer
+    from producers.cli import replay, request
     from stream_processors.cli import freshness, worker
 
-    for command in (worker, replay, freshness, images):
+    for command in (worker, replay, freshness, images, request, train, trainer):
         cli.add_command(command)
 
 

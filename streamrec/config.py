@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     worker_port: int = Field(6066, ge=1, le=65535, validation_alias="STREAMREC_WORKER_PORT")
     worker_app_id: str = Field("streamrec-features", min_length=1, max_length=100,
                                pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_WORKER_APP_ID")
+    # The recommender: its own Faust app (consumer group) and web port; requests micro-batched.
+    recommender_app_id: str = Field("streamrec-recommender", min_length=1, max_length=100,
+                                    pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_RECOMMENDER_APP_ID")
+    recommender_port: int = Field(6067, ge=1, le=65535, validation_alias="STREAMREC_RECOMMENDER_PORT")
+    request_batch: int = Field(64, ge=1, le=10_000, validation_alias="STREAMREC_REQUEST_BATCH")
+    request_max_wait_ms: int = Field(2, ge=0, le=1000, validation_alias="STREAMREC_REQUEST_MAX_WAIT_MS")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

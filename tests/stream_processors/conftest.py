@@ -42,6 +42,20 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_checkpoint(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-tower model trained briefly on the generated data: v1 in a checkpoint folder."""
+    from models.checkpoints import promote, save_checkpoint
+    from models.train import TrainConfig, load_data, train_and_evaluate
+
+    report = train_and_evaluate(load_data(generated), TrainConfig(epochs=4, seed=0))
+    root = tmp_path_factory.mktemp("checkpoints")
+    path = save_checkpoint(root, report.fit.model, report.prepared.enc.schema,
+                           metrics=report.test["two-tower"], data_window={"n_interactions": 5000})
+    promote(root, path.name)
+    return root
+
+
 @pytest.fixture
 def env_stack(tmp_path: Path, generated: Path) -> Iterator[Settings]:
     """An empty broker + Redis of this test's own, the feature repo applied and materialized."""
@@ -51,7 +65,7 @@ def env_stack(tmp_path: Path, generated: Path) -> Iterator[Settings]:
         (data / f.name).write_bytes(f.read_bytes())
     settings = load_settings(stack_dir=tmp_path / "stack", embedded_kafka_port=free_port(),
                              embedded_redis_port=free_port(), data_dir=data, worker_port=free_port(),
-                             kafka_bootstrap_servers=None, redis_url=None)
+                             checkpoint_dir=tmp_path / "checkpoints", kafka_bootstrap_servers=None, redis_url=None)
     _stack.up(settings)
     client = FeatureClient(settings)
     client.apply()
@@ -65,7 +79,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
     env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
                STREAMREC_REDIS_PORT=str(settings.embedded_redis_port), STREAMREC_DATA_DIR=str(settings.data_dir),
-               STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id)
+               STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id,
+               STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir))
     env.update(extra)
     return env
 
@@ -78,6 +93,10 @@ class Worker:
 
     def figures(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/freshness", timeout=5) as r:
+            return json.loads(r.read())
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/status", timeout=5) as r:
             return json.loads(r.read())
 
     def metrics(self) -> str:
@@ -106,12 +125,14 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Start `streamrec worker` processes; wait until each owns partitions; stop them all at the end."""
     started: list[Worker] = []
 
-    def start(settings: Settings, port: int | None = None, timeout: float = 90.0, **env: str) -> Worker:
-        port = port or settings.worker_port
-        log = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
+    def start(settings: Settings, port: int | None = None, timeout: float = 90.0, app: str = "features",
+              **env: str) -> Worker:
+        port = port or (settings.worker_port if app == "features" else free_port())
+        log = tmp_path / f"{app}-{uuid.uuid4().hex[:6]}.log"
+        port_var = "STREAMREC_WORKER_PORT" if app == "features" else "STREAMREC_RECOMMENDER_PORT"
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen([sys.executable, "-m", "streamrec", "worker"], cwd=ROOT,
-                                    env=settings_env(settings, STREAMREC_WORKER_PORT=str(port), **env),
+            proc = subprocess.Popen([sys.executable, "-m", "streamrec", "worker", "--app", app], cwd=ROOT,
+                                    env=settings_env(settings, **{port_var: str(port)}, **env),
                                     stdout=out, stderr=subprocess.STDOUT)
         worker = Worker(proc, f"http://127.0.0.1:{port}", log)
         started.append(worker)
@@ -120,7 +141,8 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
             if proc.poll() is not None:
                 pytest.fail(f"worker exited with {proc.returncode}:\n{worker.tail()}")
             try:
-                if worker.figures()["assigned_partitions"] > 0:
+                state = worker.figures() if app == "features" else worker.status()
+                if state["assigned_partitions"] > 0 and state.get("ready", True):
                     return worker
             except OSError:
                 pass

@@ -1,0 +1,243 @@
+"""The recommender, a Faust app: `streamrec worker --app recommender`
+(or `faust -A stream_processors.recommender_app worker`).
+
+- agent on `recommendation-requests` (a consumer group: instances share the load): micro-batches of
+  requests → one online read of their users (profile + the history the stream worker just pushed) →
+  towers + FAISS + rule filters → responses on `recommendations`, keyed by request_id. A malformed
+  request gets an `error` response (and a DLQ record); nothing stops the agent.
+- every instance follows `item-updates` (stock, price) and `model-updates` on assigned partitions —
+  each needs all of them — and checks LATEST every few seconds. A new model is loaded and indexed off
+  the event loop and swapped in one assignment; one that fails to load is refused and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+
+from models.checkpoints import CheckpointError, latest_version
+from models.filtering import load_filter_config
+from models.serving import load_checkpoint
+from streamrec.config import get_settings
+from streamrec.features import FeatureClient
+from streamrec.schemas import (
+    DLQRecord,
+    ErrorInfo,
+    ItemUpdate,
+    ModelUpdate,
+    RecommendationRequest,
+    RecommendationResponse,
+    SchemaError,
+    decode,
+    encode,
+    loads_any,
+)
+from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUESTS, dlq
+
+from .faust_app import create_app
+from .recommend import Catalog, Recommender, ServingBundle
+
+__all__ = ["app", "serving"]
+
+log = logging.getLogger("streamrec.recommender")
+settings = get_settings()
+app = create_app(settings, settings.recommender_app_id, settings.recommender_port)
+raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+requests_topic = app.topic(REQUESTS, **raw)
+responses_topic = app.topic(RECOMMENDATIONS, **raw)
+requests_dlq = app.topic(dlq(REQUESTS), **raw)
+
+
+class Serving:
+    """What the agent serves with; `bundle` is replaced whole on a hot swap."""
+
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.features: FeatureClient | None = None
+        self.recommender: Recommender | None = None
+        self.bundle: ServingBundle | None = None
+        self.swaps = 0
+        self.refused: list[str] = []
+        self.requests = 0
+        self.errors = 0
+
+    async def swap_to(self, path: str) -> bool:
+        """Load, index and swap in the checkpoint at ``path``; False (old model kept) if it fails."""
+        loop = asyncio.get_running_loop()
+        try:
+            bundle = await loop.run_in_executor(None, lambda: ServingBundle.build(load_checkpoint(path)))
+        except CheckpointError as exc:
+            self.refused.append(str(path))
+            log.error("refused checkpoint %s, still serving %s: %s", path, self.version, exc)
+            return False
+        self.bundle = bundle  # one assignment: a batch in flight keeps the bundle it started with
+        self.swaps += 1
+        log.info("serving model %s (%d items)", bundle.version, len(bundle.item_ids))
+        return True
+
+    @property
+    def version(self) -> str | None:
+        return self.bundle.version if self.bundle else None
+
+
+serving = Serving()
+
+
+async def _end_offsets(topic: str) -> tuple[Any, dict[Any, int]]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(partitions)
+    ends = await consumer.end_offsets(partitions)
+    for tp, offset in ends.items():
+        consumer.seek(tp, offset)
+    return consumer, ends
+
+
+async def _follow(consumer: Any, handle: Any) -> None:
+    """Apply every record from where the consumer stands, forever (each instance sees them all)."""
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        await handle(record.value)
+                    except SchemaError as exc:
+                        log.warning("ignored a bad record on %s: %s", record.topic, exc)
+    finally:
+        await consumer.stop()
+
+
+async def _apply_item_update(value: bytes) -> None:
+    update = decode(ItemUpdate, value)
+    if serving.recommender is not None:
+        serving.recommender.catalog.update(update.item_id, stock=update.stock, price=update.price)
+
+
+def _number(version: str | None) -> int:
+    return int(version[1:]) if version and version[1:].isdigit() else -1
+
+
+async def _apply_model_update(value: bytes) -> None:
+    # Announcements are keyed by version, so partitions may deliver v1 after v2: only move forward.
+    # (A rollback is done through LATEST, which _watch_latest follows either way.)
+    update = decode(ModelUpdate, value)
+    if _number(update.version) > _number(serving.version):
+        await serving.swap_to(update.path)
+
+
+def _load_catalog(client: FeatureClient) -> Catalog:
+    """Items from the online store (fresh stock), popularity from the offline interactions."""
+    items = pd.read_parquet(settings.data_dir / "recommendation_items.parquet", columns=["item_id"])
+    ids = list(items["item_id"])
+    frames = [client.item_features(ids[i:i + 2000]) for i in range(0, len(ids), 2000)]
+    online = pd.concat(frames).dropna(subset=["top_category"])
+    interactions = pd.read_parquet(settings.data_dir / "recommendation_interactions.parquet",
+                                   columns=["item_id", "interaction_type"])
+    weights = interactions["interaction_type"].map({"purchase": 3, "cart": 2, "rate": 2, "positive_view": 1}
+                                                   ).fillna(0)
+    popularity = list(weights.groupby(interactions["item_id"]).sum().sort_values(ascending=False).index)
+    return Catalog(online, popularity)
+
+
+@app.task
+async def _start_serving() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one request batch at a time: threads only spin against each other
+    loop = asyncio.get_running_loop()
+    item_consumer, _ = await _end_offsets(ITEM_UPDATES)  # before the catalog read: no update is missed
+    model_consumer, _ = await _end_offsets(MODEL_UPDATES)
+    serving.features = await loop.run_in_executor(None, FeatureClient, settings)
+    catalog = await loop.run_in_executor(None, _load_catalog, serving.features)
+    serving.recommender = Recommender(catalog, load_filter_config(categories=set(catalog._columns["top_category"])))
+    version = latest_version(settings.checkpoint_dir)
+    if version is not None:
+        await serving.swap_to(str(settings.checkpoint_dir / version))
+    else:
+        log.warning("no model in %s yet: answering with popularity", settings.checkpoint_dir)
+    serving.ready.set()
+    log.info("recommender ready: %d items, model %s", len(catalog), serving.version)
+    app.add_future(_follow(item_consumer, _apply_item_update))
+    app.add_future(_follow(model_consumer, _apply_model_update))
+
+
+@app.timer(3.0)
+async def _watch_latest() -> None:
+    """LATEST is the source of truth: a missed model-updates message still reaches every instance."""
+    if not serving.ready.is_set():
+        return
+    version = latest_version(settings.checkpoint_dir)
+    if version is not None and version != serving.version and str(settings.checkpoint_dir / version) not in \
+            serving.refused:
+        await serving.swap_to(str(settings.checkpoint_dir / version))
+
+
+def _error_response(event: Any, exc: SchemaError) -> RecommendationResponse:
+    body = loads_any(event.value or b"")
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    user_id = body.get("user_id") if isinstance(body, dict) else None
+    return RecommendationResponse(
+        request_id=str(request_id)[:128] if request_id is not None else "",
+        user_id=str(user_id)[:128] if user_id is not None else None,
+        error=ErrorInfo(code="bad_request", message=str(exc)[:1024]))
+
+
+async def process_requests(events: list[Any]) -> None:
+    """Answer a micro-batch of requests; every event gets exactly one response."""
+    await serving.ready.wait()
+    loop = asyncio.get_running_loop()
+    good: list[tuple[Any, RecommendationRequest]] = []
+    sends = []
+    for event in events:
+        try:
+            good.append((event, decode(RecommendationRequest, event.value or b"")))
+        except SchemaError as exc:
+            serving.errors += 1
+            response = _error_response(event, exc)
+            sends.append(await responses_topic.send(key=response.request_id.encode(), value=encode(response)))
+            m = event.message
+            record = DLQRecord(reason=str(exc)[:2048], topic=m.topic, partition=m.partition, offset=m.offset,
+                               raw=(event.value or b"").decode("utf-8", "backslashreplace"))
+            sends.append(await requests_dlq.send(key=event.key, value=encode(record)))
+    if good:
+        requests = [r for _, r in good]
+        bundle = serving.bundle  # this batch finishes on this model whatever happens meanwhile
+        users = list(dict.fromkeys(r.user_id for r in requests))
+        rows = await loop.run_in_executor(None, serving.features.users_features, users)
+        by_user = dict(zip(users, rows, strict=True))
+        received = [e.message.timestamp for e, _ in good]
+        responses = await loop.run_in_executor(
+            None, lambda: serving.recommender.recommend(requests, [by_user[r.user_id] for r in requests], bundle,
+                                                        received=received))
+        for response in responses:
+            sends.append(await responses_topic.send(key=response.request_id.encode(), value=encode(response)))
+    await asyncio.gather(*sends)  # responses and DLQ records durable before the requests are acked
+    serving.requests += len(events)
+    for event in events:
+        event.ack()
+
+
+@app.agent(requests_topic)
+async def recommend_agent(stream: Any) -> None:
+    within = settings.request_max_wait_ms / 1000.0
+    async for events in stream.noack_take(settings.request_batch, within=within or 0.001):
+        await process_requests(list(events))
+
+
+@app.page("/status")
+async def status_page(web: Any, request: Any) -> Any:
+    return web.json({
+        "ready": serving.ready.is_set(), "model_version": serving.version, "swaps": serving.swaps,
+        "refused": serving.refused, "requests": serving.requests, "errors": serving.errors,
+        "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
+        "time": time.time(),
+    })

@@ -1,0 +1,216 @@
+"""The recommender: in-process on a trained model, and end to end over Kafka with both workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.filtering import FilterConfig, load_filter_config
+from models.serving import load_latest
+from producers.requests import RequestClient, run_load
+from stream_processors.recommend import Catalog, Recommender, ServingBundle
+from streamrec.config import Settings
+from streamrec.schemas import RecommendationRequest, decode, encode
+
+from .conftest import Worker, wait_until
+
+NOON = "2026-11-04T12:00:00+00:00"  # a Wednesday noon: no time-of-day rule applies
+
+
+def _request(body: dict) -> RecommendationRequest:
+    return decode(RecommendationRequest, json.dumps(body))
+
+
+@pytest.fixture(scope="module")
+def catalog(generated: Path) -> Catalog:
+    items = pd.read_parquet(generated / "recommendation_items.parquet").set_index("item_id")
+    popularity = pd.read_parquet(generated / "recommendation_interactions.parquet")["item_id"].value_counts()
+    return Catalog(items, list(popularity.index))
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_checkpoint: Path) -> ServingBundle:
+    return ServingBundle.build(load_latest(trained_checkpoint))
+
+
+def _row(generated: Path, user_id: str) -> dict:
+    users = pd.read_parquet(generated / "recommendation_users.parquet").set_index("user_id")
+    events = pd.read_parquet(generated / "recommendation_interactions.parquet")
+    mine = events[events["user_id"] == user_id].sort_values("timestamp", ascending=False).head(20)
+    p = users.loc[user_id]
+    return {"age": int(p["age"]), "gender": p["gender"], "region": p["region"],
+            "preferred_categories": list(p["preferred_categories"]), "recent_item_ids": list(mine["item_id"]),
+            "recent_interaction_types": list(mine["interaction_type"]), "pushed_at_ms": time.time() * 1000 - 10}
+
+
+def test_in_process_top_k_is_available_unseen_and_scored(generated: Path, catalog: Catalog,
+                                                         bundle: ServingBundle) -> None:
+    rec = Recommender(catalog, load_filter_config())
+    events = pd.read_parquet(generated / "recommendation_interactions.parquet")
+    buyers = events.loc[events["interaction_type"] == "purchase", "user_id"].unique()[:20]
+    requests = [_request({"request_id": f"r{i}", "user_id": u, "k": 10,
+                                                       "context": {"timestamp": NOON}}) for i, u in enumerate(buyers)]
+    rows = [_row(generated, u) for u in buyers]
+    items = pd.read_parquet(generated / "recommendation_items.parquet").set_index("item_id")
+    for row, response in zip(rows, rec.recommend(requests, rows, bundle), strict=True):
+        ids = [i.item_id for i in response.items]
+        assert len(ids) == 10 and len(set(ids)) == 10
+        assert response.model_version == "v1" and response.feature_age_ms is not None
+        assert (items.loc[ids, "stock"] > 0).all()
+        assert (items.loc[ids, "arrival_date"] <= pd.Timestamp(NOON)).all()
+        purchased = {i for i, t in zip(row["recent_item_ids"], row["recent_interaction_types"], strict=True)
+                     if t == "purchase"}
+        assert purchased and not purchased & set(ids)
+        scores = [i.score for i in response.items if response.fallback is None]
+        assert scores == sorted(scores, reverse=True)
+        assert set(response.filtered) == {"availability", "demographic", "history", "contextual"}
+
+
+def test_cold_starts_are_flagged(generated: Path, catalog: Catalog, bundle: ServingBundle) -> None:
+    rec = Recommender(catalog, FilterConfig())
+    row = _row(generated, "U000001")
+    profile_only = {k: row[k] for k in ("age", "gender", "region", "preferred_categories")}
+    r_unknown, r_new = rec.recommend(
+        [RecommendationRequest(request_id="a", user_id="nobody"), RecommendationRequest(request_id="b",
+                                                                                      user_id="U000001")],
+        [None, profile_only], bundle)
+    assert r_unknown.fallback.startswith("unknown_user") and len(r_unknown.items) == 10
+    assert r_unknown.items[0].item_id == catalog.popularity[0] or catalog.stock(catalog.popularity[0]) == 0
+    assert r_new.fallback == "no_history" and len(r_new.items) == 10 and r_new.items[0].score > 0
+
+
+def test_backfill_from_popularity_when_filters_leave_too_few(generated: Path, catalog: Catalog,
+                                                             bundle: ServingBundle) -> None:
+    rules = load_filter_config()
+    every = frozenset(catalog._columns["top_category"]) - {"Books"}
+    strict = FilterConfig(contextual=(type(rules.contextual[0])(exclude_categories=every),))
+    rec = Recommender(catalog, strict)
+    request = RecommendationRequest(request_id="r", user_id="U000002", k=10)
+    (response,) = rec.recommend([request], [_row(generated, "U000002")], bundle)
+    assert "popularity" in response.fallback
+    assert response.filtered["contextual"] > 0
+    books = set(pd.read_parquet(generated / "recommendation_items.parquet").query("top_category == 'Books'")["item_id"])
+    assert {i.item_id for i in response.items} <= books
+
+
+def _start_both(env_stack: Settings, worker_factory: Callable[..., Worker], checkpoint: Path) -> Worker:
+    shutil.copytree(checkpoint, env_stack.checkpoint_dir)
+    worker_factory(env_stack)
+    return worker_factory(env_stack, app="recommender")
+
+
+def test_over_kafka_answers_and_malformed_requests_get_errors(env_stack: Settings, trained_checkpoint: Path,
+                                                              worker_factory: Callable[..., Worker]) -> None:
+    recommender = _start_both(env_stack, worker_factory, trained_checkpoint)
+    client = RequestClient(env_stack)
+    try:
+        response, _ = client.ask(RecommendationRequest(request_id="ok-1", user_id="U000003", k=7))
+        assert len(response.items) == 7 and response.model_version == "v1" and response.error is None
+        assert response.latency_ms is not None and response.latency_ms >= 0
+        bad_k = json.dumps({"request_id": "bad-k", "user_id": "U1", "k": 0}).encode()
+        bad = [(b"U1", b"{not json", None), (b"U1", bad_k, "bad-k"),
+               (b"U1", json.dumps({"request_id": "bad-type", "user_id": 7}).encode(), "bad-type"),
+               (None, b"\xff\xfe", None)]
+        for key, value, _ in bad:
+            client.send_raw(key, value)
+        client.send(RecommendationRequest(request_id="ok-2", user_id="U000004"))
+        client.producer.flush()
+        got: dict[str, object] = {}
+        deadline = time.monotonic() + 30
+        while len(got) < len(bad) + 1 and time.monotonic() < deadline:
+            for r, _ in client.poll():
+                got[r.request_id or f"anon-{len(got)}"] = r
+    finally:
+        client.close()
+    assert got["bad-k"].error.code == "bad_request" and "k" in got["bad-k"].error.message
+    assert got["bad-type"].error is not None
+    assert sum(1 for k in got if k.startswith("anon-")) == 2  # unreadable ids still get an answer
+    assert got["ok-2"].error is None and len(got["ok-2"].items) == 10
+    assert recommender.status()["errors"] == 4
+
+
+def test_a_burst_of_views_moves_a_new_category_into_the_top_10(env_stack: Settings, trained_checkpoint: Path,
+                                                               worker_factory: Callable[..., Worker]) -> None:
+    """No retraining: the fresh history alone moves the user's embedding."""
+    from kafka import KafkaProducer
+
+    features = worker_factory(env_stack)
+    shutil.copytree(trained_checkpoint, env_stack.checkpoint_dir)
+    worker_factory(env_stack, app="recommender")
+    items = pd.read_parquet(env_stack.data_dir / "recommendation_items.parquet").set_index("item_id")
+    user = "U000010"
+    client = RequestClient(env_stack)
+    try:
+        def top10() -> list[str]:
+            response, _ = client.ask(_request(
+                {"request_id": f"q-{time.monotonic_ns()}", "user_id": user, "context": {"timestamp": NOON}}))
+            return list(items.loc[[i.item_id for i in response.items], "top_category"])
+
+        before = top10()
+        available = items[(items["stock"] > 0) & (items["arrival_date"] < pd.Timestamp(NOON))]
+        category = next(c for c in available["top_category"].value_counts().index if c not in before)
+        # a whole history's worth (20) of views in a category the user was not being shown
+        burst = available[available["top_category"] == category].head(20).index
+        producer = KafkaProducer(acks="all", **env_stack.kafka_python_config())
+        base = features.figures()["events"]
+        for n, item_id in enumerate(burst):
+            event = {"event_id": f"burst-{n}", "user_id": user, "item_id": item_id,
+                     "interaction_type": "positive_view", "timestamp": pd.Timestamp.now(tz="UTC").isoformat()}
+            producer.send("interactions", key=user.encode(), value=json.dumps(event).encode())
+        producer.flush()
+        sent = time.perf_counter()
+        producer.close()
+        wait_until(lambda: features.figures()["events"] >= base + len(burst), 30, "the burst to be pushed")
+        after = top10()  # the very next request, once the history is in the online store
+        elapsed = time.perf_counter() - sent
+    finally:
+        client.close()
+    print(f"burst → visible in top-10 after {elapsed * 1000:.0f} ms (push + one request)")
+    assert category not in before
+    assert after.count(category) >= 1, (category, before, after)
+
+
+def test_hot_swap_under_load_has_no_errors_and_refuses_a_corrupt_checkpoint(
+        env_stack: Settings, trained_checkpoint: Path, worker_factory: Callable[..., Worker]) -> None:
+    from models.checkpoints import promote
+
+    recommender = _start_both(env_stack, worker_factory, trained_checkpoint)
+    users = list(pd.read_parquet(env_stack.data_dir / "recommendation_users.parquet")["user_id"])
+    v2 = env_stack.checkpoint_dir / "v2"
+    shutil.copytree(env_stack.checkpoint_dir / "v1", v2)
+    meta = json.loads((v2 / "meta.json").read_text())
+    meta["version"] = "v2"
+    (v2 / "meta.json").write_text(json.dumps(meta))
+    result: dict[str, object] = {}
+    load = threading.Thread(target=lambda: result.update(r=run_load(env_stack, users, 400, 80.0)))
+    load.start()
+    time.sleep(1.5)
+    promote(env_stack.checkpoint_dir, "v2")  # the recommender watches LATEST
+    load.join(60)
+    summary = result["r"].summary()
+    assert summary["answered"] == summary["sent"] == 400 and summary["errors"] == 0
+    status = recommender.status()
+    assert status["model_version"] == "v2" and status["swaps"] == 2
+
+    v3 = env_stack.checkpoint_dir / "v3"
+    shutil.copytree(v2, v3)
+    weights = v3 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated: corrupt
+    promote(env_stack.checkpoint_dir, "v3")
+    wait_until(lambda: str(v3) in recommender.status()["refused"], 30, "the corrupt checkpoint to be refused")
+    client = RequestClient(env_stack)
+    try:
+        response, _ = client.ask(RecommendationRequest(request_id="after-v3", user_id=users[0]))
+    finally:
+        client.close()
+    assert response.model_version == "v2" and response.error is None and len(response.items) == 10
+    assert np.isfinite([i.score for i in response.items]).all()
+    assert encode(response)
