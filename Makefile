@@ -14,9 +14,9 @@ $(PY):
 
 # torch first, pinned: the CPU wheel for 2.13.0 lies on this machine's disk. Installed after the
 # project, the torch requirement would make pip fetch a multi-GB CUDA build instead.
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check 'torch==2.13.0'
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,images]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,images]'
 	touch $@
 
 install: $(STAMP)

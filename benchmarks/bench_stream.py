@@ -16,51 +16,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+try:
+    from ._harness import get_json, own_stack, start_worker, stop
+except ImportError:  # run as a script
+    from _harness import get_json, own_stack, start_worker, stop
 
 def _figures(url: str, samples: bool = False) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/freshness{'?samples=1' if samples else ''}", timeout=10) as r:
-        return json.loads(r.read())
-
-
-def _start_worker(env: dict[str, str], app_id: str, port: int, log: Path) -> tuple[subprocess.Popen, str]:
-    env = {**env, "STREAMREC_WORKER_APP_ID": app_id, "STREAMREC_WORKER_PORT": str(port)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamrec", "worker"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
-        try:
-            if _figures(url)["assigned_partitions"] > 0:
-                return proc, url
-        except OSError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("worker not ready in 120 s")
+    return get_json(f"{url}/freshness{'?samples=1' if samples else ''}")
 
 
 def _wait_events(url: str, n: int, timeout: float = 600) -> dict[str, Any]:
@@ -78,14 +47,6 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 async def _baseline(settings: Any, n_events: int) -> float:
@@ -136,33 +97,18 @@ def run(users: int = 100_000, events: int = 300_000, rate: float = 1000.0, secon
     """Run the three phases; returns the figures."""
     from generation.dataset_gen_amazon import GeneratorConfig, generate, write
     from producers.replay import replay
-    from streamrec import load_settings
-    from streamrec import stack as _stack
-    from streamrec.features import FeatureClient
 
     result: dict[str, Any] = {"users": users, "events": events}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         data = tmp_path / "data"
         write(generate(GeneratorConfig(n_users=users, n_items=5000, n_interactions=events, seed=5)), data)
-        settings = load_settings(stack_dir=tmp_path / "stack", embedded_kafka_port=_free_port(),
-                                 embedded_redis_port=_free_port(), data_dir=data,
-                                 kafka_bootstrap_servers=None, redis_url=None)
-        _stack.up(settings)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
-        env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_DATA_DIR=str(data),
-                   STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
-                   STREAMREC_REDIS_PORT=str(settings.embedded_redis_port))
-        try:
-            client = FeatureClient(settings)
-            client.apply()
-            client.materialize()
-            client.close()
+        with own_stack(tmp_path, data) as (settings, env):
             parquet = data / "recommendation_interactions.parquet"
 
             # 1. steady rate
             steady_n = int(rate * seconds)
-            proc, url = _start_worker(env, "bench-steady", _free_port(), tmp_path / "steady.log")
+            proc, url = start_worker(env, tmp_path / "steady.log", app_id="bench-steady")
             before = _figures(url)
             replay(settings, parquet, rate=rate, limit=steady_n)
             after = _wait_events(url, steady_n)
@@ -170,11 +116,11 @@ def run(users: int = 100_000, events: int = 300_000, rate: float = 1000.0, secon
             p50, p99 = np.percentile(lags, [50, 99])
             result["steady"] = {"rate": rate, "events": steady_n, "freshness_p50_ms": float(p50),
                                 "freshness_p99_ms": float(p99), "freshness_max_ms": float(max(lags))}
-            _stop(proc)
+            stop(proc)
 
             # 2. max rate: the rest of the events into the topic first, then drain with a fresh group
             replay(settings, parquet, start_at=steady_n)
-            proc, url = _start_worker(env, "bench-max", _free_port(), tmp_path / "max.log")
+            proc, url = start_worker(env, tmp_path / "max.log", app_id="bench-max")
             t0 = time.perf_counter()
             first = None
             while True:
@@ -186,20 +132,17 @@ def run(users: int = 100_000, events: int = 300_000, rate: float = 1000.0, secon
                 if time.perf_counter() - t0 > 900:
                     raise RuntimeError(f"max-rate drain stalled at {fig['events']} events")
                 time.sleep(0.2)
-            elapsed = time.perf_counter() - first[0]
-            worker_rate = (fig["events"] - first[1]) / elapsed
+            worker_rate = (fig["events"] - first[1]) / (time.perf_counter() - first[0])
             lags = _figures(url, samples=True)["lags_ms"]
             result["max_rate"] = {"worker_events_per_s": worker_rate,
                                   "freshness_p50_ms": float(np.percentile(lags, 50)),
                                   "freshness_p99_ms": float(np.percentile(lags, 99))}
             result["worker_peak_rss_mb"] = _peak_rss_mb(proc.pid)
-            _stop(proc)
+            stop(proc)
 
             base_rate = asyncio.run(_baseline(settings, events))
             result["max_rate"]["baseline_events_per_s"] = base_rate
             result["max_rate"]["ratio"] = worker_rate / base_rate
-        finally:
-            _stack.down(settings)
     return result
 
 

@@ -23,7 +23,6 @@ out = Console()
 
 # Commands of the contract that later issues build; until then they say so plainly.
 PLANNED: dict[str, tuple[int, str]] = {
-    "bench": (8, "benchmark suite"),
 }
 
 
@@ -127,6 +126,39 @@ def apply(no_materialize: bool, print_env: bool) -> None:
         out.print(f"materialized user_profile and item_features into {settings.redis_display()}",
                   highlight=False)
     client.close()
+
+
+# ---- benchmarks -----------------------------------------------------------------------------------
+BENCHMARKS = {
+    "generate": ("bench_generate", "Generator time and peak memory at 1M interactions vs plain numpy."),
+    "features": ("bench_features", "Feast push rows/s and online-read latency vs a raw redis-py pipeline."),
+    "stream": ("bench_stream", "Worker events/s, freshness and RSS vs a raw aiokafka + redis baseline."),
+    "train": ("bench_train", "Training time and Recall@10 vs popularity and the oracle."),
+    "recommend": ("bench_recommend", "recommend() in process and over Kafka vs Feast read + tower forward."),
+}
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks, each printing its figure beside a raw baseline from the same run and the ratio."""
+
+
+def _bench_command(name: str, module: str, summary: str) -> click.Command:
+    @click.command(name, help=f"{summary} (options: `streamrec bench {name} -- --help`)",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.pass_context
+    def _run(ctx: click.Context) -> None:
+        import importlib
+
+        mod = importlib.import_module(f"benchmarks.{module}")
+        sys.argv = [f"streamrec bench {name}", *ctx.args]
+        mod.main()
+
+    return _run
+
+
+for _bname, (_module, _summary) in BENCHMARKS.items():
+    bench.add_command(_bench_command(_bname, _module, _summary))
 
 
 # ---- demo ----------------------------------------------------------------------------------------

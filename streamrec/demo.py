@@ -1,13 +1,21 @@
-"""`streamrec demo`: every built stage, end to end, on a fresh machine.
+"""`streamrec demo`: the whole system end to end on a fresh machine, then a summary.
 
-Stages that later issues build are listed as such, so the demo never pretends.
+embedded stack → generate (seed size) → apply the feature repo → train v1 → stream worker and
+recommender → replay interactions at a steady rate while the trainer produces v2 → requests →
+summary table and PNG plots → stop everything it started (also on failure or Ctrl-C).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -15,75 +23,216 @@ from rich.table import Table
 from ._exceptions import StreamrecError
 from .config import Settings
 
-__all__ = ["Stage", "run_demo"]
+__all__ = ["run_demo"]
+
+ROOT = Path(__file__).resolve().parents[1]
+N_USERS, N_ITEMS, N_EVENTS = 1000, 5000, 20000
+REPLAY_RATE = 1000.0
+N_REQUESTS, REQUEST_RATE = 300, 50.0
 
 
 @dataclass
-class Stage:
-    name: str
-    run: Callable[[Settings, Console], str] | None  # returns a one-line result
-    issue: int | None = None  # where an unbuilt stage is tracked
+class DemoRun:
+    settings: Settings
+    console: Console
+    out_dir: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str, fn: Any) -> Any:
+        self.console.rule(name)
+        started = time.perf_counter()
+        result, line = fn()
+        self.rows.append((name, line, f"{time.perf_counter() - started:.1f}"))
+        return result
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = self.out_dir / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "streamrec", *args], cwd=ROOT, stdout=out,
+                                    stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
-def _stack_up(settings: Settings, console: Console) -> str:
-    from . import stack
+def _get(url: str) -> dict[str, Any]:
+    import urllib.request
 
-    statuses = stack.up(settings)
-    return "; ".join(f"{s.name} {s.address}" for s in statuses)
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
 
 
-def _generate(settings: Settings, console: Console) -> str:
+def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StreamrecError(f"a worker exited at start — see {log}")
+        try:
+            state = _get(url)
+            if state["assigned_partitions"] > 0 and state.get("ready", True):
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise StreamrecError(f"a worker was not ready within {timeout:.0f}s — see {log}")
+
+
+def _recall(settings: Settings, version: str | None) -> str:
+    if version is None:
+        return "-"
+    meta = json.loads((settings.checkpoint_dir / version / "meta.json").read_text())
+    value = meta.get("metrics", {}).get("recall@10")
+    return f"{value:.3f}" if value is not None else "-"
+
+
+def _steps(run: DemoRun) -> None:
     from generation.dataset_gen_amazon import main as generate_main
+    from models.checkpoints import latest_version
+    from producers.replay import replay
+    from producers.requests import run_load
 
-    args = ["--n_users", "1000", "--n_items", "5000", "--n_interactions", "20000",
-            "--out", str(settings.data_dir)]
-    code = generate_main(args)
-    if code:
-        raise StreamrecError(f"the generator exited with code {code}")
-    return f"1000 users, 5000 items, 20000 interactions in {settings.data_dir}"
-
-
-def _apply(settings: Settings, console: Console) -> str:
+    from . import stack
     from .features import FeatureClient
 
-    client = FeatureClient(settings)
-    views = client.apply()
-    client.materialize()
-    sample = client.user_features("U000001")
-    client.close()
-    return f"{len(views)} views applied; U000001 reads back age {sample['age']}, {sample['region']}"
+    s = run.settings
+
+    def up() -> tuple[None, str]:
+        return None, "; ".join(f"{x.name} {x.address}" for x in stack.up(s))
+
+    def generate() -> tuple[None, str]:
+        code = generate_main(["--n_users", str(N_USERS), "--n_items", str(N_ITEMS), "--n_interactions",
+                              str(N_EVENTS), "--out", str(s.data_dir), "--quiet"])
+        if code:
+            raise StreamrecError(f"the generator exited with code {code}")
+        return None, f"{N_USERS} users, {N_ITEMS} items, {N_EVENTS} interactions"
+
+    def apply() -> tuple[None, str]:
+        client = FeatureClient(s)
+        views = client.apply()
+        client.materialize()
+        client.close()
+        return None, f"{len(views)} feature views; profiles and items in Redis"
+
+    def train() -> tuple[None, str]:
+        proc = subprocess.run([sys.executable, "-m", "streamrec", "train", "--epochs", "5", "--no-plot"],
+                              cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            raise StreamrecError(f"training failed: {proc.stderr.strip().splitlines()[-1:]}")
+        run.console.print(proc.stdout)
+        version = latest_version(s.checkpoint_dir)
+        run.figures["v1"] = version
+        return None, f"{version}, Recall@10 {_recall(s, version)}"
+
+    def workers() -> tuple[None, str]:
+        features = run.spawn("worker-features", "worker")
+        recommender = run.spawn("worker-recommender", "worker", "--app", "recommender")
+        _wait_ready(features, f"http://127.0.0.1:{s.worker_port}/freshness", run.out_dir / "worker-features.log")
+        _wait_ready(recommender, f"http://127.0.0.1:{s.recommender_port}/status",
+                    run.out_dir / "worker-recommender.log")
+        return None, "features worker and recommender ready"
+
+    def stream() -> tuple[None, str]:
+        trainer_done: dict[str, Any] = {}
+
+        def retrain() -> None:
+            time.sleep(5)  # mid-stream: some new events are already in the topic
+            trainer_done["proc"] = subprocess.run(
+                [sys.executable, "-m", "streamrec", "trainer", "--once", "--epochs", "3"],
+                cwd=ROOT, capture_output=True, text=True)
+
+        retrainer = threading.Thread(target=retrain)
+        retrainer.start()
+        stats = replay(s, s.data_dir / "recommendation_interactions.parquet", rate=REPLAY_RATE)
+        retrainer.join()
+        time.sleep(2)  # let the last micro-batches land
+        fig = _get(f"http://127.0.0.1:{s.worker_port}/freshness?samples=1")
+        run.figures["stream"] = fig
+        proc = trainer_done["proc"]
+        run.figures["v2"] = latest_version(s.checkpoint_dir)
+        if proc.returncode:
+            run.console.print(f"[yellow]trainer: {proc.stderr.strip()[-300:]}[/]")
+        return None, (f"{stats.delivered:,} events at {REPLAY_RATE:.0f}/s; trainer → {run.figures['v2']}")
+
+    def requests() -> tuple[None, str]:
+        import pandas as pd
+
+        users = list(pd.read_parquet(s.data_dir / "recommendation_users.parquet")["user_id"])
+        result = run_load(s, users + ["unknown-user"], N_REQUESTS, REQUEST_RATE)
+        run.figures["requests"] = result
+        served = _get(f"http://127.0.0.1:{s.recommender_port}/status")["model_version"]
+        return None, f"{result.answered}/{result.sent} answered, {result.errors} errors, model {served}"
+
+    run.stage("start the embedded stack", up)
+    run.stage("generate synthetic data", generate)
+    run.stage("apply the feature repository", apply)
+    run.stage("train the two-tower model (v1)", train)
+    run.stage("start the stream worker and recommender", workers)
+    run.stage("replay interactions; trainer produces v2", stream)
+    run.stage("publish recommendation requests", requests)
 
 
-STAGES: list[Stage] = [
-    Stage("start the embedded stack", _stack_up),
-    Stage("generate synthetic data", _generate),
-    Stage("apply the feature repository", _apply),
-    Stage("train the two-tower model (v1)", None, issue=5),
-    Stage("start the stream worker and recommender", None, issue=4),
-    Stage("replay interactions / train v2 mid-stream", None, issue=4),
-    Stage("publish recommendation requests", None, issue=6),
-    Stage("freshness and latency summary", None, issue=8),
-]
+def _summary(run: DemoRun) -> Table:
+    import numpy as np
+
+    from stream_processors.cli import plot_histogram
+
+    s, f = run.settings, run.figures
+    table = Table(title="streamrec demo — summary")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    stream = f.get("stream")
+    if stream:
+        fr = stream["freshness_ms"]
+        table.add_row("events applied / DLQ", f"{stream['applied']:,} / {stream['dlq_total']}")
+        table.add_row("freshness p50 / p99 (ms)", f"{fr['p50']:.1f} / {fr['p99']:.1f}")
+        plot_histogram(stream.get("lags_ms", []), run.out_dir / "freshness.png")
+    result = f.get("requests")
+    if result:
+        summary = result.summary()
+        rt, sv = summary["round_trip_ms"], summary["server_latency_ms"]
+        table.add_row("request round trip p50 / p99 (ms)", f"{rt['p50']:.1f} / {rt['p99']:.1f}")
+        table.add_row("request server latency p50 / p99 (ms)", f"{sv['p50']:.1f} / {sv['p99']:.1f}")
+        table.add_row("fallbacks", ", ".join(f"{k} {v}" for k, v in summary["fallbacks"].items()) or "none")
+        if result.round_trip_ms:
+            plot_histogram(list(np.asarray(result.round_trip_ms)), run.out_dir / "latency.png",
+                           title="request round trip")
+    table.add_row("Recall@10 v1 / latest", f"{_recall(s, f.get('v1'))} ({f.get('v1')}) / "
+                  f"{_recall(s, f.get('v2'))} ({f.get('v2')})")
+    table.add_row("plots", f"{run.out_dir / 'freshness.png'}, {run.out_dir / 'latency.png'}")
+    return table
 
 
 def run_demo(settings: Settings, keep_stack: bool = False, console: Console | None = None) -> None:
-    """Run the stages in order; stop at the first failure; always stop the stack we started."""
+    """Run every stage in order; stop at the first failure; always stop what the demo started."""
     from . import stack
 
     console = console or Console()
-    table = Table(title="streamrec demo")
+    out_dir = Path(os.environ.get("STREAMREC_DEMO_DIR", "demo-output"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = DemoRun(settings, console, out_dir)
+    stages = Table(title="streamrec demo — stages")
     for column in ("stage", "result", "seconds"):
-        table.add_column(column)
+        stages.add_column(column)
     try:
-        for stage in STAGES:
-            if stage.run is None:
-                table.add_row(stage.name, f"[yellow]not built yet (issue #{stage.issue})[/]", "")
-                continue
-            console.rule(stage.name)
-            started = time.perf_counter()
-            result = stage.run(settings, console)
-            table.add_row(stage.name, f"[green]{result}[/]", f"{time.perf_counter() - started:.1f}")
+        _steps(run)
     finally:
-        if not keep_stack:
-            stack.down(settings)
-        console.print(table)
+        run.stop_all()
+        for row in run.rows:
+            stages.add_row(*row)
+        console.print(stages)
+        try:
+            console.print(_summary(run))
+        finally:
+            if not keep_stack:
+                stack.down(settings)

@@ -1,0 +1,152 @@
+"""The recommender: in process at 5k and 100k items, and over Kafka, beside a bare baseline.
+
+- in process: ``Recommender.recommend()`` for one request (features given) p50/p99, and the same with
+  the Feast online read in front; the baseline is the bare Feast read + tower forward;
+- over Kafka: ``--rate`` requests/s (default 500) through both workers, round trip and server latency.
+
+    python benchmarks/bench_recommend.py [--items 5000 100000] [--rate 500] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+try:
+    from ._harness import own_stack, start_worker, stop
+except ImportError:  # run as a script
+    from _harness import own_stack, start_worker, stop
+
+
+def _pct(samples: list[float]) -> dict[str, float]:
+    p50, p99 = np.percentile(np.asarray(samples) * 1000, [50, 99])
+    return {"p50_ms": float(p50), "p99_ms": float(p99)}
+
+
+def _train(data: Path, checkpoints: Path, epochs: int) -> None:
+    from models.checkpoints import promote, save_checkpoint
+    from models.train import TrainConfig, load_data, train_and_evaluate
+
+    report = train_and_evaluate(load_data(data), TrainConfig(epochs=epochs, seed=0))
+    path = save_checkpoint(checkpoints, report.fit.model, report.prepared.enc.schema,
+                           metrics=report.test["two-tower"], data_window={})
+    promote(checkpoints, path.name)
+
+
+def _in_process(settings: Any, data: Path, rounds: int) -> dict[str, Any]:
+    import torch
+
+    from models.filtering import load_filter_config
+    from models.serving import load_latest
+    from stream_processors.recommend import Catalog, Recommender, ServingBundle, user_input
+    from streamrec.features import FeatureClient
+    from streamrec.schemas import RecommendationRequest
+
+    torch.set_num_threads(1)  # as the recommender worker runs
+    items = pd.read_parquet(data / "recommendation_items.parquet").set_index("item_id")
+    events = pd.read_parquet(data / "recommendation_interactions.parquet")
+    catalog = Catalog(items, list(events["item_id"].value_counts().index))
+    bundle = ServingBundle.build(load_latest(settings.checkpoint_dir))
+    rec = Recommender(catalog, load_filter_config())
+    client = FeatureClient(settings)
+    # histories in the online store, as the stream worker would have written them
+    from stream_processors.history import apply_event, feature_row
+    from streamrec.features import history_frame
+    from streamrec.schemas import Interaction
+
+    states: dict[str, Any] = {}
+    recent = events.sort_values("timestamp").tail(20_000)
+    for n, r in enumerate(recent.itertuples()):
+        ev = Interaction(event_id=str(r.interaction_id), user_id=r.user_id, item_id=r.item_id,
+                         interaction_type=r.interaction_type, timestamp=r.timestamp.to_pydatetime())
+        states[r.user_id], _ = apply_event(states.get(r.user_id), ev, n)
+    now = int(time.time() * 1000)
+    client.push_history(history_frame([feature_row(u, s, now) for u, s in states.items()]))
+    users = list(states)
+    rng = np.random.default_rng(0)
+    recommend_only, full, baseline = [], [], []
+    for i in range(rounds):
+        user = users[int(rng.integers(len(users)))]
+        request = RecommendationRequest(request_id=f"b{i}", user_id=user)
+        t = time.perf_counter()
+        row = client.user_features(user)
+        rec.recommend([request], [row], bundle)
+        full.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rec.recommend([request], [row], bundle)
+        recommend_only.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bundle.model.user_embeddings([user_input(client.user_features(user))])
+        baseline.append(time.perf_counter() - t)
+    client.close()
+    warm = slice(20, None)
+    r, f, b = _pct(recommend_only[warm]), _pct(full[warm]), _pct(baseline[warm])
+    return {"recommend": r, "feast_read_plus_recommend": f, "baseline_feast_read_plus_forward": b,
+            "ratio_p99_full_vs_baseline": f["p99_ms"] / b["p99_ms"], "index": type(bundle.index).__name__}
+
+
+def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, seconds: float = 10.0,
+        rounds: int = 500) -> dict[str, Any]:
+    from generation.dataset_gen_amazon import GeneratorConfig, generate, write
+    from producers.requests import run_load
+
+    result: dict[str, Any] = {"in_process": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        for n_items in item_counts:
+            data = tmp_path / f"data-{n_items}"
+            n_events = max(20_000, n_items)
+            write(generate(GeneratorConfig(n_users=1000, n_items=n_items, n_interactions=n_events, seed=2)), data)
+            checkpoints = tmp_path / f"ckpt-{n_items}"
+            _train(data, checkpoints, epochs=3)
+            with own_stack(tmp_path / f"s{n_items}", data, checkpoints) as (settings, env):
+                result["in_process"][n_items] = _in_process(settings, data, rounds)
+                if n_items != item_counts[0]:
+                    continue
+                features, _ = start_worker(env, tmp_path / "features.log")
+                recommender, _ = start_worker(env, tmp_path / "recommender.log", app="recommender")
+                users = list(pd.read_parquet(data / "recommendation_users.parquet")["user_id"])
+                run_load(settings, users, 200, 100.0)  # warm-up
+                summary = run_load(settings, users, int(rate * seconds), rate).summary()
+                result["kafka"] = {"rate": rate, **summary}
+                stop(recommender)
+                stop(features)
+            shutil.rmtree(data, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, nargs="+", default=[5000, 100_000])
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    r = run(tuple(args.items), args.rate, args.seconds)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    for n, f in r["in_process"].items():
+        print(f"in process, {n:,} items ({f['index']}): recommend p50 {f['recommend']['p50_ms']:.2f} / p99 "
+              f"{f['recommend']['p99_ms']:.2f} ms; with Feast read p50 {f['feast_read_plus_recommend']['p50_ms']:.2f}"
+              f" / p99 {f['feast_read_plus_recommend']['p99_ms']:.2f} ms; baseline (Feast read + forward) p50 "
+              f"{f['baseline_feast_read_plus_forward']['p50_ms']:.2f} / p99 "
+              f"{f['baseline_feast_read_plus_forward']['p99_ms']:.2f} ms; p99 ratio "
+              f"{f['ratio_p99_full_vs_baseline']:.2f}x")
+    k = r.get("kafka")
+    if k:
+        print(f"over Kafka at {k['rate']:.0f} req/s ({k['sent']} sent, {k['answered']} answered, {k['errors']} errors):"
+              f" server p50 {k['server_latency_ms']['p50']:.1f} / p99 {k['server_latency_ms']['p99']:.1f} ms, round "
+              f"trip p50 {k['round_trip_ms']['p50']:.1f} / p99 {k['round_trip_ms']['p99']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
