@@ -7,7 +7,6 @@ stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -20,11 +19,6 @@ __all__ = ["main", "cli"]
 
 err = Console(stderr=True)
 out = Console()
-
-# Commands of the contract that later issues build; until then they say so plainly.
-PLANNED: dict[str, tuple[int, str]] = {
-}
-
 
 class _Group(click.Group):
     """Turns StreamrecError into one line and exit 1, Ctrl-C into exit 130."""
@@ -171,15 +165,6 @@ def demo(keep_stack: bool) -> None:
     run_demo(get_settings(), keep_stack=keep_stack, console=out)
 
 
-def _planned(name: str, issue: int, what: str) -> Callable[..., None]:
-    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                   help=f"({what}: not built yet, tracked in issue #{issue}.)")
-    def _cmd() -> None:
-        raise StreamrecError(f"`streamrec {name}` ({what}) is not built yet — tracked in issue #{issue}")
-
-    return _cmd
-
-
 def _register() -> None:
     """Commands that live with their stage."""
     from generation.generate_images import images
@@ -192,10 +177,6 @@ def _register() -> None:
 
 
 _register()
-
-for _name, (_issue, _what) in PLANNED.items():
-    cli.add_command(_planned(_name, _issue, _what))
-
 
 def main() -> None:
     """Console-script entry point."""

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from streamrec.cli import PLANNED, cli
+from streamrec.cli import cli
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -44,13 +44,6 @@ def test_a_bad_setting_is_one_line_and_a_nonzero_exit() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: STREAMREC_REDIS_PORT")
     assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize("name", sorted(PLANNED))
-def test_a_command_not_built_yet_says_so(name: str) -> None:
-    result = run(name)
-    assert result.returncode == 1
-    assert "not built yet" in result.stderr and f"#{PLANNED[name][0]}" in result.stderr
 
 
 def test_an_unknown_command_is_a_usage_error() -> None:
