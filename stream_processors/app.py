@@ -218,6 +218,7 @@ def _ms(value: float | None) -> str:
 async def freshness_page(web: Any, request: Any) -> Any:
     snap = tracker.snapshot()
     snap["assigned_partitions"] = len(app.consumer.assignment()) if app.consumer else 0
+    snap["ready"] = _features is not None  # Feast loaded: batches are not held up by start-up
     if request.query.get("samples"):
         snap["lags_ms"] = tracker.samples()
     return web.json(snap)
