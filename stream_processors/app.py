@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import faust
+from faust import streams as faust_streams
 
 from streamrec.config import get_settings
 from streamrec.features import FeatureClient, FeatureStoreError, history_frame
@@ -94,6 +97,34 @@ def _decode(model: type, event: Any) -> Any:
     return value
 
 
+async def _flush_changelog() -> None:
+    """Return once every table write so far is acknowledged by the broker.
+
+    Faust's buffer flush gives up after 0.1 s without progress and returns with records still queued;
+    acking a batch then could commit offsets whose changelog records were never written (seen as lost
+    history after a kill -9). So drain until the buffer is empty, then flush the Kafka producer.
+    """
+    producer = app.producer
+    while producer.buffer.size:
+        await producer.buffer.flush()
+    await producer.flush()
+
+
+@contextmanager
+def _as_current(event: Any) -> Iterator[None]:
+    """Make ``event`` the one Faust's table sees (it picks the changelog partition from it).
+
+    Only the context variable of this task is set: the stream's own ``current_event`` attribute belongs
+    to the background drainer that fills the take buffer, and changing it there once put the wrong
+    event (or None) into the buffer.
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
 async def _push_users(newest_record_ts: dict[str, float]) -> list[float]:
     """One Feast push with a row per user; returns each row's freshness lag in ms."""
     client = await features()
@@ -109,7 +140,7 @@ async def _push_users(newest_record_ts: dict[str, float]) -> list[float]:
     return [(written - ts) * 1000.0 for ts in newest_record_ts.values()]
 
 
-async def process_history_batch(stream: Any, events: Sequence[Any]) -> None:
+async def process_history_batch(events: Sequence[Any]) -> None:
     """Apply a micro-batch of interaction events, push changed users once, then ack."""
     t_start = time.perf_counter()
     newest_record_ts: dict[str, float] = {}  # user → Kafka timestamp (s) of their newest event here
@@ -132,12 +163,11 @@ async def process_history_batch(stream: Any, events: Sequence[Any]) -> None:
         newest_record_ts[user_id] = max(newest_record_ts.get(user_id, 0.0), event.message.timestamp)
     # One table write (one changelog record) per user per batch, on the partition of its events.
     for user_id, (state, event) in pending.items():
-        stream._set_current_event(event)
-        history_table[user_id] = state
-    stream._set_current_event(None)
+        with _as_current(event):
+            history_table[user_id] = state
 
     # Both must be durable before the ack, and neither needs the other: do them at the same time.
-    flushed = asyncio.ensure_future(app.producer.flush())  # this batch's changelog records
+    flushed = asyncio.ensure_future(_flush_changelog())  # this batch's changelog records
     lags = await _push_users(newest_record_ts) if newest_record_ts else []
     await flushed
     tracker.record_batch(valid, applied, lags)
@@ -182,9 +212,44 @@ def _batching() -> tuple[int, float]:
 
 @app.agent(interactions_topic)
 async def history_agent(stream: Any) -> None:
-    size, within = _batching()
-    async for events in stream.noack_take(size, within=within):
-        await process_history_batch(stream, events)
+    """Collect events into the pending micro-batch; flush it when full (or, see below, when due).
+
+    Not ``stream.noack_take``: with a backlog (a restart after kill -9) its buffer lost events that were
+    read while a batch was being processed, and the worker stalled on the unacked offsets.
+    """
+    size, _ = _batching()
+    async for event in stream.noack().events():
+        async with pending_history.lock:
+            if not pending_history.events:
+                pending_history.started = time.monotonic()
+            pending_history.events.append(event)
+            if len(pending_history.events) >= size:
+                await pending_history.flush()
+
+
+class PendingBatch:
+    """Events read but not yet applied; flushed by size (agent) or by age (timer), one at a time."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.started = 0.0
+        self.lock = asyncio.Lock()
+
+    async def flush(self) -> None:
+        events, self.events = self.events, []
+        if events:
+            await process_history_batch(events)
+
+
+pending_history = PendingBatch()
+
+
+@app.timer(max(settings.push_max_wait_ms / 2000.0, 0.005))
+async def _flush_due_history() -> None:
+    _, within = _batching()
+    if pending_history.events and time.monotonic() - pending_history.started >= within:
+        async with pending_history.lock:
+            await pending_history.flush()
 
 
 @app.agent(item_updates_topic)

@@ -44,18 +44,8 @@ def _short_fetch_wait() -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_with_short_wait
 
 
-# Faust stalls the stream whenever more than 100 table writes wait to be produced (ProducerBuffer.
-# max_messages), draining them one by one with a warning each time. A micro-batch writes one record per
-# changed user (hundreds), and the agents flush the buffer themselves before acking, so the cap only
-# adds stalls and log spam.
-CHANGELOG_BUFFER = 20_000
-
-
 def create_app(settings: Settings, app_id: str, web_port: int) -> faust.App:
     """A Faust app on streamrec's Kafka settings, tuned for low latency on the embedded broker."""
-    from faust.transport.producer import ProducerBuffer
-
-    ProducerBuffer.max_messages = CHANGELOG_BUFFER
     _short_fetch_wait()
     datadir = settings.data_dir / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level

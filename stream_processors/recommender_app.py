@@ -188,7 +188,7 @@ def _error_response(event: Any, exc: SchemaError) -> RecommendationResponse:
     return RecommendationResponse(
         request_id=str(request_id)[:128] if request_id is not None else "",
         user_id=str(user_id)[:128] if user_id is not None else None,
-        error=ErrorInfo(code="bad_request", message=str(exc)[:1024]))
+        items=[], error=ErrorInfo(code="bad_request", message=str(exc)[:1024]))
 
 
 async def process_requests(events: list[Any]) -> None:

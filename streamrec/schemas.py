@@ -176,8 +176,8 @@ def decode(model: type[M], raw: bytes | str) -> M:
 
 
 def encode(message: BaseModel) -> bytes:
-    """Serialize a message as compact UTF-8 JSON, leaving out unset optional fields."""
-    return message.model_dump_json(exclude_none=True).encode()
+    """Serialize a message as compact UTF-8 JSON, leaving out optional fields that were never set."""
+    return message.model_dump_json(exclude_unset=True).encode()
 
 
 def loads_any(raw: bytes) -> Any:
