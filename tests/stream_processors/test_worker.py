@@ -45,10 +45,6 @@ def online_state(settings: Settings, users: list[str]) -> dict[str, dict]:
     return {u: {k: row[k] for k in keys} for u, row in zip(users, rows, strict=True)}
 
 
-def _matches(settings: Settings, truth: dict[str, dict]) -> Callable[[], bool]:
-    return lambda: online_state(settings, list(truth)) == truth
-
-
 def _events(settings: Settings) -> pd.DataFrame:
     frame = pd.read_parquet(settings.data_dir / "recommendation_interactions.parquet")
     return frame.sort_values("timestamp", kind="stable").head(N_EVENTS)
