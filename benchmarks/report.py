@@ -1,0 +1,339 @@
+"""BENCHMARKS.md from the benchmarks' result dicts: pure functions, no I/O.
+
+Each benchmark's ``run()`` dict becomes rows of measurement | streamrec | raw baseline | ratio | goal | met?.
+The result dicts belong to the benchmark modules and may gain or lose keys, so every figure is read with
+:func:`dig`, and a missing one renders as "—" instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Row", "Outcome", "dig", "ratio", "rows_for", "render", "ROW_BUILDERS"]
+
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a benchmark's table; ``met`` is None when there is no goal or it cannot be judged here."""
+
+    measurement: str
+    value: float | None
+    baseline: float | None = None
+    baseline_label: str = ""
+    goal: str = ""
+    met: bool | None = None
+    why_na: str = ""  # shown instead of met? when a goal exists but does not apply at this size
+
+    @property
+    def ratio(self) -> float | None:
+        return ratio(self.value, self.baseline)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one benchmark produced: its figures, or the one-line error it failed with."""
+
+    name: str
+    params: Mapping[str, Any]
+    seconds: float | None = None
+    result: Mapping[str, Any] | None = None
+    error: str | None = None
+
+
+def dig(d: Any, *path: Any) -> Any:
+    """``d[p0][p1]…`` or None when any step is missing; int keys also match their JSON string form."""
+    for key in path:
+        if not isinstance(d, Mapping):
+            return None
+        if key in d:
+            d = d[key]
+        elif str(key) in d:
+            d = d[str(key)]
+        else:
+            return None
+    return d
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
+        return None
+    return float(x)
+
+
+def ratio(value: Any, baseline: Any) -> float | None:
+    """streamrec ÷ baseline, or None when either is missing or the baseline is zero."""
+    v, b = _num(value), _num(baseline)
+    if v is None or b is None or b == 0:
+        return None
+    return v / b
+
+
+def _at_most(x: Any, limit: float) -> bool | None:
+    x = _num(x)
+    return None if x is None else x <= limit
+
+
+def _at_least(x: Any, limit: float) -> bool | None:
+    x = _num(x)
+    return None if x is None else x >= limit
+
+
+def _both(*checks: bool | None) -> bool | None:
+    if any(c is False for c in checks):
+        return False
+    return None if any(c is None for c in checks) else True
+
+
+# ---- one builder per benchmark: result dict (+ the sizes it ran with) -> rows ---------------------------
+# Goals are restated here from the issues (and the benchmark modules' constants) so that rendering never
+# imports torch or Feast.
+GENERATE_TIME_S, GENERATE_RSS_MB, GENERATE_AT = 10.0, 2048.0, 1_000_000
+STREAM_EVENTS_PER_S, STREAM_RATIO, STREAM_P99_MS, STREAM_RATE, STREAM_RSS_MB, STREAM_USERS = (
+    10_000.0, 0.5, 250.0, 1000.0, 1024.0, 100_000)
+TRAIN_TIME_S, TRAIN_EPOCHS, TRAIN_POPULARITY, TRAIN_ORACLE = 20.0, 10, 2.0, 0.8
+RECOMMEND_P99_MS, RECOMMEND_ITEMS, KAFKA_P99_MS, KAFKA_RATE = 3.0, 5000, 15.0, 500.0
+
+
+def _generate(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
+    n = dig(r, "n_interactions") or p.get("n_interactions")
+    na = "" if n == GENERATE_AT else f"goal is at {GENERATE_AT:,} interactions"
+    base = "numpy draw + DataFrame"
+    total = dig(r, "total_s")
+    return [
+        Row("generate, s", dig(r, "generate_s"), dig(r, "baseline_s"), base),
+        Row("generate + write parquet, s", total, goal=f"≤ {GENERATE_TIME_S:.0f} s",
+            met=None if na else _at_most(total, GENERATE_TIME_S), why_na=na),
+        Row("peak RSS, MB", dig(r, "peak_rss_mb"), dig(r, "baseline_peak_rss_mb"), base,
+            goal=f"≤ {GENERATE_RSS_MB:,.0f} MB",
+            met=None if na else _at_most(dig(r, "peak_rss_mb"), GENERATE_RSS_MB), why_na=na),
+    ]
+
+
+def _features(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
+    rows = []
+    for batch in (1, 1000):
+        push = dig(r, "push", f"batch_{batch}")
+        rows.append(Row(f"push, batches of {batch:,}, rows/s", dig(push, "feast_rows_per_s"),
+                        dig(push, "raw_rows_per_s"), "redis-py pipeline"))
+    for n in (1, 100):
+        read = dig(r, "read", f"entities_{n}")
+        for q in ("p50", "p99"):
+            rows.append(Row(f"online read, {n} user{'s' * (n > 1)}, {q} ms", dig(read, "feast", f"{q}_ms"),
+                            dig(read, "raw", f"{q}_ms"), "pipelined HGETALL"))
+    return rows
+
+
+def _stream(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
+    m = dig(r, "max_rate")
+    worker, base = dig(m, "worker_events_per_s"), dig(m, "baseline_events_per_s")
+    rate = dig(r, "steady", "rate") or p.get("rate")
+    users = dig(r, "users") or p.get("users")
+    rate_na = "" if _num(rate) == STREAM_RATE else f"goal is at {STREAM_RATE:,.0f} events/s"
+    users_na = "" if users == STREAM_USERS else f"goal is at {STREAM_USERS:,} users"
+    p99 = dig(r, "steady", "freshness_p99_ms")
+    rss = dig(r, "worker_peak_rss_mb")
+    rate_txt = f"{_num(rate):,.0f}" if _num(rate) is not None else "?"
+    return [
+        Row("max-rate drain, events/s", worker, base, "aiokafka + redis-py",
+            goal=f"≥ {STREAM_EVENTS_PER_S:,.0f}/s and ≥ {STREAM_RATIO}× baseline",
+            met=_both(_at_least(worker, STREAM_EVENTS_PER_S), _at_least(ratio(worker, base), STREAM_RATIO))),
+        Row(f"freshness p50 at {rate_txt} events/s, ms", dig(r, "steady", "freshness_p50_ms")),
+        Row(f"freshness p99 at {rate_txt} events/s, ms", p99, goal=f"≤ {STREAM_P99_MS:.0f} ms",
+            met=None if rate_na else _at_most(p99, STREAM_P99_MS), why_na=rate_na),
+        Row("freshness p99 while draining a backlog, ms", dig(m, "freshness_p99_ms")),
+        Row("worker peak RSS, MB", rss, goal=f"≤ {STREAM_RSS_MB:,.0f} MB at {STREAM_USERS:,} users",
+            met=None if users_na else _at_most(rss, STREAM_RSS_MB), why_na=users_na),
+    ]
+
+
+def _train(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
+    s = dig(r, "seed")
+    epochs = dig(s, "epochs") or p.get("epochs")
+    na = "" if epochs == TRAIN_EPOCHS else f"goal is for {TRAIN_EPOCHS} epochs"
+    tt = dig(s, "recall@10", "two-tower")
+    rows = [
+        Row(f"train 20k interactions × {epochs} epochs, s", dig(s, "train_s"), goal=f"≤ {TRAIN_TIME_S:.0f} s",
+            met=None if na else _at_most(dig(s, "train_s"), TRAIN_TIME_S), why_na=na),
+        Row("train, CPU seconds", dig(s, "cpu_s")),
+        Row("Recall@10 vs popularity", tt, dig(s, "recall@10", "popularity"), "popularity",
+            goal=f"≥ {TRAIN_POPULARITY:g}×",
+            met=_at_least(ratio(tt, dig(s, "recall@10", "popularity")), TRAIN_POPULARITY)),
+        Row("Recall@10 vs oracle", tt, dig(s, "recall@10", "oracle"), "oracle", goal=f"≥ {TRAIN_ORACLE:g}×",
+            met=_at_least(ratio(tt, dig(s, "recall@10", "oracle")), TRAIN_ORACLE)),
+        Row("Recall@10 vs leaky ceiling (peeks at answers)", tt, dig(s, "ceiling_recall@10"), "ceiling"),
+    ]
+    big = dig(r, "big")
+    if isinstance(big, Mapping):
+        n = _num(dig(big, "n_interactions"))
+        rows.append(Row(f"seconds per epoch at {n:,.0f} interactions" if n else "seconds per epoch, big",
+                        dig(big, "epoch_s")))
+    return rows
+
+
+def _recommend(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    first_baseline = None
+    in_process = dig(r, "in_process")
+    if not isinstance(in_process, Mapping) or not in_process:  # show the expected rows, as dashes
+        in_process = {n: None for n in p.get("item_counts", [RECOMMEND_ITEMS])}
+    for key, f in in_process.items():
+        n = int(key) if str(key).isdigit() else key
+        label = f"{n:,} items" if isinstance(n, int) else str(n)
+        base = "Feast read + tower forward"
+        b50 = dig(f, "baseline_feast_read_plus_forward", "p50_ms")
+        b99 = dig(f, "baseline_feast_read_plus_forward", "p99_ms")
+        if first_baseline is None:
+            first_baseline = b99
+        na = "" if n == RECOMMEND_ITEMS else f"goal is at {RECOMMEND_ITEMS:,} items"
+        rec99 = dig(f, "recommend", "p99_ms")
+        rows += [
+            Row(f"recommend() p50, {label}, ms", dig(f, "recommend", "p50_ms")),
+            Row(f"recommend() p99, {label}, ms", rec99, goal=f"≤ {RECOMMEND_P99_MS:g} ms at {RECOMMEND_ITEMS:,}",
+                met=None if na else _at_most(rec99, RECOMMEND_P99_MS), why_na=na),
+            Row(f"Feast read + recommend() p50, {label}, ms", dig(f, "feast_read_plus_recommend", "p50_ms"), b50, base),
+            Row(f"Feast read + recommend() p99, {label}, ms", dig(f, "feast_read_plus_recommend", "p99_ms"), b99, base),
+        ]
+    k = dig(r, "kafka")
+    if isinstance(k, Mapping) or "rate" in p:
+        rate = _num(dig(k, "rate") or p.get("rate"))
+        na = "" if rate == KAFKA_RATE else f"goal is at {KAFKA_RATE:,.0f} requests/s"
+        at = f"{rate:,.0f} req/s" if rate is not None else "? req/s"
+        rt99 = dig(k, "round_trip_ms", "p99")
+        base = "in process: Feast read + forward"
+        rows += [
+            Row(f"over Kafka at {at}: round trip p50, ms", dig(k, "round_trip_ms", "p50")),
+            Row(f"over Kafka at {at}: round trip p99, ms", rt99, first_baseline, base,
+                goal=f"≤ {KAFKA_P99_MS:g} ms at {KAFKA_RATE:,.0f} req/s",
+                met=None if na else _at_most(rt99, KAFKA_P99_MS), why_na=na),
+            Row(f"over Kafka at {at}: server latency p99, ms", dig(k, "server_latency_ms", "p99"), first_baseline,
+                base),
+            Row("over Kafka: answered / sent", ratio(dig(k, "answered"), dig(k, "sent"))),
+            Row("over Kafka: error answers", dig(k, "errors")),
+        ]
+    return rows
+
+
+ROW_BUILDERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[Row]]] = {
+    "generate": _generate, "features": _features, "stream": _stream, "train": _train, "recommend": _recommend,
+}
+
+TITLES = {
+    "generate": "Synthetic data generator",
+    "features": "Feature store (Feast on Redis)",
+    "stream": "Stream worker",
+    "train": "Two-tower training",
+    "recommend": "Recommender",
+}
+
+
+def rows_for(name: str, result: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> list[Row]:
+    """The table rows of benchmark ``name``; figures absent from ``result`` come out as None."""
+    return ROW_BUILDERS[name](result, params or {})
+
+
+# ---- markdown ---------------------------------------------------------------------------------------
+def fmt(x: Any) -> str:
+    """A figure with as many digits as it deserves; "—" when missing."""
+    v = _num(x)
+    if v is None:
+        return DASH
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _met(row: Row) -> str:
+    if not row.goal:
+        return DASH
+    if row.why_na:
+        return f"n/a ({row.why_na})"
+    return {True: "met", False: "**not met**", None: DASH}[row.met]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(rows: list[Row]) -> str:
+    """One markdown table: measurement | streamrec | raw baseline | ratio | goal | met?."""
+    lines = ["| measurement | streamrec | raw baseline | ratio | goal | met? |", "|---|---:|---|---:|---|---|"]
+    for row in rows:
+        baseline = DASH if _num(row.baseline) is None else f"{fmt(row.baseline)} ({row.baseline_label})"
+        r = row.ratio
+        cells = [row.measurement, fmt(row.value), baseline, DASH if r is None else f"{r:.2f}×",
+                 row.goal or DASH, _met(row)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _params(params: Mapping[str, Any]) -> str:
+    def one(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return ", ".join(one(x) for x in v)
+        return fmt(v) if _num(v) is not None else str(v)
+
+    return "; ".join(f"{k} = {one(v)}" for k, v in params.items()) or "module defaults"
+
+
+def section(outcome: Outcome) -> str:
+    """A benchmark's heading, the sizes it ran with, and its table (or its error)."""
+    title = TITLES.get(outcome.name, outcome.name)
+    took = f", took {outcome.seconds:,.0f} s" if outcome.seconds is not None else ""
+    head = [f"## {title} (`streamrec bench {outcome.name}`)", "",
+            f"Sizes: {_params(outcome.params)}{took}.", ""]
+    if outcome.error is not None:
+        return "\n".join(head + [f"**Failed**: `{_cell(outcome.error)}`"])
+    rows = rows_for(outcome.name, outcome.result or {}, outcome.params)
+    return "\n".join(head + [table(rows) if rows else "No figures in the result (see the raw dicts below)."])
+
+
+def _summary(outcomes: list[Outcome]) -> str:
+    met = not_met = na = 0
+    for o in outcomes:
+        if o.error is None:
+            for row in rows_for(o.name, o.result or {}, o.params):
+                if row.goal:
+                    if row.why_na or row.met is None:
+                        na += 1
+                    elif row.met:
+                        met += 1
+                    else:
+                        not_met += 1
+    failed = [o.name for o in outcomes if o.error is not None]
+    text = f"Goals: {met} met, {not_met} not met, {na} not judged at these sizes."
+    if failed:
+        text += f" Failed: {', '.join(failed)}."
+    return text
+
+
+def render(machine: Mapping[str, Any], outcomes: list[Outcome], mode: str = "full",
+           command: str = "streamrec bench") -> str:
+    """The whole BENCHMARKS.md: the machine, a one-line summary, one section per benchmark, raw figures."""
+    lines = ["# Benchmarks", "",
+             f"Produced by `{command}` ({mode} sizes). Every figure is beside a raw baseline measured in the "
+             "same run where one exists; ratio = streamrec ÷ baseline (for rates higher is better, for times and "
+             "memory lower is better). Wall times on a shared machine vary; treat them as of this run.", "",
+             "| machine | |", "|---|---|"]
+    lines += [f"| {_cell(str(k))} | {_cell(str(v))} |" for k, v in machine.items()]
+    lines += ["", _summary(outcomes), ""]
+    for o in outcomes:
+        lines += [section(o), ""]
+    raw = {o.name: o.result if o.error is None else {"error": o.error} for o in outcomes}
+    lines += ["<details><summary>Raw result dicts</summary>", "", "```json",
+              json.dumps(raw, indent=1, sort_keys=True, default=str), "```", "", "</details>", ""]
+    return "\n".join(lines)

@@ -1,0 +1,241 @@
+"""Run every benchmark (or some) and write BENCHMARKS.md: ``streamrec bench [--quick] [--only a,b] [--out F]``.
+
+Each benchmark runs in a child process of its own (``python -m benchmarks.suite --child NAME``) so that its
+peak RSS, torch thread settings and leftover threads are its own, and so that one that crashes or hangs is
+reported as failed while the others still run. The child writes its result dict as JSON to a file; its
+stdout and stderr go to a log, whose last line is the error when it dies without a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .report import Outcome, render
+
+__all__ = ["NAMES", "SIZES", "machine_info", "run_benchmark", "run_suite", "select", "suite"]
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("generate", "features", "stream", "train", "recommend")
+
+# keyword arguments of each module's run(). "full" keeps the sizes the goals are stated at and is meant to
+# finish in about 15 minutes on a 2-core machine; "quick" is a smoke run of a few minutes.
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "generate": {"n_interactions": 1_000_000},
+        "features": {"rounds": 200},
+        "stream": {"users": 100_000, "events": 300_000, "rate": 1000.0, "seconds": 20.0},
+        "train": {"epochs": 10, "big": 1_000_000, "big_epochs": 1},
+        "recommend": {"item_counts": [5000, 100_000], "rate": 500.0, "seconds": 10.0, "rounds": 500},
+    },
+    "quick": {
+        "generate": {"n_interactions": 100_000},
+        "features": {"rounds": 50},
+        "stream": {"users": 10_000, "events": 30_000, "rate": 1000.0, "seconds": 5.0},
+        "train": {"epochs": 10, "big": 0},
+        "recommend": {"item_counts": [5000], "rate": 200.0, "seconds": 5.0, "rounds": 200},
+    },
+}
+TIMEOUT_S = 30 * 60  # per benchmark: a hung one is stopped and reported, the rest still run
+INTERRUPT_GRACE_S = 30  # after SIGINT, time for the child's finally blocks (stopping its own stack)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> str:
+    try:
+        return f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB"
+    except (ValueError, OSError, AttributeError):
+        return "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} (with uncommitted changes)" if dirty else commit
+
+
+def machine_info() -> dict[str, str]:
+    """What the figures were measured on, for the table at the top of the file."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "CPU": _cpu_model(),
+        "cores": f"{os.cpu_count()} ({usable} usable by this process)",
+        "RAM": _ram_gib(),
+        "OS": platform.platform(),
+        "Python": platform.python_version(),
+        "torch": _version("torch"),
+        "feast": _version("feast"),
+        "faust": _version("faust-streaming"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "git commit": _git_commit(),
+    }
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT first so the child's finally blocks stop what it started, then kill its process group."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(INTERRUPT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the child's own group (start_new_session), nothing else
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def run_benchmark(name: str, params: dict[str, Any], workdir: Path, timeout: float = TIMEOUT_S,
+                  tick: Any = None) -> Outcome:
+    """Run one benchmark in a child process; never raises for the benchmark's own failures."""
+    result_path, log_path = workdir / f"{name}.json", workdir / f"{name}.log"
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "benchmarks.suite", "--child", name, "--params", json.dumps(params),
+           "--result", str(result_path)]
+    t0 = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": path}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while proc.poll() is None:
+            if time.monotonic() - t0 > timeout:
+                _stop(proc)
+                return Outcome(name, params, time.monotonic() - t0, error=f"timed out after {timeout:.0f} s")
+            if tick:
+                tick(time.monotonic() - t0)
+            time.sleep(0.5)
+    except BaseException:  # Ctrl-C in the parent: the child has its own session and would not see it
+        _stop(proc)
+        raise
+    seconds = time.monotonic() - t0
+    log_text = log_path.read_text(errors="replace")
+    try:
+        payload = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        line = _last_line(log_text) or f"exited with code {proc.returncode} and no output"
+        return Outcome(name, params, seconds, error=line)
+    if "error" in payload:
+        return Outcome(name, params, seconds, error=payload["error"])
+    return Outcome(name, params, seconds, result=payload["result"])
+
+
+def run_suite(names: Sequence[str], mode: str = "full", console: Any = None) -> list[Outcome]:
+    """Run ``names`` one after another with ``SIZES[mode]``; progress on ``console`` (rich) when given."""
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
+        for i, name in enumerate(names, 1):
+            params = SIZES[mode][name]
+            label = f"[{i}/{len(names)}] {name} ({', '.join(f'{k}={v}' for k, v in params.items())})"
+            if console is None:
+                outcomes.append(run_benchmark(name, params, Path(tmp)))
+                continue
+            with console.status(label) as status:
+                outcome = run_benchmark(name, params, Path(tmp),
+                                        tick=lambda s, label=label, status=status: status.update(f"{label} {s:.0f} s"))
+            mark = "[green]done[/]" if outcome.error is None else f"[bold red]failed[/]: {outcome.error}"
+            console.print(f"{label} {mark} in {outcome.seconds:.0f} s", highlight=False, soft_wrap=True)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def write_report(outcomes: list[Outcome], out: Path, mode: str, command: str) -> None:
+    """Render and write atomically, so an interrupted run never leaves half a file."""
+    text = render(machine_info(), outcomes, mode=mode, command=command)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+
+
+def select(only: str | None) -> list[str]:
+    """The benchmarks named in ``--only a,b`` (all when None), in the suite's order; ValueError for a bad name."""
+    if only is None:
+        return list(NAMES)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NAMES]
+    if unknown or not names:
+        raise ValueError(f"unknown benchmark {', '.join(unknown) or repr(only)}; choose from {', '.join(NAMES)}")
+    return [n for n in NAMES if n in names]
+
+
+def suite(names: Sequence[str], quick: bool, out: Path, console: Any = None) -> list[str]:
+    """`streamrec bench` without a subcommand: run ``names``, write ``out``; returns the names that failed."""
+    mode = "quick" if quick else "full"
+    outcomes = run_suite(names, mode, console)
+    command = " ".join(["streamrec bench", *(["--quick"] if quick else []),
+                        *([f"--only {','.join(names)}"] if list(names) != list(NAMES) else [])])
+    write_report(outcomes, out, mode, command)
+    return [o.name for o in outcomes if o.error is not None]
+
+
+def _jsonable(x: Any) -> Any:
+    return x.item() if hasattr(x, "item") else str(x)  # numpy scalars, paths
+
+
+def _child(name: str, params: dict[str, Any], result_path: Path) -> int:
+    import importlib
+
+    try:
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        payload: dict[str, Any] = {"result": module.run(**params)}
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - reported in the file as this benchmark's failure
+        traceback.print_exc()
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or ["(no message)"]
+        message = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+        payload, code = {"error": f"{type(exc).__name__}: {message}"}, 1
+    result_path.write_text(json.dumps(payload, default=_jsonable))
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="internal: one benchmark in a child process (see streamrec bench)")
+    ap.add_argument("--child", choices=NAMES, required=True)
+    ap.add_argument("--params", default="{}")
+    ap.add_argument("--result", type=Path, required=True)
+    args = ap.parse_args(argv)
+    return _child(args.child, json.loads(args.params), args.result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""`streamrec bench` without a subcommand: BENCHMARKS.md rendered from hand-made result dicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.report import Outcome, Row, dig, fmt, ratio, render, rows_for, table
+from benchmarks.suite import SIZES, run_benchmark, select
+
+MACHINE = {"CPU": "Test CPU 9000", "cores": "2", "RAM": "8.0 GiB", "Python": "3.11.9", "torch": "2.4.0",
+           "date": "2026-01-01 00:00 UTC", "git commit": "abc1234"}
+
+TRAIN = {"device": "cpu", "threads": 2,
+         "seed": {"epochs": 10, "train_s": 8.0, "cpu_s": 15.0, "ceiling_recall@10": 0.4,
+                  "recall@10": {"two-tower": 0.3, "popularity": 0.1, "oracle": 0.5, "random": 0.01}}}
+STREAM = {"users": 100_000, "events": 300_000,
+          "steady": {"rate": 1000.0, "events": 20_000, "freshness_p50_ms": 40.0, "freshness_p99_ms": 300.0},
+          "max_rate": {"worker_events_per_s": 12_000.0, "baseline_events_per_s": 20_000.0,
+                       "freshness_p99_ms": 900.0},
+          "worker_peak_rss_mb": 700.0}
+RECOMMEND = {"in_process": {"5000": {"recommend": {"p50_ms": 1.0, "p99_ms": 4.0},
+                                     "feast_read_plus_recommend": {"p50_ms": 3.0, "p99_ms": 6.0},
+                                     "baseline_feast_read_plus_forward": {"p50_ms": 2.0, "p99_ms": 3.0}}},
+             "kafka": {"rate": 500.0, "sent": 5000, "answered": 5000, "errors": 0,
+                       "round_trip_ms": {"p50": 5.0, "p99": 12.0}, "server_latency_ms": {"p50": 2.0, "p99": 6.0}}}
+
+
+def _row(rows: list[Row], starts: str) -> Row:
+    [row] = [r for r in rows if r.measurement.startswith(starts)]
+    return row
+
+
+def test_ratio_is_streamrec_over_baseline_and_none_without_a_baseline() -> None:
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(3.0, None) is None
+    assert ratio(None, 2.0) is None
+    assert ratio(3.0, 0.0) is None
+    assert ratio(float("nan"), 1.0) is None
+
+
+def test_train_goals_are_judged_on_the_ratio_to_each_baseline() -> None:
+    rows = rows_for("train", TRAIN)
+    pop, oracle = _row(rows, "Recall@10 vs popularity"), _row(rows, "Recall@10 vs oracle")
+    assert pop.ratio == pytest.approx(3.0) and pop.met is True  # 0.3 / 0.1 >= 2x
+    assert oracle.ratio == pytest.approx(0.6) and oracle.met is False  # 0.3 / 0.5 < 0.8x
+    assert _row(rows, "train 20k").met is True  # 8 s <= 20 s
+
+
+def test_train_time_over_the_goal_is_not_met_and_other_epoch_counts_are_not_judged() -> None:
+    slow = {"seed": {**TRAIN["seed"], "train_s": 25.0}}
+    assert _row(rows_for("train", slow), "train 20k").met is False
+    three = {"seed": {**TRAIN["seed"], "epochs": 3}}
+    row = _row(rows_for("train", three), "train 20k")
+    assert row.met is None and "10 epochs" in row.why_na
+
+
+def test_stream_throughput_needs_both_the_absolute_rate_and_half_the_baseline() -> None:
+    rows = rows_for("stream", STREAM)
+    drain = _row(rows, "max-rate drain")
+    assert drain.ratio == pytest.approx(0.6) and drain.met is True
+    slow_vs_base = {**STREAM, "max_rate": {"worker_events_per_s": 12_000.0, "baseline_events_per_s": 30_000.0}}
+    assert _row(rows_for("stream", slow_vs_base), "max-rate drain").met is False  # 0.4x
+    slow = {**STREAM, "max_rate": {"worker_events_per_s": 9_000.0, "baseline_events_per_s": 10_000.0}}
+    assert _row(rows_for("stream", slow), "max-rate drain").met is False  # 0.9x but < 10k/s
+    assert _row(rows, "freshness p99 at 1,000").met is False  # 300 ms > 250 ms
+    assert _row(rows, "worker peak RSS").met is True  # 700 MB at 100k users
+
+
+def test_goals_stated_at_a_size_are_not_judged_at_another() -> None:
+    small = {**STREAM, "users": 10_000}
+    rss = _row(rows_for("stream", small), "worker peak RSS")
+    assert rss.met is None and "100,000 users" in rss.why_na
+    gen = rows_for("generate", {"n_interactions": 100_000, "total_s": 1.0, "peak_rss_mb": 100.0})
+    assert all(r.met is None for r in gen if r.goal)
+    md = table(gen)
+    assert "n/a (goal is at 1,000,000 interactions)" in md and "| met |" not in md
+
+
+def test_generate_at_the_goal_size() -> None:
+    r = {"n_interactions": 1_000_000, "generate_s": 6.0, "baseline_s": 2.0, "total_s": 9.0, "peak_rss_mb": 3000.0,
+         "baseline_peak_rss_mb": 1000.0}
+    rows = rows_for("generate", r)
+    assert _row(rows, "generate, s").ratio == pytest.approx(3.0)
+    assert _row(rows, "generate + write").met is True
+    assert _row(rows, "peak RSS").met is False and _row(rows, "peak RSS").ratio == pytest.approx(3.0)
+
+
+def test_recommend_reads_json_string_keys_and_uses_the_in_process_baseline_over_kafka() -> None:
+    rows = rows_for("recommend", RECOMMEND)
+    assert _row(rows, "recommend() p99, 5,000 items").met is False  # 4 ms > 3 ms
+    full = _row(rows, "Feast read + recommend() p99")
+    assert full.ratio == pytest.approx(2.0)
+    rt = _row(rows, "over Kafka at 500 req/s: round trip p99")
+    assert rt.met is True and rt.ratio == pytest.approx(4.0)  # 12 ms <= 15 ms; 12 / 3
+    # int keys, as run() returns them before the JSON round trip, read the same
+    as_ints = {**RECOMMEND, "in_process": {5000: RECOMMEND["in_process"]["5000"]}}
+    assert rows_for("recommend", as_ints) == rows
+
+
+@pytest.mark.parametrize("name", ["generate", "features", "stream", "train", "recommend"])
+def test_missing_figures_render_as_dashes_not_errors(name: str) -> None:
+    md = render(MACHINE, [Outcome(name, SIZES["full"][name], 1.0, result={"unexpected": {"shape": 1}})])
+    assert "—" in md
+    for row in rows_for(name, {}):
+        assert row.met is None  # a goal without its figure is not judged either way
+
+
+def test_features_rows_show_feast_beside_raw_redis() -> None:
+    r = {"push": {"batch_1": {"feast_rows_per_s": 500.0, "raw_rows_per_s": 5000.0}},
+         "read": {"entities_1": {"feast": {"p50_ms": 2.0, "p99_ms": 4.0}, "raw": {"p50_ms": 0.5, "p99_ms": 1.0}}}}
+    rows = rows_for("features", r)
+    assert _row(rows, "push, batches of 1, rows/s").ratio == pytest.approx(0.1)
+    assert _row(rows, "online read, 1 user, p99").ratio == pytest.approx(4.0)
+    assert _row(rows, "push, batches of 1,000").value is None
+
+
+def test_the_document_has_machine_sizes_tables_failures_and_a_summary() -> None:
+    outcomes = [Outcome("stream", SIZES["full"]["stream"], 300.0, error="RuntimeError: worker exited"),
+                Outcome("train", SIZES["full"]["train"], 90.0, result=TRAIN)]
+    md = render(MACHINE, outcomes, mode="full")
+    for value in MACHINE.values():
+        assert value in md
+    assert "**Failed**: `RuntimeError: worker exited`" in md
+    assert "Sizes: epochs = 10; big = 1,000,000; big_epochs = 1, took 90 s." in md
+    assert "| measurement | streamrec | raw baseline | ratio | goal | met? |" in md
+    assert "| Recall@10 vs popularity | 0.300 | 0.100 (popularity) | 3.00× | ≥ 2× | met |" in md
+    assert "| Recall@10 vs oracle | 0.300 | 0.500 (oracle) | 0.60× | ≥ 0.8× | **not met** |" in md
+    assert "Goals: 2 met, 1 not met, 0 not judged at these sizes. Failed: stream." in md
+    raw = md.split("```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(raw)["stream"] == {"error": "RuntimeError: worker exited"}
+
+
+def test_fmt_and_dig() -> None:
+    assert [fmt(x) for x in (None, 12_345.6, 123.4, 12.34, 1.234, 0.1234, 5000)] == \
+        ["—", "12,346", "123", "12.3", "1.23", "0.123", "5,000"]
+    assert dig({"a": {"5": 1}}, "a", 5) == 1 and dig({"a": 1}, "a", "b") is None
+
+
+def test_select() -> None:
+    assert select(None) == ["generate", "features", "stream", "train", "recommend"]
+    assert select("train, generate") == ["generate", "train"]
+    with pytest.raises(ValueError, match="nope"):
+        select("train,nope")
+
+
+def test_a_failing_benchmark_is_an_outcome_with_one_line(tmp_path: Path) -> None:
+    outcome = run_benchmark("generate", {"no_such_size": 1}, tmp_path, timeout=120)
+    assert outcome.result is None
+    assert outcome.error.startswith("TypeError:") and "no_such_size" in outcome.error
+    assert "\n" not in outcome.error
+
+
+def test_cli_rejects_an_unknown_benchmark() -> None:
+    result = subprocess.run([sys.executable, "-m", "streamrec", "bench", "--only", "nope"], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
