@@ -30,6 +30,7 @@ import torch
 
 from streamrec._exceptions import SchemaError, StreamrecError
 from streamrec.config import Settings
+from streamrec.offsets import EndOffsetError, end_offsets_sync
 from streamrec.schemas import Interaction, ModelUpdate, decode, encode
 from streamrec.topics import INTERACTIONS, MODEL_UPDATES
 
@@ -147,7 +148,7 @@ class InteractionLog:
             self._connect()
         c, rows = self._consumer, []
         try:
-            end = c.end_offsets(self._parts)
+            end = end_offsets_sync(self.settings.kafka_python_config(), self._parts)
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 if until_caught_up and all(c.position(tp) >= end[tp] for tp in self._parts):
@@ -157,7 +158,7 @@ class InteractionLog:
                     rows.extend(self._row(r) for r in records)
             positions = {tp.partition: c.position(tp) for tp in self._parts}
             self.caught_up = all(positions[tp.partition] >= end[tp] for tp in self._parts)
-        except KafkaError as exc:
+        except (KafkaError, EndOffsetError) as exc:
             raise TrainerError(f"reading {self.topic!r} failed: {exc}") from exc
         rows = [r for r in rows if r is not None]
         if rows:

@@ -15,19 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
-from faust import streams as faust_streams
 
 from streamrec.config import get_settings
 from streamrec.features import FeatureClient, FeatureStoreError, history_frame
 from streamrec.schemas import DLQRecord, Interaction, ItemUpdate, SchemaError, decode, encode
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
+from .batching import InOrder, MicroBatcher, ack_all, in_order
 from .faust_app import create_app
 from .history import apply_event, feature_row
 from .items import merge_item_updates
@@ -97,32 +95,21 @@ def _decode(model: type, event: Any) -> Any:
     return value
 
 
-async def _flush_changelog() -> None:
-    """Return once every table write so far is acknowledged by the broker.
+async def _write_changelog(pending: dict[str, tuple[dict[str, Any], Any]]) -> list[Any]:
+    """Set each user's state and send its changelog record, on the partition of its events.
 
-    Faust's buffer flush gives up after 0.1 s without progress and returns with records still queued;
-    acking a batch then could commit offsets whose changelog records were never written (seen as lost
-    history after a kill -9). So drain until the buffer is empty, then flush the Kafka producer.
+    Returns the delivery futures; a batch may be acked only once all of them are done. Not through
+    ``table[key] = state``: that queues the record in Faust's producer buffer, whose flush returns while
+    a record it has already taken off the queue is not yet in the Kafka producer, so offsets could be
+    committed for a changelog record that a kill -9 then lost.
     """
-    producer = app.producer
-    while producer.buffer.size:
-        await producer.buffer.flush()
-    await producer.flush()
-
-
-@contextmanager
-def _as_current(event: Any) -> Iterator[None]:
-    """Make ``event`` the one Faust's table sees (it picks the changelog partition from it).
-
-    Only the context variable of this task is set: the stream's own ``current_event`` attribute belongs
-    to the background drainer that fills the take buffer, and changing it there once put the wrong
-    event (or None) into the buffer.
-    """
-    token = faust_streams._current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        faust_streams._current_event.reset(token)
+    changelog = history_table.changelog_topic
+    sends = []
+    for user_id, (state, event) in pending.items():
+        history_table.data[user_id] = state
+        sends.append(await changelog.send(key=user_id, value=state, partition=event.message.partition,
+                                          key_serializer="json", value_serializer="json"))
+    return sends
 
 
 async def _push_users(newest_record_ts: dict[str, float]) -> list[float]:
@@ -161,23 +148,18 @@ async def process_history_batch(events: Sequence[Any]) -> None:
             applied += 1
         # Pushed even when the event was a replay: its push may not have happened before a crash.
         newest_record_ts[user_id] = max(newest_record_ts.get(user_id, 0.0), event.message.timestamp)
-    # One table write (one changelog record) per user per batch, on the partition of its events.
-    for user_id, (state, event) in pending.items():
-        with _as_current(event):
-            history_table[user_id] = state
-
-    # Both must be durable before the ack, and neither needs the other: do them at the same time.
-    flushed = asyncio.ensure_future(_flush_changelog())  # this batch's changelog records
+    # One changelog record per user per batch. It and the Feast push must both be durable before the
+    # ack, and neither needs the other: they run at the same time.
+    changelog = await _write_changelog(pending)
     lags = await _push_users(newest_record_ts) if newest_record_ts else []
-    await flushed
+    await asyncio.gather(*changelog)
     tracker.record_batch(valid, applied, lags)
     log.debug("batch of %d events, %d users in %.1f ms", len(events), len(newest_record_ts),
               (time.perf_counter() - t_start) * 1000)
-    for event in events:
-        event.ack()
+    ack_all(events)
 
 
-async def process_item_batch(stream: Any, events: Sequence[Any]) -> None:
+async def process_item_batch(events: Sequence[Any]) -> None:
     """Apply a micro-batch of item updates to the online store (read, merge, write), then ack."""
     updates: list[ItemUpdate] = []
     for event in events:
@@ -202,61 +184,29 @@ async def process_item_batch(stream: Any, events: Sequence[Any]) -> None:
             key = event.key.decode("utf-8", "replace") if event.key else ""
             if key in unknown:
                 await _dead_letter(event, f"item_id: unknown item {key!r}")
-    for event in events:
-        event.ack()
+    ack_all(events)
 
 
-def _batching() -> tuple[int, float]:
-    return settings.push_batch, settings.push_max_wait_ms / 1000.0
+order = InOrder()
+
+
+@app.on_partitions_assigned.connect
+async def _new_assignment(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    order.reset()  # Faust seeks every partition to its committed offset
+
+
+history_batches = MicroBatcher(process_history_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
+item_batches = MicroBatcher(process_item_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
 
 
 @app.agent(interactions_topic)
 async def history_agent(stream: Any) -> None:
-    """Collect events into the pending micro-batch; flush it when full (or, see below, when due).
-
-    Not ``stream.noack_take``: with a backlog (a restart after kill -9) its buffer lost events that were
-    read while a batch was being processed, and the worker stalled on the unacked offsets.
-    """
-    size, _ = _batching()
-    async for event in stream.noack().events():
-        async with pending_history.lock:
-            if not pending_history.events:
-                pending_history.started = time.monotonic()
-            pending_history.events.append(event)
-            if len(pending_history.events) >= size:
-                await pending_history.flush()
-
-
-class PendingBatch:
-    """Events read but not yet applied; flushed by size (agent) or by age (timer), one at a time."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-        self.started = 0.0
-        self.lock = asyncio.Lock()
-
-    async def flush(self) -> None:
-        events, self.events = self.events, []
-        if events:
-            await process_history_batch(events)
-
-
-pending_history = PendingBatch()
-
-
-@app.timer(max(settings.push_max_wait_ms / 2000.0, 0.005))
-async def _flush_due_history() -> None:
-    _, within = _batching()
-    if pending_history.events and time.monotonic() - pending_history.started >= within:
-        async with pending_history.lock:
-            await pending_history.flush()
+    await history_batches.run(in_order(stream.noack().events(), app, order))
 
 
 @app.agent(item_updates_topic)
 async def item_agent(stream: Any) -> None:
-    size, within = _batching()
-    async for events in stream.noack_take(size, within=within):
-        await process_item_batch(stream, events)
+    await item_batches.run(in_order(stream.noack().events(), app, order))
 
 
 @app.task

@@ -7,8 +7,12 @@ from typing import Any
 import faust
 
 from streamrec.config import Settings
+from streamrec.offsets import end_offsets
+from streamrec.topics import INTERACTIONS, ITEM_UPDATES, REQUESTS
 
-__all__ = ["create_app", "FETCH_MAX_WAIT_MS"]
+GUARDED_TOPICS = frozenset({INTERACTIONS, ITEM_UPDATES, REQUESTS})
+
+__all__ = ["create_app", "FETCH_MAX_WAIT_MS", "GUARDED_TOPICS"]
 
 
 def _credentials(settings: Settings) -> Any:
@@ -44,9 +48,55 @@ def _short_fetch_wait() -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_with_short_wait
 
 
+# Faust's table recovery reads each changelog partition up to ListOffsets' end offset, which the
+# embedded broker under-reports (see streamrec/offsets.py): the newest changelog records were skipped and
+# a restarted worker lost those users' state. Recovery now asks for the end offset that a fetch confirms.
+_probe_config: dict[str, Any] = {}
+
+
+def _true_highwaters() -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    reported_highwaters = driver.AIOKafkaConsumerThread._highwaters
+    if getattr(reported_highwaters, "_streamrec_true_end", False):
+        return
+
+    async def true_highwaters(self: Any, partitions: Any) -> Any:
+        reported = await reported_highwaters(self, partitions)
+        if self.consumer.in_transaction or not _probe_config:
+            return reported
+        return await end_offsets(_probe_config, partitions, reported=reported)
+
+    true_highwaters._streamrec_true_end = True  # type: ignore[attr-defined]
+    driver.AIOKafkaConsumerThread._highwaters = true_highwaters
+
+
+def _guard_acks() -> None:
+    """Only our agents ack the topics they read (see stream_processors/batching.py)."""
+    from faust.transport.consumer import Consumer
+
+    from .batching import agent_acking
+
+    ack = Consumer.ack
+    if getattr(ack, "_streamrec_guarded", False):
+        return
+
+    def guarded_ack(self: Any, message: Any) -> bool:
+        if message.topic in GUARDED_TOPICS and not agent_acking():
+            return False  # Faust skipped it unprocessed: it must stay uncommitted
+        return ack(self, message)
+
+    guarded_ack._streamrec_guarded = True  # type: ignore[attr-defined]
+    Consumer.ack = guarded_ack
+
+
 def create_app(settings: Settings, app_id: str, web_port: int) -> faust.App:
     """A Faust app on streamrec's Kafka settings, tuned for low latency on the embedded broker."""
     _short_fetch_wait()
+    _probe_config.clear()
+    _probe_config.update(settings.aiokafka_config())
+    _true_highwaters()
+    _guard_acks()
     datadir = settings.data_dir / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     return faust.App(

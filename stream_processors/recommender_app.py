@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -24,6 +25,7 @@ from models.filtering import load_filter_config
 from models.serving import load_checkpoint
 from streamrec.config import get_settings
 from streamrec.features import FeatureClient
+from streamrec.offsets import end_offsets
 from streamrec.schemas import (
     DLQRecord,
     ErrorInfo,
@@ -38,6 +40,7 @@ from streamrec.schemas import (
 )
 from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUESTS, dlq
 
+from .batching import InOrder, MicroBatcher, ack_all, in_order
 from .faust_app import create_app
 from .recommend import Catalog, Recommender, ServingBundle
 
@@ -95,7 +98,7 @@ async def _end_offsets(topic: str) -> tuple[Any, dict[Any, int]]:
     await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
     consumer.assign(partitions)
-    ends = await consumer.end_offsets(partitions)
+    ends = await end_offsets(settings.aiokafka_config(), partitions)  # ListOffsets stops short on Tansu
     for tp, offset in ends.items():
         consumer.seek(tp, offset)
     return consumer, ends
@@ -191,7 +194,7 @@ def _error_response(event: Any, exc: SchemaError) -> RecommendationResponse:
         items=[], error=ErrorInfo(code="bad_request", message=str(exc)[:1024]))
 
 
-async def process_requests(events: list[Any]) -> None:
+async def process_requests(events: Sequence[Any]) -> None:
     """Answer a micro-batch of requests; every event gets exactly one response."""
     await serving.ready.wait()
     loop = asyncio.get_running_loop()
@@ -222,15 +225,23 @@ async def process_requests(events: list[Any]) -> None:
             sends.append(await responses_topic.send(key=response.request_id.encode(), value=encode(response)))
     await asyncio.gather(*sends)  # responses and DLQ records durable before the requests are acked
     serving.requests += len(events)
-    for event in events:
-        event.ack()
+    ack_all(events)
+
+
+order = InOrder()
+
+
+@app.on_partitions_assigned.connect
+async def _new_assignment(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    order.reset()  # Faust seeks every partition to its committed offset
+
+
+request_batches = MicroBatcher(process_requests, settings.request_batch, settings.request_max_wait_ms / 1000.0)
 
 
 @app.agent(requests_topic)
 async def recommend_agent(stream: Any) -> None:
-    within = settings.request_max_wait_ms / 1000.0
-    async for events in stream.noack_take(settings.request_batch, within=within or 0.001):
-        await process_requests(list(events))
+    await request_batches.run(in_order(stream.noack().events(), app, order))
 
 
 @app.page("/status")

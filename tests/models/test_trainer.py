@@ -18,6 +18,7 @@ from models.cli import trainer as trainer_cmd
 from models.train import TrainConfig
 from models.trainer import OFFSETS, InteractionLog, TrainerOptions, parse_duration, run_once, run_trainer
 from streamrec.config import Settings, load_settings
+from streamrec.offsets import end_offsets_sync
 from streamrec.schemas import Interaction, ModelUpdate, decode, encode
 from streamrec.topics import MODEL_UPDATES
 
@@ -28,7 +29,7 @@ def _end_offsets(settings: Settings) -> dict[TopicPartition, int]:
     consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=None, enable_auto_commit=False)
     try:
         parts = [TopicPartition(MODEL_UPDATES, p) for p in sorted(consumer.partitions_for_topic(MODEL_UPDATES))]
-        return consumer.end_offsets(parts)
+        return end_offsets_sync(settings.kafka_python_config(), parts)
     finally:
         consumer.close()
 
@@ -39,7 +40,7 @@ def _updates_since(settings: Settings, start: dict[TopicPartition, int], root: P
         consumer.assign(list(start))
         for tp, offset in start.items():
             consumer.seek(tp, offset)
-        end = consumer.end_offsets(list(start))
+        end = end_offsets_sync(settings.kafka_python_config(), list(start))
         found: list[ModelUpdate] = []
         for _ in range(50):
             if all(consumer.position(tp) >= end[tp] for tp in start):

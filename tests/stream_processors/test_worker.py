@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from producers.replay import replay
 from streamrec.config import Settings
@@ -128,9 +127,6 @@ def test_malformed_events_go_to_the_dlq_and_the_rest_applies(env_stack: Settings
         assert reason in record.reason and record.topic == INTERACTIONS and record.offset >= 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue #4 stays open: after kill -9 a few users (0-14 of 300 per run) lose early events; "
-    "suspects: Faust changelog recovery on Tansu or a changelog record acked before it was durable"))
 def test_kill_9_mid_replay_still_equals_the_ground_truth(env_stack: Settings,
                                                          worker_factory: Callable[..., Worker]) -> None:
     worker = worker_factory(env_stack)

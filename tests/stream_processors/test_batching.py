@@ -1,0 +1,95 @@
+"""MicroBatcher on its own: batches by size and by age, and nothing read is ever dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from stream_processors.batching import MicroBatcher
+
+
+def test_full_batches_go_at_once_and_the_rest_after_the_wait() -> None:
+    batches: list[list[int]] = []
+
+    async def process(events: Sequence[int]) -> None:
+        batches.append(list(events))
+
+    async def main() -> None:
+        batcher = MicroBatcher(process, size=3, max_wait_s=0.05)
+        for i in range(7):
+            await batcher.add(i)
+        assert batches == [[0, 1, 2], [3, 4, 5]]  # the 7th waits for its age
+        await asyncio.sleep(0.2)
+        assert batches == [[0, 1, 2], [3, 4, 5], [6]]
+
+    asyncio.run(main())
+
+
+def test_events_read_while_a_slow_batch_runs_are_all_processed_once() -> None:
+    seen: list[int] = []
+
+    async def slow(events: Sequence[int]) -> None:
+        await asyncio.sleep(0.01)  # the stream keeps delivering meanwhile
+        seen.extend(events)
+
+    async def stream() -> AsyncIterator[int]:
+        for i in range(500):
+            if i % 7 == 0:
+                await asyncio.sleep(0.002)
+            yield i
+
+    async def main() -> None:
+        batcher = MicroBatcher(slow, size=16, max_wait_s=0.005)
+        await batcher.run(stream())
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert seen == list(range(500))
+
+
+def test_a_failing_timed_flush_is_logged_not_raised(caplog) -> None:  # type: ignore[no-untyped-def]
+    async def broken(events: Sequence[int]) -> None:
+        raise RuntimeError("redis down")
+
+    async def main() -> None:
+        batcher = MicroBatcher(broken, size=10, max_wait_s=0.01)
+        await batcher.add(1)
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert "flushing a batch failed" in caplog.text
+
+
+def test_in_order_takes_offsets_in_sequence_and_replays() -> None:
+    from stream_processors.batching import InOrder, Verdict
+
+    order = InOrder()
+    assert order.check("p0", 10, committed=10, now=0.0) is Verdict.TAKE
+    assert order.check("p0", 11, committed=10, now=0.0) is Verdict.TAKE
+    assert order.check("p0", 5, committed=10, now=0.0) is Verdict.TAKE  # a replay: the state dedupes it
+    assert order.expected == {"p0": 12}
+
+
+def test_a_hole_rewinds_once_then_drops_until_the_hole_is_read() -> None:
+    from stream_processors.batching import InOrder, Verdict
+
+    order = InOrder()
+    assert order.check("p0", 24, committed=24, now=0.0) is Verdict.TAKE
+    assert order.check("p0", 40, committed=24, now=0.1) is Verdict.REWIND  # 25..39 never came
+    assert order.expected["p0"] == 25
+    assert order.check("p0", 41, committed=24, now=0.2) is Verdict.DROP
+    assert order.check("p0", 25, committed=24, now=0.3) is Verdict.TAKE  # read again after the seek
+    assert order.check("p0", 26, committed=24, now=0.3) is Verdict.TAKE
+    assert order.check("p1", 3, committed=None, now=0.3) is Verdict.TAKE  # partitions are independent
+    assert order.rewinds == 1
+
+
+def test_a_hole_at_the_start_is_measured_from_the_committed_offset_and_rewound_again_if_slow() -> None:
+    from stream_processors.batching import InOrder, Verdict
+
+    order = InOrder()
+    assert order.check("p0", 50, committed=30, now=0.0) is Verdict.REWIND
+    assert order.check("p0", 51, committed=30, now=1.0) is Verdict.DROP
+    assert order.check("p0", 52, committed=30, now=2.5) is Verdict.REWIND  # the first seek got nothing
+    order.reset()
+    assert order.check("p0", 52, committed=52, now=3.0) is Verdict.TAKE

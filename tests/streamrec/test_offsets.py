@@ -1,0 +1,49 @@
+"""End offsets on the real embedded broker: records produced as one batch must all count.
+
+The embedded Tansu answers ListOffsets with the last batch's base offset + 1; a table recovery that
+trusted it skipped changelog records (issue #4). These tests fail if our end offsets stop short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from streamrec.config import Settings
+from streamrec.offsets import end_offsets, end_offsets_sync
+
+pytestmark = pytest.mark.stack
+
+
+async def _produce_batches(settings: Settings, topic: str, sizes: list[int]) -> list[int]:
+    """Produce each size as one batch (sent together, then flushed); return the last offset of each."""
+    producer = AIOKafkaProducer(**settings.aiokafka_config(), acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        last = []
+        for size in sizes:
+            futures = [await producer.send(topic, b"x", partition=0) for _ in range(size)]
+            last.append(max([(await f).offset for f in futures]))
+        return last
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.parametrize("sizes", [[1], [5], [3, 1, 7]])
+def test_end_offsets_count_every_record_of_the_last_batch(stack: Settings, topic_factory: Callable[..., str],
+                                                          sizes: list[int]) -> None:
+    topic = topic_factory("offsets")
+    last = asyncio.run(_produce_batches(stack, topic, sizes))
+    tp = TopicPartition(topic, 0)
+    assert last[-1] == sum(sizes) - 1
+    assert asyncio.run(end_offsets(stack.aiokafka_config(), [tp])) == {tp: sum(sizes)}
+    assert end_offsets_sync(stack.kafka_python_config(), [tp]) == {tp: sum(sizes)}
+
+
+def test_an_empty_partition_ends_at_zero(stack: Settings, topic_factory: Callable[..., str]) -> None:
+    tp = TopicPartition(topic_factory("offsets", partitions=2), 1)
+    assert asyncio.run(end_offsets(stack.aiokafka_config(), [tp])) == {tp: 0}
+    assert end_offsets_sync(stack.kafka_python_config(), [tp]) == {tp: 0}
