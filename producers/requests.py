@@ -36,7 +36,7 @@ class RequestClient:
 
         config = settings.kafka_python_config()
         self.producer = KafkaProducer(acks="all", linger_ms=0, **config)
-        self.consumer = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=10, **config)
+        self.consumer = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=3, **config)
         partitions = self.consumer.partitions_for_topic(RECOMMENDATIONS) or set()
         if not partitions:
             raise StreamrecError(f"topic {RECOMMENDATIONS!r} does not exist: run `streamrec stack up`")

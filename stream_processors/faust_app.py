@@ -30,6 +30,7 @@ def _credentials(settings: Settings) -> Any:
 # for up to that long even when records arrive meanwhile, so every event waited ~1 s before the worker
 # saw it. A short wait costs a few idle fetches per second and brings freshness back to milliseconds.
 FETCH_MAX_WAIT_MS = 20
+_fetch_wait_ms = {"value": FETCH_MAX_WAIT_MS}  # this process's app (one per worker process)
 
 
 def _short_fetch_wait() -> None:
@@ -41,7 +42,7 @@ def _short_fetch_wait() -> None:
 
     def create_with_short_wait(self: Any, transport: Any) -> Any:
         consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by aiokafka when the consumer starts
+        consumer._fetch_max_wait_ms = _fetch_wait_ms["value"]  # read by aiokafka when the consumer starts
         return consumer
 
     create_with_short_wait._streamrec_short_wait = True  # type: ignore[attr-defined]
@@ -90,8 +91,14 @@ def _guard_acks() -> None:
     Consumer.ack = guarded_ack
 
 
-def create_app(settings: Settings, app_id: str, web_port: int) -> faust.App:
-    """A Faust app on streamrec's Kafka settings, tuned for low latency on the embedded broker."""
+def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+               linger_ms: int = 5) -> faust.App:
+    """A Faust app on streamrec's Kafka settings, tuned for low latency on the embedded broker.
+
+    ``fetch_max_wait_ms`` bounds how long an idle fetch is parked (what a new record may wait before the
+    app sees it); ``linger_ms`` how long the producer holds a record to share a request with others.
+    """
+    _fetch_wait_ms["value"] = fetch_max_wait_ms
     _short_fetch_wait()
     _probe_config.clear()
     _probe_config.update(settings.aiokafka_config())
@@ -118,6 +125,6 @@ def create_app(settings: Settings, app_id: str, web_port: int) -> faust.App:
         producer_acks=-1,
         # Without linger every changelog record became its own produce request (a fifth of the
         # worker's time); 5 ms lets a batch's records share requests.
-        producer_linger_ms=5,
+        producer_linger_ms=linger_ms,
         web_in_thread=False,
     )

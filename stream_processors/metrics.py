@@ -100,3 +100,23 @@ class FreshnessTracker:
             lines.append(f'{prefix}_dlq_total{{reason="{escaped}"}} {value}')
         lines += [f"# TYPE {prefix}_events_per_second gauge", f"{prefix}_events_per_second {self.events_per_s():.3f}"]
         return "\n".join(lines) + "\n"
+
+
+class StageTimes:
+    """Recent durations (ms) of named stages, e.g. where a request's latency goes."""
+
+    def __init__(self, window: int = 5_000) -> None:
+        self._samples: dict[str, deque[float]] = {}
+        self._window = window
+
+    def record(self, stage: str, ms: float, n: int = 1) -> None:
+        ring = self._samples.setdefault(stage, deque(maxlen=self._window))
+        ring.extend([ms] * n)
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, ring in self._samples.items():
+            if ring:
+                p50, p99 = np.percentile(np.fromiter(ring, dtype=float), [50, 99])
+                out[stage] = {"p50": float(p50), "p99": float(p99), "samples": len(ring)}
+        return out

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -168,7 +169,7 @@ class Recommender:
         if len(items) >= request.k:
             return items, counts, False
         taken = {it.item_id for it in items}
-        pool = [p for p in self.catalog.popularity if p not in taken][: request.k * CANDIDATE_FACTOR + 200]
+        pool = list(islice((p for p in self.catalog.popularity if p not in taken), request.k * CANDIDATE_FACTOR + 200))
         extra, extra_counts = apply_filters(self.catalog.candidates(pool, [0.0] * len(pool)), ctx, self.filters)
         items += [ScoredItem(item_id=str(i), score=0.0) for i in extra.ids[: request.k - len(items)]]
         return items, {k: counts.get(k, 0) + extra_counts.get(k, 0) for k in counts}, True

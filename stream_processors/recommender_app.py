@@ -42,13 +42,16 @@ from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUE
 
 from .batching import InOrder, MicroBatcher, ack_all, in_order
 from .faust_app import create_app
+from .metrics import StageTimes
 from .recommend import Catalog, Recommender, ServingBundle
 
 __all__ = ["app", "serving"]
 
 log = logging.getLogger("streamrec.recommender")
 settings = get_settings()
-app = create_app(settings, settings.recommender_app_id, settings.recommender_port)
+# A request waits at most one fetch wait before the agent sees it and one linger before its answer
+# leaves: both short here (at some idle-fetch CPU), where the stream worker trades them for throughput.
+app = create_app(settings, settings.recommender_app_id, settings.recommender_port, fetch_max_wait_ms=3, linger_ms=1)
 raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 requests_topic = app.topic(REQUESTS, **raw)
 responses_topic = app.topic(RECOMMENDATIONS, **raw)
@@ -67,6 +70,8 @@ class Serving:
         self.refused: list[str] = []
         self.requests = 0
         self.errors = 0
+        # where a request's time goes: Kafka → agent, feature read, model + filters, response delivery
+        self.stages = StageTimes()
 
     async def swap_to(self, path: str) -> bool:
         """Load, index and swap in the checkpoint at ``path``; False (old model kept) if it fails."""
@@ -198,6 +203,9 @@ async def process_requests(events: Sequence[Any]) -> None:
     """Answer a micro-batch of requests; every event gets exactly one response."""
     await serving.ready.wait()
     loop = asyncio.get_running_loop()
+    t0 = time.time()
+    for event in events:
+        serving.stages.record("kafka_to_agent", (t0 - event.message.timestamp) * 1000)
     good: list[tuple[Any, RecommendationRequest]] = []
     sends = []
     for event in events:
@@ -215,15 +223,22 @@ async def process_requests(events: Sequence[Any]) -> None:
         requests = [r for _, r in good]
         bundle = serving.bundle  # this batch finishes on this model whatever happens meanwhile
         users = list(dict.fromkeys(r.user_id for r in requests))
+        t1 = time.perf_counter()
         rows = await loop.run_in_executor(None, serving.features.users_features, users)
+        t2 = time.perf_counter()
+        serving.stages.record("feature_read_per_batch", (t2 - t1) * 1000)
         by_user = dict(zip(users, rows, strict=True))
         received = [e.message.timestamp for e, _ in good]
         responses = await loop.run_in_executor(
             None, lambda: serving.recommender.recommend(requests, [by_user[r.user_id] for r in requests], bundle,
                                                         received=received))
+        serving.stages.record("model_and_filters_per_batch", (time.perf_counter() - t2) * 1000)
+        serving.stages.record("batch_size", len(good))
         for response in responses:
             sends.append(await responses_topic.send(key=response.request_id.encode(), value=encode(response)))
+    t3 = time.perf_counter()
     await asyncio.gather(*sends)  # responses and DLQ records durable before the requests are acked
+    serving.stages.record("response_delivery_per_batch", (time.perf_counter() - t3) * 1000)
     serving.requests += len(events)
     ack_all(events)
 
@@ -250,5 +265,5 @@ async def status_page(web: Any, request: Any) -> Any:
         "ready": serving.ready.is_set(), "model_version": serving.version, "swaps": serving.swaps,
         "refused": serving.refused, "requests": serving.requests, "errors": serving.errors,
         "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
-        "time": time.time(),
+        "stages_ms": serving.stages.snapshot(), "time": time.time(),
     })
