@@ -42,6 +42,7 @@ from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUE
 
 from .batching import InOrder, MicroBatcher, ack_all, in_order
 from .faust_app import create_app
+from .live import register_live_pages
 from .metrics import StageTimes
 from .recommend import Catalog, Recommender, ServingBundle
 
@@ -267,3 +268,6 @@ async def status_page(web: Any, request: Any) -> Any:
         "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
         "stages_ms": serving.stages.snapshot(), "time": time.time(),
     })
+
+
+register_live_pages(app, serving, settings)  # /live: figures over time and a user lookup
