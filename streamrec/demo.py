@@ -140,7 +140,7 @@ def _steps(run: DemoRun) -> None:
         _wait_ready(features, f"http://127.0.0.1:{s.worker_port}/freshness", run.out_dir / "worker-features.log")
         _wait_ready(recommender, f"http://127.0.0.1:{s.recommender_port}/status",
                     run.out_dir / "worker-recommender.log")
-        return None, "features worker and recommender ready"
+        return None, f"features worker and recommender ready; live page http://127.0.0.1:{s.recommender_port}/live"
 
     def stream() -> tuple[None, str]:
         trainer_done: dict[str, Any] = {}
