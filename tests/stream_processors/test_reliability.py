@@ -1,0 +1,287 @@
+"""Reliability: real workers on a real broker and Redis under the failures production will have.
+
+Each test checks ground truth, not figures: nothing lost, nothing counted twice, no worker crashed.
+- two features workers in one group, one killed with SIGKILL mid-replay: the survivor takes over;
+- Redis down for 10 s under load: the worker retries, catches up, and fresh events flow again;
+- 10,000 fuzzed malformed events among valid ones: each one dead-lettered once, every valid one applied;
+(2,000 fuzzed malformed recommendation requests: test_reliability_requests.py.)
+A corrupt checkpoint announced on `model-updates` is covered in test_recommender.py (hot swap test).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+
+from producers.replay import build_messages, load_events, replay
+from streamrec import stack as _stack
+from streamrec.config import Settings
+from streamrec.schemas import INTERACTION_TYPES, DLQRecord
+from streamrec.topics import INTERACTIONS, dlq
+
+from .conftest import Worker, free_port, wait_until
+from .test_worker import N_EVENTS, _events, ground_truth, online_state
+
+INTERACTIONS_PATH = "recommendation_interactions.parquet"
+
+
+def _wait_idle(worker: Worker, timeout: float, quiet_s: float = 3.0) -> None:
+    """Until the worker has consumed something and then nothing new for ``quiet_s``."""
+    seen: list[int] = []
+    polls = int(quiet_s / 0.25)
+
+    def idle() -> bool:
+        seen.append(worker.figures()["events"])
+        return len(seen) > polls and seen[-1] == seen[-1 - polls] and seen[-1] > 0
+
+    wait_until(idle, timeout, "the worker to be idle")
+
+
+def _differences(settings: Settings, truth: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
+    got = online_state(settings, list(truth))
+    return {u: (truth[u], got[u]) for u in truth if truth[u] != got[u]}
+
+
+def _explain(settings: Settings, wrong: dict[str, tuple[dict, dict]], *workers: Worker) -> str:
+    """Which users differ and by how much, to tell lost events from double counts."""
+    from kafka.partitioner.default import murmur2
+
+    def partition(user: str) -> int:  # kafka-python's default partitioner, as the replay used it
+        return (murmur2(user.encode()) & 0x7FFFFFFF) % n_partitions
+
+    n_partitions = settings.topic_partitions
+    by_partition: dict[int, int] = {}
+    for user in wrong:
+        by_partition[partition(user)] = by_partition.get(partition(user), 0) + 1
+    lines = [f"{len(wrong)} users differ from the ground truth; by partition {dict(sorted(by_partition.items()))}"]
+    for user, (want, got) in list(wrong.items())[:5]:
+        counts = {k: (want[k], got[k]) for k in want if k.startswith("count_") and want[k] != got[k]}
+        lines.append(f"  {user} (p{partition(user)}): counts (truth, online) {counts}; newest truth "
+                     f"{want['recent_item_ids'][:3]} online {(got['recent_item_ids'] or [])[:3]}")
+    for w in workers:
+        alive = w.proc.poll() is None
+        lines.append(f"--- worker {w.url} {'figures ' + str(w.figures()) if alive else '(dead)'}:\n{w.tail(25)}")
+    return "\n".join(lines)
+
+
+# ---- 1. rebalance ------------------------------------------------------------------------------
+def test_two_workers_one_killed_the_survivor_takes_over_without_loss(
+        env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
+    first = worker_factory(env_stack)
+    every_partition = first.figures()["assigned_partitions"]
+    second = worker_factory(env_stack, port=free_port())
+    wait_until(lambda: first.figures()["assigned_partitions"] < every_partition, 60,
+               "the group to split the partitions between both workers")
+    sender = threading.Thread(target=replay, args=(env_stack, env_stack.data_dir / INTERACTIONS_PATH),
+                              kwargs={"limit": N_EVENTS, "rate": 2500})
+    sender.start()
+    wait_until(lambda: first.figures()["applied"] > 300 and second.figures()["applied"] > 300, 60,
+               "both workers to be mid-replay")
+    first.kill9()
+    sender.join(60)
+    assert not sender.is_alive()
+    wait_until(lambda: second.figures()["assigned_partitions"] == every_partition, 90,
+               "the survivor to own every partition")
+    _wait_idle(second, 120)
+    wrong = _differences(env_stack, ground_truth(_events(env_stack)))
+    assert not wrong, _explain(env_stack, wrong, second, first)
+    assert second.proc.poll() is None and second.figures()["dlq_total"] == 0
+
+
+# ---- 2. Redis down ----------------------------------------------------------------------------
+def _stop_redis(settings: Settings) -> None:
+    """A graceful Redis stop: SHUTDOWN SAVE writes the data set to disk and exits (no data lost)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis)
+    try:
+        client.shutdown(save=True)
+    except redis.ConnectionError:
+        pass  # the server closed the connection on its way out
+    finally:
+        client.close()
+    wait_until(lambda: not _stack.redis_ready(settings.redis), 20, "Redis to stop")
+
+
+def test_redis_down_10s_under_load_then_the_worker_catches_up(
+        env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
+    worker = worker_factory(env_stack)
+    sender = threading.Thread(target=replay, args=(env_stack, env_stack.data_dir / INTERACTIONS_PATH),
+                              kwargs={"limit": N_EVENTS, "rate": 250})  # ~20 s of load
+    sender.start()
+    wait_until(lambda: worker.figures()["applied"] > 500, 60, "the worker to be under load")
+    _stop_redis(env_stack)
+    time.sleep(10)
+    during = worker.figures()
+    _stack.up(env_stack)  # the same port, the data set loaded back from the dump
+    assert worker.proc.poll() is None, worker.tail()
+    assert during["push_retries"] > 0, f"no push was retried while Redis was down: {during}"
+    sender.join(60)
+    assert not sender.is_alive()
+    _wait_idle(worker, 120)
+    wrong = _differences(env_stack, ground_truth(_events(env_stack)))
+    assert not wrong, _explain(env_stack, wrong, worker)
+    assert "retrying" in worker.log.read_text(errors="replace")
+
+    # fresh events flow again: a new burst is in the online store within seconds
+    from kafka import KafkaProducer
+
+    user = str(_events(env_stack)["user_id"].iloc[0])
+    producer = KafkaProducer(acks="all", **env_stack.kafka_python_config())
+    burst = [f"fresh-{n}" for n in range(5)]
+    for n, item_id in enumerate(burst):
+        event = {"event_id": f"fresh-{n}", "user_id": user, "item_id": item_id, "interaction_type": "cart",
+                 "timestamp": pd.Timestamp.now(tz="UTC").isoformat()}
+        producer.send(INTERACTIONS, key=user.encode(), value=json.dumps(event).encode())
+    producer.flush()
+    producer.close()
+    wait_until(lambda: online_state(env_stack, [user])[user]["recent_item_ids"][:5] == burst[::-1], 30,
+               "a burst after the outage to reach the online store")
+
+
+# ---- 3. fuzzed malformed events ----------------------------------------------------------------
+N_MALFORMED = 10_000
+ALLOWED = {"event_id", "user_id", "item_id", "interaction_type", "timestamp", "rating", "quantity", "context"}
+REQUIRED = ("event_id", "user_id", "item_id", "interaction_type", "timestamp")
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) |
+                     st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=8)
+_not_a_string = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | \
+    st.lists(st.text(max_size=5), max_size=3) | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2)
+_too_long = st.builds(lambda c, n: c * n, st.sampled_from("xé😀"), st.integers(129, 2000))
+_bad_id = _not_a_string | _too_long | st.just("") | \
+    st.builds(lambda a, c, b: a + c + b, st.text(max_size=5), st.sampled_from("\x00\n\t\x1f"), st.text(max_size=5))
+_naive_time = st.datetimes().map(lambda d: d.isoformat())
+_bad_value = {
+    "event_id": _bad_id, "user_id": _bad_id, "item_id": _bad_id,
+    "interaction_type": st.text(max_size=30).filter(lambda t: t not in INTERACTION_TYPES) | _not_a_string,
+    "timestamp": _naive_time | st.text(alphabet="abcxyz :", max_size=20) | st.none() | st.integers(),
+    "rating": st.floats(allow_nan=False).filter(lambda r: not 1 <= r <= 5) | st.text(max_size=5) |
+    st.booleans() | st.lists(st.integers(), max_size=2),
+    "quantity": st.integers().filter(lambda q: not 1 <= q <= 1000) | st.floats(allow_nan=False) |
+    st.text(max_size=5) | st.booleans(),
+    "context": st.lists(st.integers(), max_size=3) | st.text(max_size=10) | st.integers() |
+    st.dictionaries(st.text(max_size=5), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+                    min_size=1, max_size=3).filter(lambda d: any(isinstance(v, dict) for v in d.values())) |
+    st.dictionaries(st.text(min_size=65, max_size=70), st.integers(), min_size=1, max_size=1) |
+    st.just({f"k{i}": i for i in range(33)}),
+}
+
+
+# "huge" (over the 64 KiB cap) is one draw in ~50: enough of them, without sending hundreds of MB
+_EVENT_KINDS = ["random_bytes", "truncated", "not_an_object", "missing", "extra", "wrong_value", "wrong_value",
+                "wrong_value", "key_mismatch"]
+EVENT_KINDS = _EVENT_KINDS * 3 + ["huge"] + _EVENT_KINDS * 3
+
+
+def _malformed_event(data: Any, base: dict[str, Any]) -> tuple[bytes | None, bytes]:
+    """One interaction message that the contract says must be dead-lettered: (key, value)."""
+    key = base["user_id"].encode()
+    kind = data.draw(st.sampled_from(EVENT_KINDS))
+    if kind == "random_bytes":  # a leading 0xff is never UTF-8, so never JSON
+        return key, b"\xff" + data.draw(st.binary(max_size=300))
+    if kind == "truncated":
+        text = json.dumps(base)
+        return key, text[:data.draw(st.integers(0, len(text) - 1))].encode()
+    if kind == "not_an_object":
+        return key, json.dumps(data.draw(_json.filter(lambda v: not isinstance(v, dict)))).encode()
+    if kind == "missing":
+        gone = data.draw(st.sets(st.sampled_from(REQUIRED), min_size=1))
+        return key, json.dumps({k: v for k, v in base.items() if k not in gone}).encode()
+    if kind == "extra":
+        name = data.draw(st.text(min_size=1, max_size=30).filter(lambda n: n not in ALLOWED))
+        return key, json.dumps({**base, name: data.draw(_scalars)}).encode()
+    if kind == "wrong_value":
+        field = data.draw(st.sampled_from(sorted(_bad_value)))
+        event = {**base, field: data.draw(_bad_value[field])}
+        other = event["user_id"].encode() if isinstance(event["user_id"], str) else key
+        return other, json.dumps(event).encode()
+    if kind == "key_mismatch":
+        other = data.draw(st.none() | st.binary(max_size=20) | st.text(max_size=12).map(str.encode))
+        return (None if other == key else other), json.dumps(base).encode()
+    # huge: a valid-looking event over the 64 KiB cap
+    return key, json.dumps({**base, "context": {"pad": "x" * data.draw(st.integers(66_000, 70_000))}}).encode()
+
+
+def _draw_malformed(n: int, bases: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+    """``n`` malformed messages drawn by Hypothesis (seeded: the same list every run).
+
+    One message per example: drawing several per example was faster but gave ~3x fewer distinct ones.
+    """
+    out: list[tuple[bytes | None, bytes]] = []
+
+    @seed(20261101)
+    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def collect(data: Any) -> None:
+        base = data.draw(st.sampled_from(bases))
+        out.append(_malformed_event(data, base))
+
+    collect()
+    return out[:n]
+
+
+def _dlq_records(settings: Settings, topic: str) -> list[DLQRecord]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(consumer_timeout_ms=5000, max_partition_fetch_bytes=4_000_000,
+                             **settings.kafka_python_config())
+    consumer.assign([TopicPartition(dlq(topic), p) for p in range(settings.topic_partitions)])
+    consumer.seek_to_beginning()
+    records = [DLQRecord.model_validate_json(r.value) for r in consumer]
+    consumer.close()
+    return records
+
+
+def test_10k_fuzzed_malformed_events_are_dead_lettered_and_the_valid_ones_apply(
+        env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
+    from kafka import KafkaProducer
+
+    events = load_events(env_stack.data_dir / INTERACTIONS_PATH, limit=N_EVENTS)
+    valid = build_messages(events)  # exactly what `streamrec replay` sends
+    bases = [json.loads(v) for _, v in valid[:500]]
+    drawn: list[list[tuple[bytes | None, bytes]]] = []
+    drawing = threading.Thread(target=lambda: drawn.append(_draw_malformed(N_MALFORMED, bases)))
+    drawing.start()  # ~15-30 s of Hypothesis, while the worker starts
+    worker = worker_factory(env_stack)
+    drawing.join(120)
+    (malformed,) = drawn
+    assert len(malformed) == N_MALFORMED
+    producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=2_000_000,
+                             max_in_flight_requests_per_connection=1, **env_stack.kafka_python_config())
+    futures = []
+    per_valid = N_MALFORMED // len(valid)
+    for i, (key, value) in enumerate(valid):
+        producer.send(INTERACTIONS, key=key, value=value)
+        futures += [producer.send(INTERACTIONS, key=k, value=v)
+                    for k, v in malformed[i * per_valid:(i + 1) * per_valid]]
+    futures += [producer.send(INTERACTIONS, key=k, value=v) for k, v in malformed[len(valid) * per_valid:]]
+    producer.flush()
+    producer.close()
+    sent_bad = {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
+    assert len(sent_bad) == N_MALFORMED
+
+    total = len(valid) + N_MALFORMED
+    wait_until(lambda: worker.figures()["events"] >= total, 150,
+               "the worker to read every message")
+    _wait_idle(worker, 60)
+    assert worker.proc.poll() is None, worker.tail()
+    figures = worker.figures()
+    wrong = _differences(env_stack, ground_truth(_events(env_stack)))
+    assert not wrong, _explain(env_stack, wrong, worker)
+    records = _dlq_records(env_stack, INTERACTIONS)
+    assert all(r.topic == INTERACTIONS and r.reason for r in records)
+    got = [(r.partition, r.offset) for r in records]
+    assert len(got) == len(set(got)), "a malformed event was dead-lettered twice"
+    assert set(got) == sent_bad, (f"missing from the DLQ: {sorted(sent_bad - set(got))[:10]}, "
+                                  f"dead-lettered but valid: {sorted(set(got) - sent_bad)[:10]}")
+    assert figures["dlq_total"] == N_MALFORMED and figures["applied"] == len(valid), figures
