@@ -75,13 +75,14 @@ async def _with_retry(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
             delay = min(delay * 2, RETRY_MAX_S)
 
 
-async def _dead_letter(event: Any, reason: str) -> None:
+async def _dead_letter(event: Any, reason: str) -> Any:
+    """Send the DLQ record; returns its delivery future, to await before the source offset is acked."""
     message = event.message
     record = DLQRecord(reason=reason[:2048], topic=message.topic, partition=message.partition,
                        offset=message.offset, raw=(event.value or b"").decode("utf-8", "backslashreplace"))
     fut = await dlq_topics[message.topic].send(key=event.key, value=encode(record))
-    await fut  # durable before the source offset may be committed
     tracker.record_dlq(reason)
+    return fut
 
 
 def _decode(model: type, event: Any) -> Any:
@@ -133,11 +134,12 @@ async def process_history_batch(events: Sequence[Any]) -> None:
     newest_record_ts: dict[str, float] = {}  # user → Kafka timestamp (s) of their newest event here
     pending: dict[str, tuple[dict[str, Any], Any]] = {}  # user → (state, last event that changed it)
     applied = valid = 0
+    dead: list[Any] = []  # DLQ deliveries, awaited with the changelog before the ack
     for event in events:
         try:
             interaction = _decode(Interaction, event)
         except SchemaError as exc:
-            await _dead_letter(event, str(exc))
+            dead.append(await _dead_letter(event, str(exc)))
             continue
         valid += 1
         user_id = interaction.user_id
@@ -152,7 +154,7 @@ async def process_history_batch(events: Sequence[Any]) -> None:
     # ack, and neither needs the other: they run at the same time.
     changelog = await _write_changelog(pending)
     lags = await _push_users(newest_record_ts) if newest_record_ts else []
-    await asyncio.gather(*changelog)
+    await asyncio.gather(*changelog, *dead)
     tracker.record_batch(valid, applied, lags)
     log.debug("batch of %d events, %d users in %.1f ms", len(events), len(newest_record_ts),
               (time.perf_counter() - t_start) * 1000)
@@ -162,11 +164,12 @@ async def process_history_batch(events: Sequence[Any]) -> None:
 async def process_item_batch(events: Sequence[Any]) -> None:
     """Apply a micro-batch of item updates to the online store (read, merge, write), then ack."""
     updates: list[ItemUpdate] = []
+    dead: list[Any] = []  # DLQ deliveries, awaited before the ack
     for event in events:
         try:
             updates.append(_decode(ItemUpdate, event))
         except SchemaError as exc:
-            await _dead_letter(event, str(exc))
+            dead.append(await _dead_letter(event, str(exc)))
     if updates:
         client = await features()
         loop = asyncio.get_running_loop()
@@ -183,7 +186,8 @@ async def process_item_batch(events: Sequence[Any]) -> None:
         for event in events:
             key = event.key.decode("utf-8", "replace") if event.key else ""
             if key in unknown:
-                await _dead_letter(event, f"item_id: unknown item {key!r}")
+                dead.append(await _dead_letter(event, f"item_id: unknown item {key!r}"))
+    await asyncio.gather(*dead)
     ack_all(events)
 
 

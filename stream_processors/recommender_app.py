@@ -195,9 +195,15 @@ def _error_response(event: Any, exc: SchemaError) -> RecommendationResponse:
     request_id = body.get("request_id") if isinstance(body, dict) else None
     user_id = body.get("user_id") if isinstance(body, dict) else None
     return RecommendationResponse(
-        request_id=str(request_id)[:128] if request_id is not None else "",
-        user_id=str(user_id)[:128] if user_id is not None else None,
-        items=[], error=ErrorInfo(code="bad_request", message=str(exc)[:1024]))
+        request_id=_printable(request_id) if request_id is not None else "",
+        user_id=_printable(user_id) if user_id is not None else None,
+        items=[], error=ErrorInfo(code="bad_request", message=_printable(exc, 1024)))
+
+
+def _printable(value: Any, limit: int = 128) -> str:
+    """Text that any UTF-8 response can carry: json.loads accepts lone surrogates ("\\ud800"), which
+    then failed the response model and took the whole batch's answers with them."""
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
 async def process_requests(events: Sequence[Any]) -> None:
