@@ -34,6 +34,33 @@ def _to_probe(reported: Mapping[Any, int | None]) -> dict[Any, int]:
     return {tp: offset for tp, offset in reported.items() if offset}
 
 
+class _Probe:
+    """The fetch half of both clients: seek to each partition's last vouched-for record and wait
+    until a fetch has answered its high watermark."""
+
+    def __init__(self, consumer: Any, reported: Mapping[Any, int]) -> None:
+        self.consumer = consumer
+        self.result = dict(reported)
+        self.pending = _to_probe(reported)
+        if self.pending:
+            consumer.assign(list(self.pending))
+            for tp, offset in self.pending.items():
+                consumer.seek(tp, offset - 1)
+        self.deadline = time.monotonic() + PROBE_TIMEOUT_S
+
+    def done(self) -> bool:
+        """Take the answered high watermarks; True once none is pending. Raises past the deadline."""
+        for tp in list(self.pending):
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                self.result[tp] = max(self.result[tp], highwater)
+                del self.pending[tp]
+        if self.pending and time.monotonic() > self.deadline:
+            raise EndOffsetError(f"no high watermark for {sorted(map(str, self.pending))} "
+                                 f"within {PROBE_TIMEOUT_S:.0f}s")
+        return not self.pending
+
+
 async def end_offsets(config: Mapping[str, Any], partitions: Iterable[Any],
                       reported: Mapping[Any, int] | None = None) -> dict[Any, int]:
     """The offset after the last record of each partition (aiokafka connection ``config``).
@@ -50,24 +77,10 @@ async def end_offsets(config: Mapping[str, Any], partitions: Iterable[Any],
     try:
         if reported is None:
             reported = await consumer.end_offsets(partitions)
-        result = dict(reported)
-        pending = _to_probe({TopicPartition(tp.topic, tp.partition): o for tp, o in reported.items()})
-        if not pending:
-            return result
-        consumer.assign(list(pending))
-        for tp, offset in pending.items():
-            consumer.seek(tp, offset - 1)
-        deadline = time.monotonic() + PROBE_TIMEOUT_S
-        while pending and time.monotonic() < deadline:
-            await consumer.getmany(*pending, timeout_ms=100)
-            for tp in list(pending):
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    result[tp] = max(result[tp], highwater)
-                    del pending[tp]
-        if pending:
-            raise EndOffsetError(f"no high watermark for {sorted(map(str, pending))} within {PROBE_TIMEOUT_S:.0f}s")
-        return result
+        probe = _Probe(consumer, {TopicPartition(tp.topic, tp.partition): o for tp, o in reported.items()})
+        while not probe.done():
+            await consumer.getmany(*probe.pending, timeout_ms=100)
+        return probe.result
     finally:
         # aiokafka's stop() cancels a task it started in start(); cancelled before its first step, that
         # task re-raises CancelledError out of stop(). One loop turn lets it start.
@@ -82,23 +95,9 @@ def end_offsets_sync(config: Mapping[str, Any], partitions: Iterable[Any]) -> di
     partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
     consumer = KafkaConsumer(**config, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=10)
     try:
-        result = dict(consumer.end_offsets(partitions))
-        pending = _to_probe(result)
-        if not pending:
-            return result
-        consumer.assign(list(pending))
-        for tp, offset in pending.items():
-            consumer.seek(tp, offset - 1)
-        deadline = time.monotonic() + PROBE_TIMEOUT_S
-        while pending and time.monotonic() < deadline:
+        probe = _Probe(consumer, consumer.end_offsets(partitions))
+        while not probe.done():
             consumer.poll(timeout_ms=100)
-            for tp in list(pending):
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    result[tp] = max(result[tp], highwater)
-                    del pending[tp]
-        if pending:
-            raise EndOffsetError(f"no high watermark for {sorted(map(str, pending))} within {PROBE_TIMEOUT_S:.0f}s")
-        return result
+        return probe.result
     finally:
         consumer.close()
