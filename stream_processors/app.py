@@ -25,7 +25,7 @@ from streamrec.features import FeatureClient, FeatureStoreError, history_frame
 from streamrec.schemas import DLQRecord, Interaction, ItemUpdate, SchemaError, decode, encode
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
-from .batching import InOrder, MicroBatcher, ack_all, in_order
+from .batching import Guard, ack_all
 from .faust_app import create_app
 from .history import apply_event, feature_row
 from .items import merge_item_updates
@@ -191,26 +191,19 @@ async def process_item_batch(events: Sequence[Any]) -> None:
     ack_all(events)
 
 
-order = InOrder()
-
-
-@app.on_partitions_assigned.connect
-async def _new_assignment(sender: Any, assigned: Any, **kwargs: Any) -> None:
-    order.reset()  # Faust seeks every partition to its committed offset
-
-
-history_batches = MicroBatcher(process_history_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
-item_batches = MicroBatcher(process_item_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
+guard = Guard(app, [INTERACTIONS, ITEM_UPDATES])
+history_batches = guard.batcher(process_history_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
+item_batches = guard.batcher(process_item_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
 
 
 @app.agent(interactions_topic)
 async def history_agent(stream: Any) -> None:
-    await history_batches.run(in_order(stream.noack().events(), app, order))
+    await guard.run(history_batches, stream)
 
 
 @app.agent(item_updates_topic)
 async def item_agent(stream: Any) -> None:
-    await item_batches.run(in_order(stream.noack().events(), app, order))
+    await guard.run(item_batches, stream)
 
 
 @app.task
@@ -238,6 +231,7 @@ async def freshness_page(web: Any, request: Any) -> Any:
     snap = tracker.snapshot()
     snap["assigned_partitions"] = len(app.consumer.assignment()) if app.consumer else 0
     snap["ready"] = _features is not None  # Feast loaded: batches are not held up by start-up
+    snap["rewinds"] = guard.order.rewinds  # holes the consumer left that were read again
     if request.query.get("samples"):
         snap["lags_ms"] = tracker.samples()
     return web.json(snap)

@@ -14,6 +14,14 @@ kill -9 restart as whole runs of offsets missing per partition. Two guards:
   batch is durable; a skipped event stays unacked, so the commit cannot pass it;
 - :class:`InOrder`: an agent takes each partition's offsets strictly in order; on a hole it seeks the
   consumer back to the hole and drops what comes before the hole is read again.
+
+A hole can also sit at a partition's end (Faust dropped the last records it fetched during a rebalance and
+nothing newer arrives to reveal it), and a seek can be undone by the consumer thread (Faust's
+``Consumer.seek`` touches aiokafka from the wrong thread). :class:`Guard` therefore also watches every
+partition: when the broker holds offsets the agent has not taken, none has arrived for
+``REWIND_AGAIN_S`` and the agents are idle, it seeks back again, on the consumer's own thread.
+Faust's gap bookkeeping (it counts offsets it never delivered as done) is turned off for our topics in
+``faust_app`` for the same reason.
 """
 
 from __future__ import annotations
@@ -27,10 +35,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["MicroBatcher", "InOrder", "Verdict", "acking", "ack_all", "in_order", "agent_acking"]
+__all__ = ["MicroBatcher", "InOrder", "Guard", "Verdict", "acking", "ack_all", "in_order", "agent_acking"]
 
 log = logging.getLogger("streamrec.batching")
 REWIND_AGAIN_S = 2.0
+WATCH_EVERY_S = 0.5
 
 _agent_acking: contextvars.ContextVar[bool] = contextvars.ContextVar("streamrec_agent_acking", default=False)
 
@@ -68,14 +77,19 @@ class InOrder:
     def __init__(self) -> None:
         self.expected: dict[Any, int] = {}
         self.rewound_at: dict[Any, float] = {}
+        self.seen_at: dict[Any, float] = {}
+        self.reset_at = 0.0
         self.rewinds = 0
 
-    def reset(self) -> None:
+    def reset(self, now: float = 0.0) -> None:
         """After a rebalance the consumer starts again from the committed offsets."""
         self.expected.clear()
         self.rewound_at.clear()
+        self.seen_at.clear()
+        self.reset_at = now
 
     def check(self, tp: Any, offset: int, committed: int | None, now: float) -> Verdict:
+        self.seen_at[tp] = now
         expected = self.expected.get(tp)
         if expected is None:
             expected = committed if committed is not None and committed >= 0 else offset
@@ -93,6 +107,24 @@ class InOrder:
             return Verdict.REWIND
         return Verdict.DROP
 
+    def stalled(self, tp: Any, committed: int | None, end: int | None, now: float) -> int | None:
+        """The offset to read ``tp`` again from, when the broker has offsets up to ``end`` that the agent
+        never took and nothing arrived on ``tp`` for ``REWIND_AGAIN_S``; else None.
+
+        ``committed`` is the group's committed offset (None: nothing committed, so the log's start).
+        """
+        want = self.expected.get(tp)
+        if want is None:
+            want = committed if committed is not None and committed >= 0 else 0
+        if end is None or end <= want:
+            return None
+        quiet_since = max(self.seen_at.get(tp, self.reset_at), self.rewound_at.get(tp, self.reset_at))
+        if now - quiet_since < REWIND_AGAIN_S:
+            return None
+        self.rewound_at[tp] = now
+        self.rewinds += 1
+        return want
+
 
 async def in_order(events: AsyncIterable[Any], app: Any, order: InOrder) -> AsyncIterator[Any]:
     """``events`` with every partition's offsets in order; holes are read again from the broker."""
@@ -106,7 +138,14 @@ async def in_order(events: AsyncIterable[Any], app: Any, order: InOrder) -> Asyn
             hole = order.expected[message.tp]
             log.warning("offsets %s..%d of %s were skipped by the consumer: reading them again",
                         hole, message.offset - 1, message.tp)
-            await app.consumer.seek(message.tp, hole)
+            await seek(app, message.tp, hole)
+
+
+async def seek(app: Any, tp: Any, offset: int) -> None:
+    """Seek on the consumer's own thread (Faust's ``Consumer.seek`` calls aiokafka from the app's thread,
+    where it races the fetcher) and let the consumer deliver ``offset`` onwards again."""
+    await app.consumer.seek_wait({tp: offset})
+    app.consumer._read_offset[tp] = offset  # what Faust's drainer delivers from (None would mean "any")
 
 
 class MicroBatcher:
@@ -157,3 +196,51 @@ class MicroBatcher:
         events, self.events = self.events, []
         if events:
             await self.process(events)
+
+
+class Guard:
+    """Our agents' ordering guard on one Faust app: one :class:`InOrder` for all its agents, reset on
+    every assignment, and a watchdog that reads a stalled hole again (see the module's text).
+
+    Usage: ``guard = Guard(app, topics)``, ``batches = guard.batcher(process, size, wait)``, and in the
+    agent ``await guard.run(batches, stream)``.
+    """
+
+    def __init__(self, app: Any, topics: Iterable[str]) -> None:
+        self.app = app
+        self.topics = frozenset(topics)
+        self.order = InOrder()
+        self.batchers: list[MicroBatcher] = []
+        app.on_partitions_assigned.connect(self._assigned)
+        app.timer(WATCH_EVERY_S)(self._watch)
+
+    def batcher(self, process: Callable[[Sequence[Any]], Awaitable[None]], size: int,
+                max_wait_s: float) -> MicroBatcher:
+        batcher = MicroBatcher(process, size, max_wait_s)
+        self.batchers.append(batcher)
+        return batcher
+
+    async def run(self, batcher: MicroBatcher, stream: Any) -> None:
+        """The agent's body: every event in order, in micro-batches, acked by ``process`` (``ack_all``)."""
+        await batcher.run(in_order(stream.noack().events(), self.app, self.order))
+
+    async def _assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        self.order.reset(time.monotonic())  # Faust seeks every partition to its committed offset
+
+    def busy(self) -> bool:
+        return any(b.lock.locked() or b.events for b in self.batchers)
+
+    async def _watch(self) -> None:
+        app, consumer = self.app, self.app.consumer
+        if consumer is None or not app.flow_control.is_active() or app.rebalancing or self.busy():
+            return
+        paused = getattr(consumer, "_paused_partitions", set())
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics or tp in paused:
+                continue
+            offset = self.order.stalled(tp, consumer._committed_offset.get(tp), consumer.highwater(tp),
+                                        time.monotonic())
+            if offset is not None:
+                log.warning("%s has offsets from %d that never reached the agent: reading them again",
+                            tp, offset)
+                await seek(app, tp, offset)

@@ -90,6 +90,17 @@ def _guard_acks() -> None:
     guarded_ack._streamrec_guarded = True  # type: ignore[attr-defined]
     Consumer.ack = guarded_ack
 
+    # Faust records a jump in a partition's offsets as a "gap" and commits across it as if those offsets
+    # were done (meant for compacted topics). On our topics a jump is events the consumer dropped, which
+    # InOrder reads again: committing across them would lose them if the worker died before the re-read.
+    add_gap = Consumer._add_gap
+
+    async def no_gap_on_guarded_topics(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in GUARDED_TOPICS:
+            await add_gap(self, tp, offset_from, offset_to)
+
+    Consumer._add_gap = no_gap_on_guarded_topics
+
 
 def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
                linger_ms: int = 5) -> faust.App:

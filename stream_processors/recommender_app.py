@@ -40,7 +40,7 @@ from streamrec.schemas import (
 )
 from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUESTS, dlq
 
-from .batching import InOrder, MicroBatcher, ack_all, in_order
+from .batching import Guard, ack_all
 from .faust_app import create_app
 from .live import register_live_pages
 from .metrics import StageTimes
@@ -250,20 +250,13 @@ async def process_requests(events: Sequence[Any]) -> None:
     ack_all(events)
 
 
-order = InOrder()
-
-
-@app.on_partitions_assigned.connect
-async def _new_assignment(sender: Any, assigned: Any, **kwargs: Any) -> None:
-    order.reset()  # Faust seeks every partition to its committed offset
-
-
-request_batches = MicroBatcher(process_requests, settings.request_batch, settings.request_max_wait_ms / 1000.0)
+guard = Guard(app, [REQUESTS])
+request_batches = guard.batcher(process_requests, settings.request_batch, settings.request_max_wait_ms / 1000.0)
 
 
 @app.agent(requests_topic)
 async def recommend_agent(stream: Any) -> None:
-    await request_batches.run(in_order(stream.noack().events(), app, order))
+    await guard.run(request_batches, stream)
 
 
 @app.page("/status")
@@ -271,6 +264,7 @@ async def status_page(web: Any, request: Any) -> Any:
     return web.json({
         "ready": serving.ready.is_set(), "model_version": serving.version, "swaps": serving.swaps,
         "refused": serving.refused, "requests": serving.requests, "errors": serving.errors,
+        "rewinds": guard.order.rewinds,
         "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
         "stages_ms": serving.stages.snapshot(), "time": time.time(),
     })

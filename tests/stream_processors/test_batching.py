@@ -93,3 +93,25 @@ def test_a_hole_at_the_start_is_measured_from_the_committed_offset_and_rewound_a
     assert order.check("p0", 52, committed=30, now=2.5) is Verdict.REWIND  # the first seek got nothing
     order.reset()
     assert order.check("p0", 52, committed=52, now=3.0) is Verdict.TAKE
+
+
+def test_a_hole_at_a_partitions_end_is_found_from_the_broker_end_once_the_partition_is_quiet() -> None:
+    from stream_processors.batching import REWIND_AGAIN_S, InOrder, Verdict
+
+    order = InOrder()
+    order.reset(now=100.0)
+    # right after an assignment: give the consumer time to deliver from the committed offset
+    assert order.stalled("p0", committed=30, end=80, now=100.5) is None
+    assert order.stalled("p0", committed=30, end=80, now=100.0 + REWIND_AGAIN_S) == 30
+    assert order.stalled("p0", committed=30, end=80, now=101.0 + REWIND_AGAIN_S) is None  # one seek per wait
+    assert order.check("p0", 30, committed=30, now=103.0) is Verdict.TAKE
+    assert order.stalled("p0", committed=30, end=80, now=103.5) is None  # events are arriving
+    assert order.stalled("p0", committed=30, end=80, now=103.0 + REWIND_AGAIN_S) == 31  # and stopped again
+    assert order.rewinds == 2
+    # caught up with the broker: nothing to read again however long it stays quiet
+    for offset in range(31, 80):
+        order.check("p0", offset, committed=30, now=110.0)
+    assert order.stalled("p0", committed=30, end=80, now=200.0) is None
+    # nothing committed and nothing seen: the log's start
+    assert order.stalled("p1", committed=None, end=5, now=200.0) == 0
+    assert order.stalled("p2", committed=None, end=None, now=200.0) is None  # no fetch answered yet

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
-import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
@@ -73,9 +72,6 @@ def _explain(settings: Settings, wrong: dict[str, tuple[dict, dict]], *workers: 
 
 
 # ---- 1. rebalance ------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue #8 stays open: after a takeover the survivor's consumer skips past the committed "
-    "offset; InOrder seeks back but nothing is re-delivered and the rewind is only retried on a new event"))
 def test_two_workers_one_killed_the_survivor_takes_over_without_loss(
         env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
     first = worker_factory(env_stack)

@@ -1,0 +1,141 @@
+"""Reliability: 2,000 fuzzed malformed recommendation requests against a real recommender.
+
+Every one must get exactly one `error` response (carrying its request_id when that is readable) and one
+DLQ record, the recommender must not crash, and a valid request sent after the flood is answered.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+
+from producers.requests import RequestClient
+from streamrec.config import Settings
+from streamrec.schemas import MAX_MESSAGE_BYTES, DLQRecord, RecommendationRequest, RecommendationResponse
+from streamrec.topics import RECOMMENDATIONS, REQUESTS, dlq
+
+from .conftest import Worker, wait_until
+from .test_reliability import _bad_id, _json, _naive_time, _not_a_string, _scalars
+
+N_MALFORMED = 2_000
+FIELDS = {"request_id", "user_id", "k", "context", "exclude"}
+
+_bad_k = st.integers(max_value=0) | st.integers(min_value=101) | st.floats(allow_nan=False) | \
+    st.text(max_size=5) | st.booleans() | st.none() | st.lists(st.integers(), max_size=2)
+_bad_context = st.lists(st.integers(), max_size=3) | st.text(max_size=10) | st.integers() | st.booleans() | \
+    st.fixed_dictionaries({"timestamp": _naive_time | st.text(alphabet="abcxyz :", max_size=20) | st.integers()}) | \
+    st.fixed_dictionaries({"device": st.just("") | st.integers() | st.text(min_size=33, max_size=40)}) | \
+    st.fixed_dictionaries({"nested": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)}) | \
+    st.just({f"k{i}": i for i in range(33)})
+_bad_exclude = st.text(max_size=10) | st.integers() | st.lists(st.integers(), min_size=1, max_size=3) | \
+    st.lists(_bad_id, min_size=1, max_size=2) | st.just([f"I{i}" for i in range(1001)])
+_bad_value = {"user_id": _bad_id, "k": _bad_k, "context": _bad_context, "exclude": _bad_exclude}
+
+KINDS = ["random_bytes", "truncated", "not_an_object", "missing", "extra", "wrong_value", "wrong_value",
+         "wrong_value", "bad_request_id", "lone_surrogate"] * 5 + ["huge"]
+
+
+def _malformed_request(data: Any, n: int, user: str) -> tuple[bytes, str | None]:
+    """One request the contract says must get an error response: (value, the request_id it carries
+    when that is readable, else None)."""
+    rid = f"m-{n:05d}"  # one width: what is drawn must not depend on n
+    base = {"request_id": rid, "user_id": user, "k": 10}
+    kind = data.draw(st.sampled_from(KINDS))
+    if kind == "random_bytes":  # a leading 0xff is never UTF-8, so never JSON
+        return b"\xff" + data.draw(st.binary(max_size=300)), None
+    if kind == "truncated":
+        text = json.dumps(base)
+        return text[:data.draw(st.integers(0, len(text) - 1))].encode(), None
+    if kind == "not_an_object":
+        return json.dumps(data.draw(_json.filter(lambda v: not isinstance(v, dict)))).encode(), None
+    if kind == "missing":  # no user_id (the request_id stays readable) or no request_id
+        gone = data.draw(st.sampled_from(["user_id", "request_id"]))
+        return json.dumps({k: v for k, v in base.items() if k != gone}).encode(), None if gone == "request_id" else rid
+    if kind == "extra":
+        name = data.draw(st.text(min_size=1, max_size=30).filter(lambda n: n not in FIELDS))
+        return json.dumps({**base, name: data.draw(_scalars)}).encode(), rid
+    if kind == "wrong_value":
+        field = data.draw(st.sampled_from(sorted(_bad_value)))
+        return json.dumps({**base, field: data.draw(_bad_value[field])}).encode(), rid
+    if kind == "bad_request_id":
+        return json.dumps({**base, "request_id": data.draw(_bad_id | _not_a_string)}).encode(), None
+    if kind == "lone_surrogate":  # valid JSON escapes, but not a valid Unicode string
+        return (b'{"request_id": "\\ud800' + rid.encode() + b'", "user_id": "' + user.encode() + b'"}'), None
+    # huge: a valid-looking request over the 64 KiB cap
+    pad = "x" * data.draw(st.integers(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES + 4000))
+    return json.dumps({**base, "context": {f"p{i}": pad[:256] for i in range(len(pad) // 256)}}).encode(), rid
+
+
+def _draw(users: list[str]) -> list[tuple[bytes, str | None]]:
+    out: list[tuple[bytes, str | None]] = []
+
+    @seed(20261128)
+    @settings(max_examples=N_MALFORMED, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def collect(data: Any) -> None:
+        out.append(_malformed_request(data, len(out), data.draw(st.sampled_from(users))))
+
+    collect()
+    return out[:N_MALFORMED]
+
+
+def _read_all(settings: Settings, topic: str) -> list[Any]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(consumer_timeout_ms=5000, max_partition_fetch_bytes=4_000_000,
+                             **settings.kafka_python_config())
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
+    consumer.seek_to_beginning()
+    records = list(consumer)
+    consumer.close()
+    return records
+
+
+def test_2k_fuzzed_malformed_requests_each_get_one_error_response(
+        env_stack: Settings, trained_checkpoint: Path, worker_factory: Callable[..., Worker]) -> None:
+    from kafka import KafkaProducer
+
+    shutil.copytree(trained_checkpoint, env_stack.checkpoint_dir)
+    users = ["U000001", "U000002", "U000003", "nobody"]
+    malformed = _draw(users)
+    assert len(malformed) == N_MALFORMED
+    recommender = worker_factory(env_stack, app="recommender")
+    producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=2_000_000,
+                             max_in_flight_requests_per_connection=1, **env_stack.kafka_python_config())
+    futures = [producer.send(REQUESTS, key=users[i % len(users)].encode(), value=value)
+               for i, (value, _) in enumerate(malformed)]
+    producer.flush()
+    producer.close()
+    sent = {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
+    assert len(sent) == N_MALFORMED
+
+    wait_until(lambda: recommender.status()["requests"] >= N_MALFORMED, 120, "every request to be answered")
+    client = RequestClient(env_stack)
+    try:  # the flood did not break anything: a valid request is answered normally
+        after, _ = client.ask(RecommendationRequest(request_id="after-flood", user_id="U000003"))
+    finally:
+        client.close()
+    assert after.error is None and len(after.items) == 10
+    assert recommender.proc.poll() is None, recommender.tail()
+
+    responses = [RecommendationResponse.model_validate_json(r.value) for r in _read_all(env_stack, RECOMMENDATIONS)]
+    errors = [r for r in responses if r.error is not None]
+    assert len(errors) == N_MALFORMED, f"{len(errors)} error responses for {N_MALFORMED} malformed requests"
+    assert all(r.error.code == "bad_request" and r.error.message and not r.items for r in errors)
+    answered = [r.request_id for r in errors if r.request_id.startswith("m-")]
+    readable = [rid for _, rid in malformed if rid is not None]
+    assert sorted(answered) == sorted(readable), "a readable request_id was not answered exactly once"
+    assert [r.request_id for r in responses if r.error is None] == ["after-flood"]
+
+    records = [DLQRecord.model_validate_json(r.value) for r in _read_all(env_stack, dlq(REQUESTS))]
+    got = [(r.partition, r.offset) for r in records]
+    assert len(got) == len(set(got)), "a malformed request was dead-lettered twice"
+    assert set(got) == sent and all(r.topic == REQUESTS and r.reason for r in records)
+    assert recommender.status()["errors"] == N_MALFORMED
