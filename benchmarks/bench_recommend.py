@@ -2,7 +2,9 @@
 
 - in process: ``Recommender.recommend()`` for one request (features given) p50/p99, and the same with
   the Feast online read in front; the baseline is the bare Feast read + tower forward;
-- over Kafka: ``--rate`` requests/s (default 500) through both workers, round trip and server latency.
+- over Kafka: ``--rate`` requests/s (default 500) through both workers, round trip and server latency;
+  the baseline is the same load answered by a bare aiokafka echo (``benchmarks/echo.py``) on a broker of
+  its own: the broker's two hops and the client, nothing of streamrec.
 
     python benchmarks/bench_recommend.py [--items 5000 100000] [--rate 500] [--seconds 10]
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 try:
-    from ._harness import own_stack, start_worker, stop
+    from ._harness import ROOT, own_stack, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import own_stack, start_worker, stop
+    from _harness import ROOT, own_stack, start_worker, stop
 
 
 def _pct(samples: list[float]) -> dict[str, float]:
@@ -93,6 +97,22 @@ def _in_process(settings: Any, data: Path, rounds: int) -> dict[str, Any]:
             "ratio_p99_full_vs_baseline": f["p99_ms"] / b["p99_ms"], "index": type(bundle.index).__name__}
 
 
+def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float) -> dict[str, Any]:
+    """``run_load`` against ``benchmarks/echo.py`` on a fresh stack (the broker slows as partitions grow)."""
+    from producers.requests import run_load
+
+    with own_stack(tmp / "echo", data) as (settings, env):
+        echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo", "--bootstrap", settings.bootstrap_servers],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            if echo.stdout is None or echo.stdout.readline().strip() != "ready":
+                raise RuntimeError("the echo baseline did not start")
+            run_load(settings, users, 200, 100.0)  # warm-up, as for the recommender
+            return {"rate": rate, **run_load(settings, users, n, rate).summary()}
+        finally:
+            stop(echo)
+
+
 def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, seconds: float = 10.0,
         rounds: int = 500) -> dict[str, Any]:
     from generation.dataset_gen_amazon import GeneratorConfig, generate, write
@@ -119,6 +139,8 @@ def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, sec
                 result["kafka"] = {"rate": rate, **summary}
                 stop(recommender)
                 stop(features)
+            if n_items == item_counts[0]:
+                result["kafka_echo"] = _echo_baseline(tmp_path, data, users, int(rate * seconds), rate)
             shutil.rmtree(data, ignore_errors=True)
     return result
 
@@ -146,6 +168,10 @@ def main() -> None:
         print(f"over Kafka at {k['rate']:.0f} req/s ({k['sent']} sent, {k['answered']} answered, {k['errors']} errors):"
               f" server p50 {k['server_latency_ms']['p50']:.1f} / p99 {k['server_latency_ms']['p99']:.1f} ms, round "
               f"trip p50 {k['round_trip_ms']['p50']:.1f} / p99 {k['round_trip_ms']['p99']:.1f} ms")
+    e = r.get("kafka_echo")
+    if e:
+        print(f"raw baseline, a bare aiokafka echo at {e['rate']:.0f} req/s ({e['answered']} of {e['sent']} answered):"
+              f" round trip p50 {e['round_trip_ms']['p50']:.1f} / p99 {e['round_trip_ms']['p99']:.1f} ms")
 
 
 if __name__ == "__main__":

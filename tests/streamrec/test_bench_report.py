@@ -160,3 +160,14 @@ def test_cli_rejects_an_unknown_benchmark() -> None:
     result = subprocess.run([sys.executable, "-m", "streamrec", "bench", "--only", "nope"], capture_output=True,
                             text=True, timeout=120, env=dict(os.environ))
     assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_over_kafka_is_measured_against_the_bare_echo_when_the_run_has_one() -> None:
+    echo = {"rate": 500.0, "sent": 5000, "answered": 5000, "round_trip_ms": {"p50": 4.0, "p99": 24.0}}
+    rows = rows_for("recommend", {**RECOMMEND, "kafka_echo": echo})
+    rt = _row(rows, "over Kafka at 500 req/s: round trip p99")
+    assert rt.baseline == 24.0 and rt.baseline_label == "bare aiokafka echo, same load"
+    assert rt.ratio == pytest.approx(0.5)  # 12 / 24
+    floor = _row(rows, "raw baseline alone (bare echo) at 500 req/s")
+    assert floor.value == 24.0 and floor.met is False  # the broker alone misses the 15 ms goal
+    assert _row(rows, "over Kafka at 500 req/s: round trip p50").baseline == 4.0
