@@ -216,6 +216,7 @@ class Guard:
 
     def batcher(self, process: Callable[[Sequence[Any]], Awaitable[None]], size: int,
                 max_wait_s: float) -> MicroBatcher:
+        """A :class:`MicroBatcher` whose busy state the watchdog respects."""
         batcher = MicroBatcher(process, size, max_wait_s)
         self.batchers.append(batcher)
         return batcher

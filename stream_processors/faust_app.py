@@ -8,9 +8,9 @@ import faust
 
 from streamrec.config import Settings
 from streamrec.offsets import end_offsets
-from streamrec.topics import INTERACTIONS, ITEM_UPDATES, REQUESTS
+from streamrec.topics import INTERACTIONS, ITEM_UPDATES
 
-GUARDED_TOPICS = frozenset({INTERACTIONS, ITEM_UPDATES, REQUESTS})
+GUARDED_TOPICS = frozenset({INTERACTIONS, ITEM_UPDATES})  # what the features worker's agents read
 
 __all__ = ["create_app", "FETCH_MAX_WAIT_MS", "GUARDED_TOPICS"]
 

@@ -115,3 +115,4 @@ def test_a_hole_at_a_partitions_end_is_found_from_the_broker_end_once_the_partit
     # nothing committed and nothing seen: the log's start
     assert order.stalled("p1", committed=None, end=5, now=200.0) == 0
     assert order.stalled("p2", committed=None, end=None, now=200.0) is None  # no fetch answered yet
+

@@ -2,6 +2,8 @@
 
 Every one must get exactly one `error` response (carrying its request_id when that is readable) and one
 DLQ record, the recommender must not crash, and a valid request sent after the flood is answered.
+Then Redis goes away: a request that cannot be served gets an `internal` error answer (after the
+agent's retries), not silence, and once Redis is back requests are served again.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from producers.requests import RequestClient
+from streamrec import stack as _stack
 from streamrec.config import Settings
 from streamrec.schemas import MAX_MESSAGE_BYTES, DLQRecord, RecommendationRequest, RecommendationResponse
 from streamrec.topics import RECOMMENDATIONS, REQUESTS, dlq
 
 from .conftest import Worker, wait_until
-from .test_reliability import _bad_id, _json, _naive_time, _not_a_string, _scalars
+from .test_reliability import _bad_id, _json, _naive_time, _not_a_string, _scalars, _stop_redis
 
 N_MALFORMED = 2_000
 FIELDS = {"request_id", "user_id", "k", "context", "exclude"}
@@ -98,7 +101,7 @@ def _read_all(settings: Settings, topic: str) -> list[Any]:
     return records
 
 
-def test_2k_fuzzed_malformed_requests_each_get_one_error_response(
+def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_gets_errors_not_silence(
         env_stack: Settings, trained_checkpoint: Path, worker_factory: Callable[..., Worker]) -> None:
     from kafka import KafkaProducer
 
@@ -139,3 +142,15 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response(
     assert len(got) == len(set(got)), "a malformed request was dead-lettered twice"
     assert set(got) == sent and all(r.topic == REQUESTS and r.reason for r in records)
     assert recommender.status()["errors"] == N_MALFORMED
+
+    _stop_redis(env_stack)  # the online store is gone: the batch fails, is retried, then answered
+    client = RequestClient(env_stack)
+    try:
+        during, _ = client.ask(RecommendationRequest(request_id="during-outage", user_id="U000003"))
+        _stack.up(env_stack)
+        back, _ = client.ask(RecommendationRequest(request_id="after-outage", user_id="U000003"))
+    finally:
+        client.close()
+    assert during.error is not None and during.error.code == "internal" and not during.items
+    assert back.error is None and len(back.items) == 10
+    assert recommender.proc.poll() is None and recommender.status()["errors"] == N_MALFORMED + 1
