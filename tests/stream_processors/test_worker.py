@@ -15,7 +15,7 @@ from streamrec.features import FeatureClient
 from streamrec.schemas import INTERACTION_TYPES, DLQRecord
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
-from .conftest import Worker, wait_until
+from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, fresh_burst_lag_ms, wait_until
 
 N_EVENTS = 5000
 
@@ -153,6 +153,8 @@ def test_kill_9_mid_replay_still_equals_the_ground_truth(env_stack: Settings,
     assert not wrong, f"{len(wrong)} users differ, e.g. {next(iter(wrong.items()))}; worker {figures}"
     # the restarted worker was handed events the first had applied, and skipped them
     assert figures["duplicates_skipped"] > 0
+    lag = fresh_burst_lag_ms(env_stack, restarted, next(iter(truth)))
+    assert lag <= FRESHNESS_BACK_WITHIN_MS, f"fresh events after the restart took {lag:.0f} ms"
 
 
 def test_item_updates_keep_stock_fresh(env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
