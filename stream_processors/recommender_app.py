@@ -211,8 +211,6 @@ class RequestAgent:
     after a batch's responses and DLQ records are delivered; a rebalance waits for the batch in hand.
     """
 
-    RETRIES = (0.5, 1.0, 2.0)  # a failing batch (Redis down...) is tried again; then answered with errors
-
     def __init__(self) -> None:
         self.consumer: Any = None
         self.producer: Any = None
@@ -262,19 +260,15 @@ class RequestAgent:
             await self.producer.stop()
 
     async def _answer(self, records: Sequence[Any]) -> None:
-        for delay in self.RETRIES:
+        """Every request answered before the offsets move; only a failed delivery (the broker) repeats
+        the batch, which may answer a request twice (at-least-once), never zero times."""
+        while True:
             try:
                 await process_requests(records, self.producer)
                 return
             except Exception as exc:  # noqa: BLE001 - the agent never dies on a batch
-                log.warning("a batch of %d requests failed (%r): retrying in %.1f s", len(records), exc, delay)
-                await asyncio.sleep(delay)
-        try:
-            await process_requests(records, self.producer)
-        except Exception as exc:  # noqa: BLE001
-            log.error("a batch of %d requests failed %d times: answering with errors", len(records),
-                      len(self.RETRIES) + 1, exc_info=exc)
-            await answer_with_errors(records, self.producer, "internal", f"the recommender failed: {exc!r}")
+                log.warning("answering a batch of %d requests failed (%r): trying again in 1 s", len(records), exc)
+                await asyncio.sleep(1.0)
 
     async def _commit(self, records: Sequence[Any]) -> None:
         from aiokafka import TopicPartition
@@ -295,54 +289,78 @@ def _dlq_record(record: Any, reason: str) -> DLQRecord:
                      raw=(record.value or b"").decode("utf-8", "backslashreplace"))
 
 
-async def answer_with_errors(records: Sequence[Any], producer: Any, code: str, reason: str) -> None:
-    """One `error` response and one DLQ record per request (a batch that cannot be served)."""
-    sends = []
-    for record in records:
-        response = _error_response(record, reason, code)
-        sends.append(await producer.send(RECOMMENDATIONS, encode(response), key=response.request_id.encode()))
-        sends.append(await producer.send(dlq(REQUESTS), encode(_dlq_record(record, reason)), key=record.key))
-    await asyncio.gather(*sends)
-    serving.errors += len(records)
-    serving.requests += len(records)
+SERVE_WITHIN_S = 5.0  # a batch that cannot be served by then (Redis down...) is answered with errors
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 
 
-async def process_requests(records: Sequence[Any], producer: Any) -> None:
-    """Answer a micro-batch of requests; every record gets exactly one response, delivered on return."""
+async def _serve(good: Sequence[tuple[Any, RecommendationRequest]]) -> list[RecommendationResponse]:
+    """Features → model → filters for the well-formed requests of a batch, tried again on failure until
+    ``SERVE_WITHIN_S`` is spent (a failing Feast read can itself take seconds: redis-py's own retries)."""
     loop = asyncio.get_running_loop()
-    t0 = time.time()
-    for record in records:
-        serving.stages.record("kafka_to_agent", t0 * 1000 - record.timestamp)
-    good: list[tuple[Any, RecommendationRequest]] = []
-    sends = []
-    for record in records:
-        try:
-            good.append((record, decode(RecommendationRequest, record.value or b"")))
-        except SchemaError as exc:
-            serving.errors += 1
-            response = _error_response(record, str(exc))
-            sends.append(await producer.send(RECOMMENDATIONS, encode(response), key=response.request_id.encode()))
-            sends.append(await producer.send(dlq(REQUESTS), encode(_dlq_record(record, str(exc))), key=record.key))
-    if good:
-        requests = [r for _, r in good]
-        bundle = serving.bundle  # this batch finishes on this model whatever happens meanwhile
-        users = list(dict.fromkeys(r.user_id for r in requests))
+    requests = [r for _, r in good]
+    received = [record.timestamp / 1000 for record, _ in good]
+    bundle = serving.bundle  # this batch finishes on this model whatever happens meanwhile
+    users = list(dict.fromkeys(r.user_id for r in requests))
+
+    async def once() -> list[RecommendationResponse]:
         t1 = time.perf_counter()
         rows = await loop.run_in_executor(None, serving.features.users_features, users)
         t2 = time.perf_counter()
         serving.stages.record("feature_read_per_batch", (t2 - t1) * 1000)
         by_user = dict(zip(users, rows, strict=True))
-        received = [record.timestamp / 1000 for record, _ in good]
         responses = await loop.run_in_executor(
             None, lambda: serving.recommender.recommend(requests, [by_user[r.user_id] for r in requests], bundle,
                                                         received=received))
         serving.stages.record("model_and_filters_per_batch", (time.perf_counter() - t2) * 1000)
-        serving.stages.record("batch_size", len(good))
-        for response in responses:
-            sends.append(await producer.send(RECOMMENDATIONS, encode(response), key=response.request_id.encode()))
+        serving.stages.record("batch_size", len(requests))
+        return responses
+
+    deadline = time.monotonic() + SERVE_WITHIN_S
+    delays = iter(RETRY_DELAYS_S)
+    while True:
+        try:
+            return await asyncio.wait_for(once(), max(0.1, deadline - time.monotonic()))
+        except Exception as exc:  # noqa: BLE001 - decided below: retry or answer with errors
+            delay = next(delays, None)
+            if delay is None or time.monotonic() + delay >= deadline:
+                raise
+            log.warning("serving %d requests failed (%r): retrying in %.1f s", len(requests), exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def process_requests(records: Sequence[Any], producer: Any) -> None:
+    """Answer a micro-batch of requests; every record gets exactly one response, delivered on return.
+
+    A malformed request gets a `bad_request` answer; one that cannot be served within ``SERVE_WITHIN_S``
+    an `internal` answer; both also a DLQ record.
+    """
+    t0 = time.time()
+    for record in records:
+        serving.stages.record("kafka_to_agent", t0 * 1000 - record.timestamp)
+    good: list[tuple[Any, RecommendationRequest]] = []
+    answers: list[tuple[RecommendationResponse, Any]] = []  # (answer, the record to dead-letter or None)
+    for record in records:
+        try:
+            good.append((record, decode(RecommendationRequest, record.value or b"")))
+        except SchemaError as exc:
+            answers.append((_error_response(record, str(exc)), record))
+    if good:
+        try:
+            answers += [(response, None) for response in await _serve(good)]
+        except Exception as exc:  # noqa: BLE001 - answered, not dropped
+            reason = f"the recommender could not serve this request: {exc!r}"
+            log.error("answering %d requests with errors: %s", len(good), reason)
+            answers += [(_error_response(record, reason, "internal"), record) for record, _ in good]
+    sends = []
+    for response, dead in answers:
+        sends.append(await producer.send(RECOMMENDATIONS, encode(response), key=response.request_id.encode()))
+        if dead is not None:
+            record = _dlq_record(dead, response.error.message if response.error else "")
+            sends.append(await producer.send(dlq(REQUESTS), encode(record), key=dead.key))
     t3 = time.perf_counter()
-    await asyncio.gather(*sends)  # responses and DLQ records durable before the offsets are committed
+    await asyncio.gather(*sends)  # answers and DLQ records durable before the offsets are committed
     serving.stages.record("response_delivery_per_batch", (time.perf_counter() - t3) * 1000)
+    serving.errors += sum(1 for _, dead in answers if dead is not None)
     serving.requests += len(records)
 
 
