@@ -15,6 +15,7 @@ import json
 import signal
 import sys
 
+from streamrec.offsets import consumer_at_end
 from streamrec.topics import RECOMMENDATIONS, REQUESTS
 
 __all__ = ["serve"]
@@ -22,20 +23,13 @@ __all__ = ["serve"]
 
 async def serve(bootstrap: str, stop: asyncio.Event, fetch_max_wait_ms: int = 3) -> int:
     """Answer requests until ``stop`` is set; returns how many were answered."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                fetch_max_wait_ms=fetch_max_wait_ms)
     await producer.start()
-    await consumer.start()
+    consumer = await consumer_at_end({"bootstrap_servers": bootstrap}, REQUESTS, fetch_max_wait_ms=fetch_max_wait_ms)
     answered = 0
     try:
-        tps = [TopicPartition(REQUESTS, p) for p in sorted(consumer.partitions_for_topic(REQUESTS) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
         print("ready", flush=True)
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=100)
@@ -53,7 +47,6 @@ async def serve(bootstrap: str, stop: asyncio.Event, fetch_max_wait_ms: int = 3)
                 await asyncio.gather(*sends)
                 answered += len(sends)
     finally:
-        await asyncio.sleep(0)  # see streamrec/offsets.py: aiokafka's stop() right after start()
         await consumer.stop()
         await producer.stop()
     return answered

@@ -26,7 +26,7 @@ from streamrec.schemas import DLQRecord, Interaction, ItemUpdate, SchemaError, d
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
 from .batching import Guard, ack_all
-from .faust_app import create_app
+from .faust_app import GUARDED_TOPICS, create_app
 from .history import apply_event, feature_row
 from .items import merge_item_updates
 from .metrics import FreshnessTracker
@@ -191,7 +191,7 @@ async def process_item_batch(events: Sequence[Any]) -> None:
     ack_all(events)
 
 
-guard = Guard(app, [INTERACTIONS, ITEM_UPDATES])
+guard = Guard(app, GUARDED_TOPICS)
 history_batches = guard.batcher(process_history_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
 item_batches = guard.batcher(process_item_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
 

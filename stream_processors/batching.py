@@ -143,9 +143,8 @@ async def in_order(events: AsyncIterable[Any], app: Any, order: InOrder) -> Asyn
 
 async def seek(app: Any, tp: Any, offset: int) -> None:
     """Seek on the consumer's own thread (Faust's ``Consumer.seek`` calls aiokafka from the app's thread,
-    where it races the fetcher) and let the consumer deliver ``offset`` onwards again."""
+    where it races the fetcher); ``seek_wait`` also moves the read offset Faust's drainer delivers from."""
     await app.consumer.seek_wait({tp: offset})
-    app.consumer._read_offset[tp] = offset  # what Faust's drainer delivers from (None would mean "any")
 
 
 class MicroBatcher:

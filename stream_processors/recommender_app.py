@@ -25,7 +25,7 @@ from models.filtering import load_filter_config
 from models.serving import load_checkpoint
 from streamrec.config import get_settings
 from streamrec.features import FeatureClient
-from streamrec.offsets import end_offsets
+from streamrec.offsets import consumer_at_end
 from streamrec.schemas import (
     DLQRecord,
     ErrorInfo,
@@ -91,20 +91,6 @@ class Serving:
 serving = Serving()
 
 
-async def _end_offsets(topic: str) -> tuple[Any, dict[Any, int]]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
-    await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(partitions)
-    ends = await end_offsets(settings.aiokafka_config(), partitions)  # ListOffsets stops short on Tansu
-    for tp, offset in ends.items():
-        consumer.seek(tp, offset)
-    return consumer, ends
-
-
 async def _follow(consumer: Any, handle: Any) -> None:
     """Apply every record from where the consumer stands, forever (each instance sees them all)."""
     try:
@@ -158,8 +144,9 @@ async def _start_serving() -> None:
 
     torch.set_num_threads(1)  # one request batch at a time: threads only spin against each other
     loop = asyncio.get_running_loop()
-    item_consumer, _ = await _end_offsets(ITEM_UPDATES)  # before the catalog read: no update is missed
-    model_consumer, _ = await _end_offsets(MODEL_UPDATES)
+    # before the catalog read: no update is missed
+    item_consumer = await consumer_at_end(settings.aiokafka_config(), ITEM_UPDATES, fetch_max_wait_ms=50)
+    model_consumer = await consumer_at_end(settings.aiokafka_config(), MODEL_UPDATES, fetch_max_wait_ms=50)
     serving.features = await loop.run_in_executor(None, FeatureClient, settings)
     catalog = await loop.run_in_executor(None, _load_catalog, serving.features)
     serving.recommender = Recommender(catalog, load_filter_config(categories=set(catalog._columns["top_category"])))

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._exceptions import StreamrecError
 
-__all__ = ["EndOffsetError", "end_offsets", "end_offsets_sync"]
+__all__ = ["EndOffsetError", "consumer_at_end", "end_offsets", "end_offsets_sync"]
 
 PROBE_TIMEOUT_S = 10.0
 
@@ -86,6 +86,21 @@ async def end_offsets(config: Mapping[str, Any], partitions: Iterable[Any],
         # task re-raises CancelledError out of stop(). One loop turn lets it start.
         await asyncio.sleep(0)
         await consumer.stop()
+
+
+async def consumer_at_end(config: Mapping[str, Any], topic: str, **consumer_options: Any) -> Any:
+    """A started aiokafka consumer assigned every partition of ``topic``, positioned at the true end
+    (what is produced from now on, nothing older). The caller stops it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**config, enable_auto_commit=False, group_id=None, **consumer_options)
+    await consumer.start()
+    await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(partitions)
+    for tp, offset in (await end_offsets(config, partitions)).items():  # ListOffsets stops short on Tansu
+        consumer.seek(tp, offset)
+    return consumer
 
 
 def end_offsets_sync(config: Mapping[str, Any], partitions: Iterable[Any]) -> dict[Any, int]:
