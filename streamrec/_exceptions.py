@@ -7,11 +7,15 @@
 
 Third-party errors (kafka-python, redis, subprocess) are translated into these at the boundary
 with ``raise ... from exc`` so the cause stays in the traceback for developers.
+
+:func:`is_infrastructure` tells the two kinds of failure a stream processor meets apart: the broker or
+Redis failing (retried, bounded by health checks) and a record's own content failing (never retried: it
+is dead-lettered on its own).
 """
 
 from __future__ import annotations
 
-__all__ = ["StreamrecError", "ConfigError", "SchemaError", "StackError"]
+__all__ = ["StreamrecError", "ConfigError", "SchemaError", "StackError", "is_infrastructure"]
 
 
 class StreamrecError(Exception):
@@ -32,3 +36,26 @@ class SchemaError(StreamrecError):
 
 class StackError(StreamrecError):
     """The embedded stack could not do what was asked."""
+
+
+# Redis client errors that mean the server, not the request, is the problem.
+_REDIS_INFRA = frozenset({"ConnectionError", "TimeoutError", "BusyLoadingError", "ReadOnlyError",
+                          "MasterDownError", "TryAgainError", "ClusterDownError"})
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """True when ``exc`` (or an error it was raised from) is the network, the broker or Redis failing,
+    not the data: such a failure is worth retrying; any other is not."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (OSError, EOFError)):  # ConnectionError, TimeoutError, socket errors
+            return True
+        module = type(current).__module__ or ""
+        if module.startswith("redis") and type(current).__name__ in _REDIS_INFRA:
+            return True
+        if module.startswith(("aiokafka", "kafka")) and getattr(current, "retriable", False):
+            return True
+        current = current.__cause__  # only an explicit `raise ... from`: a context may be unrelated
+    return False

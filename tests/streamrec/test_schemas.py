@@ -146,3 +146,90 @@ def test_valid_values_are_accepted(k: int, t: str, uid: str) -> None:
     assert decode(RecommendationRequest, json.dumps({"request_id": "r", "user_id": uid, "k": k})).k == k
     assert decode(Interaction, json.dumps({**VALID[Interaction], "interaction_type": t,
                                             "user_id": uid})).user_id == uid
+
+
+# ---- hostile values (issue 17): the value space is closed, DLQ records are bounded -------------------
+def _interaction(**changes: object) -> bytes:
+    return json.dumps({**VALID[Interaction], **changes}).encode()
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+05:00", "1900-01-01T00:00:00Z",
+                                  "2999-01-01T00:00:00Z"])
+def test_timestamps_outside_the_window_are_refused_for_every_dated_message(when: str) -> None:
+    for model, raw in ((Interaction, _interaction(timestamp=when)),
+                       (ItemUpdate, json.dumps({**VALID[ItemUpdate], "timestamp": when}).encode()),
+                       (RecommendationRequest, json.dumps({**VALID[RecommendationRequest],
+                                                           "context": {"timestamp": when}}).encode()),
+                       (ModelUpdate, json.dumps({**VALID[ModelUpdate], "created_at": when}).encode())):
+        with pytest.raises(SchemaError, match="timestamp") as info:
+            decode(model, raw)
+        assert "timestamp" in info.value.fields[0] or "created_at" in info.value.fields[0]
+
+
+def test_the_window_is_configurable_and_measured_from_now() -> None:
+    from datetime import timedelta
+
+    from streamrec.schemas import TimeWindow
+
+    now = datetime.now(UTC)
+    soon = (now + timedelta(minutes=30)).isoformat()
+    assert decode(Interaction, _interaction(timestamp=soon)).timestamp.year == now.year
+    with pytest.raises(SchemaError, match="in the future"):
+        decode(Interaction, _interaction(timestamp=soon), TimeWindow(max_future_skew_s=60))
+    old = TimeWindow(floor=datetime(1900, 1, 1, tzinfo=UTC))
+    assert decode(Interaction, _interaction(timestamp="1950-01-01T00:00:00Z"), old).timestamp.year == 1950
+
+
+def test_tombstones_nan_and_deep_json_are_schema_errors_naming_the_problem() -> None:
+    with pytest.raises(SchemaError, match="tombstone"):
+        decode(Interaction, None)
+    raw = _interaction(rating=1.0).replace(b"1.0", b"NaN")
+    with pytest.raises(SchemaError, match="NaN") as info:
+        decode(Interaction, raw)
+    assert info.value.fields == ("rating",)
+    with pytest.raises(SchemaError, match="JSON"):
+        decode(RecommendationRequest, b"[" * 10_000 + b"]" * 10_000)
+    with pytest.raises(SchemaError, match="JSON"):
+        decode(RecommendationRequest, b'{"request_id":"r","context":' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001)
+
+
+@pytest.mark.parametrize("value", [b"\xff" * 900_000, b'"' * 900_000, b"\x01" * 900_000, "é".encode() * 450_000,
+                                   b"x" * 100])
+def test_dead_letter_records_are_bounded_whatever_the_value(value: bytes) -> None:
+    import hashlib
+
+    from streamrec.schemas import dead_letter
+
+    record = dead_letter(value, "why: " + "r" * 5000, "interactions", 3, 42, max_raw_bytes=16 * 1024)
+    wire = encode(record)
+    assert len(wire) <= 16 * 1024 + 2048 + 400  # raw + reason + the small fields
+    assert (record.partition, record.offset, record.topic) == (3, 42, "interactions")
+    if len(value) > 16 * 1024:
+        assert record.truncated and record.raw_bytes == len(value)
+        assert record.raw_sha256 == hashlib.sha256(value).hexdigest()
+        assert value.decode("utf-8", "backslashreplace").startswith(record.raw)
+    else:
+        assert record.raw == value.decode() and record.truncated is None
+    assert DLQRecord.model_validate_json(wire) == record
+
+
+def test_a_tombstone_dead_letters_as_such() -> None:
+    from streamrec.schemas import dead_letter
+
+    record = dead_letter(None, "no value", "item-updates", 0, 1)
+    assert record.raw == "" and record.reason.startswith("tombstone")
+
+
+@pytest.mark.parametrize("value, ids", [
+    (b'{"request_id": "r-1", "user_id": "U1", "pad": "' + b"x" * 900_000 + b'"}',
+     {"request_id": "r-1", "user_id": "U1"}),
+    (b'{"request_id":"r-2","deep":' + b"[" * 10_000, {"request_id": "r-2"}),
+    (b'{"request_id": 7}', {"request_id": "7"}),
+    (b'{"request_id": "\\ud800x"}', {"request_id": "?x"}),
+    (None, {}),
+    (b"\xff\xfe", {}),
+])
+def test_ids_are_recovered_from_requests_that_cannot_be_parsed(value: bytes | None, ids: dict) -> None:
+    from streamrec.schemas import recover_ids
+
+    assert recover_ids(value) == ids
