@@ -27,7 +27,7 @@ from streamrec._exceptions import StreamrecError
 from .features import FeatureError, FeatureSchema
 from .towers import TowerConfig, TwoTower
 
-__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "WEIGHTS", "META", "LATEST",
+__all__ = ["version_folder", "CheckpointError", "FORMAT", "FORMAT_VERSION", "WEIGHTS", "META", "LATEST",
            "save_checkpoint", "read_checkpoint", "promote", "latest_version", "list_versions"]
 
 FORMAT, FORMAT_VERSION = "streamrec.two-tower", 1
@@ -64,6 +64,20 @@ def list_versions(checkpoint_dir: Path) -> list[str]:
     found = [(int(m.group(1)), p.name) for p in Path(checkpoint_dir).iterdir()
              if p.is_dir() and (m := _VERSION.match(p.name))]
     return [name for _, name in sorted(found)]
+
+
+def version_folder(checkpoint_dir: Path, version: str) -> Path:
+    """The folder of ``version`` inside ``checkpoint_dir``, the only place weights are loaded from.
+
+    Raises CheckpointError for a name that is not a version (``v3``) or a folder that resolves elsewhere
+    (a symbolic link out of the checkpoint directory)."""
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise CheckpointError(f"{str(version)[:40]!r} is not a version name like v3")
+    root = Path(checkpoint_dir).resolve()
+    folder = (root / version).resolve()
+    if folder.parent != root:
+        raise CheckpointError(f"{version} resolves outside the checkpoint directory")
+    return folder
 
 
 def latest_version(checkpoint_dir: Path) -> str | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from streamrec._exceptions import StreamrecError
 from streamrec.config import Settings
@@ -28,15 +29,36 @@ class RequestTimeout(StreamrecError):
     """No answer came in time."""
 
 
+def _reachable(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, in one line, when no bootstrap server accepts a connection (kafka-python would
+    retry for half a minute and end in a traceback)."""
+    import socket
+
+    for server in settings.bootstrap_servers.split(","):
+        host, port = server.rsplit(":", 1)
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+    raise StreamrecError(f"cannot reach the Kafka broker at {settings.bootstrap_servers} ({reason}): "
+                         "start it with `streamrec stack up` or set KAFKA_BOOTSTRAP_SERVERS")
+
+
 class RequestClient:
     """Publishes requests and collects responses by request_id."""
 
     def __init__(self, settings: Settings) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka.errors import KafkaError
 
         config = settings.kafka_python_config()
-        self.producer = KafkaProducer(acks="all", linger_ms=0, **config)
-        self.consumer = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=3, **config)
+        _reachable(settings)
+        try:
+            self.producer = KafkaProducer(acks="all", linger_ms=0, **config)
+            self.consumer = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=3, **config)
+        except KafkaError as exc:
+            raise StreamrecError(f"cannot use the Kafka broker at {settings.bootstrap_servers}: {exc}") from exc
         partitions = self.consumer.partitions_for_topic(RECOMMENDATIONS) or set()
         if not partitions:
             raise StreamrecError(f"topic {RECOMMENDATIONS!r} does not exist: run `streamrec stack up`")
@@ -59,7 +81,11 @@ class RequestClient:
         got = []
         for records in self.consumer.poll(timeout_ms=timeout_ms).values():
             now = time.perf_counter()
-            got += [(RecommendationResponse.model_validate_json(r.value), now) for r in records]
+            for r in records:
+                try:  # anyone may write to the topic: what is not a response is not ours
+                    got.append((RecommendationResponse.model_validate_json(r.value), now))
+                except (ValidationError, TypeError):
+                    continue
         return got
 
     def ask(self, request: RecommendationRequest, timeout: float = 30.0) -> tuple[RecommendationResponse, float]:

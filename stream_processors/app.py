@@ -20,16 +20,17 @@ from typing import Any
 
 import faust
 
+from streamrec._exceptions import is_infrastructure
 from streamrec.config import get_settings
-from streamrec.features import FeatureClient, FeatureStoreError, history_frame
-from streamrec.schemas import DLQRecord, Interaction, ItemUpdate, SchemaError, decode, encode
+from streamrec.features import FeatureClient, history_frame
+from streamrec.schemas import Interaction, ItemUpdate, SchemaError, bounded_key, dead_letter, decode, encode
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
-from .batching import Guard, ack_all
+from .batching import Guard, ack_all, isolated
 from .faust_app import GUARDED_TOPICS, create_app
 from .history import apply_event, feature_row
 from .items import merge_item_updates
-from .metrics import FreshnessTracker
+from .metrics import FreshnessTracker, StallWatch
 
 __all__ = ["app", "tracker", "create_app"]
 
@@ -40,6 +41,7 @@ RETRY_MAX_S = 5.0
 settings = get_settings()
 app = create_app(settings, settings.worker_app_id, settings.worker_port)
 tracker = FreshnessTracker()
+WINDOW = settings.time_window()
 
 raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 interactions_topic = app.topic(INTERACTIONS, **raw)
@@ -62,13 +64,16 @@ async def features() -> FeatureClient:
 
 
 async def _with_retry(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
-    """Retry ``call`` with capped exponential backoff until it succeeds: a Redis hiccup stalls the
-    agent (and so backpressures Kafka) instead of killing it or dropping the batch."""
+    """Retry ``call`` with capped exponential backoff while the *infrastructure* fails (Redis down): the
+    agent stalls (and so backpressures Kafka) instead of dying or dropping the batch. Any other error is
+    the data's and is raised at once, for :func:`batching.isolated` to narrow down to its record."""
     delay = 0.1
     while True:
         try:
             return await call()
-        except (FeatureStoreError, OSError) as exc:
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
             tracker.push_retries += 1
             log.warning("%s failed, retrying in %.1fs: %s", what, delay, str(exc).splitlines()[0][:200])
             await asyncio.sleep(delay)
@@ -76,17 +81,24 @@ async def _with_retry(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
 
 
 async def _dead_letter(event: Any, reason: str) -> Any:
-    """Send the DLQ record; returns its delivery future, to await before the source offset is acked."""
+    """Send the DLQ record (bounded, whatever the event); returns its delivery future, to await before the
+    source offset is acked."""
     message = event.message
-    record = DLQRecord(reason=reason[:2048], topic=message.topic, partition=message.partition,
-                       offset=message.offset, raw=(event.value or b"").decode("utf-8", "backslashreplace"))
-    fut = await dlq_topics[message.topic].send(key=event.key, value=encode(record))
+    record = dead_letter(event.value, reason, message.topic, message.partition, message.offset,
+                         settings.dlq_max_raw_bytes)
+    fut = await dlq_topics[message.topic].send(key=bounded_key(event.key), value=encode(record))
     tracker.record_dlq(reason)
     return fut
 
 
+async def _reject(event: Any, reason: str) -> None:
+    """Dead-letter one event that failed on its own and move past it (the rest of its batch went on)."""
+    await (await _dead_letter(event, reason))
+    ack_all([event])
+
+
 def _decode(model: type, event: Any) -> Any:
-    value = decode(model, event.value or b"")
+    value = decode(model, event.value, WINDOW)
     key = event.key.decode("utf-8", "replace") if event.key is not None else None
     entity = value.user_id if model is Interaction else value.item_id
     if key != entity:
@@ -113,14 +125,14 @@ async def _write_changelog(pending: dict[str, tuple[dict[str, Any], Any]]) -> li
     return sends
 
 
-async def _push_users(newest_record_ts: dict[str, float]) -> list[float]:
+async def _push_users(states: dict[str, dict[str, Any]], newest_record_ts: dict[str, float]) -> list[float]:
     """One Feast push with a row per user; returns each row's freshness lag in ms."""
     client = await features()
     loop = asyncio.get_running_loop()
 
     async def push() -> float:
         pushed_ms = int(time.time() * 1000)
-        frame = history_frame([feature_row(u, history_table[u], pushed_ms) for u in newest_record_ts])
+        frame = history_frame([feature_row(u, states[u], pushed_ms) for u in newest_record_ts])
         await loop.run_in_executor(None, client.push_history, frame)
         return time.time()
 
@@ -129,10 +141,17 @@ async def _push_users(newest_record_ts: dict[str, float]) -> list[float]:
 
 
 async def process_history_batch(events: Sequence[Any]) -> None:
-    """Apply a micro-batch of interaction events, push changed users once, then ack."""
+    """Apply a micro-batch of interaction events, push changed users once, then ack.
+
+    What must be durable before the ack, in order: the Feast row of every user the batch touched, then
+    (together) their changelog records and the DLQ records of the events that could not be used. A
+    user's new state enters the table only once its row is in Feast, so an event whose row cannot be
+    written never becomes part of anyone's state.
+    """
     t_start = time.perf_counter()
     newest_record_ts: dict[str, float] = {}  # user → Kafka timestamp (s) of their newest event here
     pending: dict[str, tuple[dict[str, Any], Any]] = {}  # user → (state, last event that changed it)
+    states: dict[str, dict[str, Any]] = {}  # user → state to push (changed or not)
     applied = valid = 0
     dead: list[Any] = []  # DLQ deliveries, awaited with the changelog before the ack
     for event in events:
@@ -143,17 +162,16 @@ async def process_history_batch(events: Sequence[Any]) -> None:
             continue
         valid += 1
         user_id = interaction.user_id
-        before = pending[user_id][0] if user_id in pending else history_table.get(user_id)
+        before = states[user_id] if user_id in states else history_table.get(user_id)
         state, changed = apply_event(before, interaction, event.message.offset)
+        states[user_id] = state
         if changed:
             pending[user_id] = (state, event)
             applied += 1
         # Pushed even when the event was a replay: its push may not have happened before a crash.
         newest_record_ts[user_id] = max(newest_record_ts.get(user_id, 0.0), event.message.timestamp)
-    # One changelog record per user per batch. It and the Feast push must both be durable before the
-    # ack, and neither needs the other: they run at the same time.
+    lags = await _push_users(states, newest_record_ts) if newest_record_ts else []
     changelog = await _write_changelog(pending)
-    lags = await _push_users(newest_record_ts) if newest_record_ts else []
     await asyncio.gather(*changelog, *dead)
     tracker.record_batch(valid, applied, lags)
     log.debug("batch of %d events, %d users in %.1f ms", len(events), len(newest_record_ts),
@@ -192,8 +210,11 @@ async def process_item_batch(events: Sequence[Any]) -> None:
 
 
 guard = Guard(app, GUARDED_TOPICS)
-history_batches = guard.batcher(process_history_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
-item_batches = guard.batcher(process_item_batch, settings.push_batch, settings.push_max_wait_ms / 1000.0)
+# A batch that fails for its data is halved until the record that fails alone is found and dead-lettered.
+history_batches = guard.batcher(isolated(process_history_batch, _reject, is_infrastructure),
+                                settings.push_batch, settings.push_max_wait_ms / 1000.0)
+item_batches = guard.batcher(isolated(process_item_batch, _reject, is_infrastructure),
+                             settings.push_batch, settings.push_max_wait_ms / 1000.0)
 
 
 @app.agent(interactions_topic)
@@ -226,11 +247,32 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+stall_watch = StallWatch(settings.stall_after_s)
+_stalled: list[Any] = []
+
+
+@app.timer(1.0)
+async def _watch_stalls() -> None:
+    """A partition whose committed offset stands still while the broker holds more is stalled."""
+    consumer = app.consumer
+    if consumer is None:
+        return
+    positions = {tp: (consumer._committed_offset.get(tp), consumer.highwater(tp))
+                 for tp in consumer.assignment() if tp.topic in GUARDED_TOPICS}
+    stalled = stall_watch.update(positions, time.monotonic())
+    if stalled and not _stalled:
+        log.error("stalled: committed offsets of %s have not moved for %.0f s while records wait",
+                  sorted(f"{tp.topic}/{tp.partition}" for tp in stalled), settings.stall_after_s)
+    _stalled[:] = stalled
+
+
 @app.page("/freshness")
 async def freshness_page(web: Any, request: Any) -> Any:
     snap = tracker.snapshot()
     snap["assigned_partitions"] = len(app.consumer.assignment()) if app.consumer else 0
-    snap["ready"] = _features is not None  # Feast loaded: batches are not held up by start-up
+    # Ready: Feast loaded (batches are not held up by start-up) and no partition stalled.
+    snap["stalled"] = sorted(f"{tp.topic}/{tp.partition}" for tp in _stalled)
+    snap["ready"] = _features is not None and not _stalled
     snap["rewinds"] = guard.order.rewinds  # holes the consumer left that were read again
     if request.query.get("samples"):
         snap["lags_ms"] = tracker.samples()

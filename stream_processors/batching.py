@@ -29,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["MicroBatcher", "InOrder", "Guard", "Verdict", "acking", "ack_all", "in_order", "agent_acking"]
+__all__ = ["MicroBatcher", "InOrder", "Guard", "Verdict", "acking", "ack_all", "in_order", "agent_acking",
+           "isolated"]
 
 log = logging.getLogger("streamrec.batching")
 REWIND_AGAIN_S = 2.0
@@ -145,6 +147,63 @@ async def seek(app: Any, tp: Any, offset: int) -> None:
     """Seek on the consumer's own thread (Faust's ``Consumer.seek`` calls aiokafka from the app's thread,
     where it races the fetcher); ``seek_wait`` also moves the read offset Faust's drainer delivers from."""
     await app.consumer.seek_wait({tp: offset})
+
+
+Process = Callable[[Sequence[Any]], Awaitable[None]]
+INFRA_RETRY_MAX_S = 5.0
+
+
+def isolated(process: Process, reject: Callable[[Any, str], Awaitable[None]],
+             is_infrastructure: Callable[[BaseException], bool]) -> Process:
+    """``process`` with per-record isolation: one poison record never takes its batch down with it.
+
+    A batch that fails because the infrastructure failed (broker, Redis) is tried again whole, with
+    capped backoff, for as long as it takes (the agent stalls, which health reports, rather than losing
+    anything). A batch that fails for any other reason is split in halves, each processed in order, until
+    the single record that fails on its own is found: ``reject(record, reason)`` dead-letters and acks
+    it, and every other record of the batch still takes effect. ``process`` must be idempotent per
+    record (the history state dedupes by offset), since the good part of a failed half is applied again.
+    """
+
+    async def run(events: Sequence[Any]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await process(events)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below, never dropped
+                if is_infrastructure(exc):
+                    log.warning("a batch of %d failed on the infrastructure (%s): again in %.1f s", len(events),
+                                str(exc).splitlines()[0][:200] if str(exc) else repr(exc), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, INFRA_RETRY_MAX_S)
+                    continue
+                if len(events) == 1:
+                    log.error("a record failed on its own, dead-lettering it: %r", exc)
+                    await _retrying_infrastructure(
+                        functools.partial(reject, events[0], f"unprocessable: {exc!r}"[:2048]), is_infrastructure)
+                    return
+                middle = len(events) // 2
+                await run(events[:middle])
+                await run(events[middle:])
+                return
+
+    return run
+
+
+async def _retrying_infrastructure(call: Callable[[], Awaitable[None]],
+                                   is_infrastructure: Callable[[BaseException], bool]) -> None:
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, INFRA_RETRY_MAX_S)
 
 
 class MicroBatcher:

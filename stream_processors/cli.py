@@ -79,8 +79,12 @@ def _user_age(user: str) -> Table:
     from streamrec.features import FeatureClient
 
     client = FeatureClient(get_settings())
-    row = client.user_features(user)
-    client.close()
+    try:
+        row = client.user_features(user)
+    finally:
+        client.close()
+    if row.get("pushed_at_ms") is None and all(row.get(k) is None for k in ("age", "gender", "region")):
+        raise StreamrecError(f"user {user[:128]!r} is not in the feature store: no profile, no history pushed")
     table = Table(title=f"features of {user}")
     table.add_column("feature")
     table.add_column("value")

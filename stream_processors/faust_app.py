@@ -123,7 +123,10 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
         broker_credentials=_credentials(settings),
         store="memory://",  # the changelog topic is the durable copy; recovery replays it
         topic_partitions=settings.topic_partitions,
-        web_host="127.0.0.1",
+        # Faust binds 0.0.0.0 unless told: the pages (and /live/user, which runs a recommendation) stay
+        # on loopback unless STREAMREC_WEB_BIND says otherwise.
+        web_bind=settings.web_bind,
+        web_host=settings.web_bind if settings.web_bind not in ("0.0.0.0", "::") else "127.0.0.1",
         web_port=web_port,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,

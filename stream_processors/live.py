@@ -33,7 +33,7 @@ from streamrec.features import FeatureStoreError
 from streamrec.schemas import RecommendationRequest, SchemaError, decode
 from streamrec.topics import RECOMMENDATIONS
 
-__all__ = ["LiveFigures", "register_live_pages", "user_view", "PAGE"]
+__all__ = ["LiveFigures", "RateLimit", "register_live_pages", "user_view", "PAGE"]
 
 log = logging.getLogger("streamrec.live")
 PAGE = Path(__file__).with_name("static") / "live.html"
@@ -229,6 +229,29 @@ class LiveFeed:
                                          error=body.get("error") is not None)
 
 
+USER_LOOKUPS_PER_S = 10.0
+USER_CACHE_S = 1.0
+USER_CACHE_SIZE = 256
+
+
+class RateLimit:
+    """A token bucket: at most ``per_s`` a second on average, bursts of up to ``per_s``."""
+
+    def __init__(self, per_s: float) -> None:
+        self.per_s = per_s
+        self.tokens = per_s
+        self.at: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.at is not None:
+            self.tokens = min(self.per_s, self.tokens + (now - self.at) * self.per_s)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
 def register_live_pages(app: Any, serving: Any, settings: Settings) -> LiveFeed:
     """Add ``/live``, ``/live/figures`` and ``/live/user/{user_id}`` to the recommender's web server."""
     feed = LiveFeed(app, settings, serving)
@@ -248,10 +271,22 @@ def register_live_pages(app: Any, serving: Any, settings: Settings) -> LiveFeed:
         return web.json({"now": time.time(), "ready": serving.ready.is_set(), "model_version": serving.version,
                          "worker_url": feed.freshness_url.split("?")[0], "points": points})
 
+    lookups = RateLimit(USER_LOOKUPS_PER_S)
+    recent: dict[str, tuple[float, dict[str, Any]]] = {}  # user → (when, view): a reload costs nothing
+
     @app.page("/live/user/{user_id}")
     async def live_user(web: Any, request: Any, user_id: str) -> Any:
+        # Each lookup runs a recommendation: repeated ones are served from a 1 s cache, and new ones are
+        # rate-limited, so the page cannot be turned into a load generator against the recommender.
         if not serving.ready.is_set():
             return web.json({"error": "the recommender is still starting"}, status=503)
+        now = time.monotonic()
+        cached = recent.get(user_id)
+        if cached is not None and now - cached[0] < USER_CACHE_S:
+            return web.json(cached[1])
+        if not lookups.take(now):
+            return web.json({"error": f"more than {USER_LOOKUPS_PER_S:g} user lookups a second: try again"},
+                            status=429)
         loop = asyncio.get_running_loop()
         try:
             view = await loop.run_in_executor(None, user_view, user_id, serving.features, serving.recommender,
@@ -260,6 +295,9 @@ def register_live_pages(app: Any, serving: Any, settings: Settings) -> LiveFeed:
             return web.json({"error": str(exc)}, status=400)
         except FeatureStoreError as exc:
             return web.json({"error": str(exc).splitlines()[0][:300]}, status=503)
+        if len(recent) >= USER_CACHE_SIZE:
+            recent.clear()
+        recent[user_id] = (now, view)
         return web.json(view)
 
     return feed

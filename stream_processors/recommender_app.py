@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from models.checkpoints import CheckpointError, latest_version
+from models.checkpoints import CheckpointError, latest_version, version_folder
 from models.filtering import load_filter_config
 from models.serving import load_checkpoint
+from streamrec._exceptions import is_infrastructure
 from streamrec.config import get_settings
 from streamrec.features import FeatureClient
 from streamrec.offsets import consumer_at_end
@@ -34,21 +37,24 @@ from streamrec.schemas import (
     RecommendationRequest,
     RecommendationResponse,
     SchemaError,
+    bounded_key,
+    dead_letter,
     decode,
     encode,
-    loads_any,
+    recover_ids,
 )
 from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUESTS, dlq
 
 from .faust_app import create_app
 from .live import register_live_pages
-from .metrics import StageTimes
+from .metrics import StageTimes, StallWatch, dlq_reason_kind
 from .recommend import Catalog, Recommender, ServingBundle
 
 __all__ = ["app", "serving"]
 
 log = logging.getLogger("streamrec.recommender")
 settings = get_settings()
+WINDOW = settings.time_window()
 # The Faust app hosts the web pages, timers and tasks; requests go through RequestAgent's own consumer
 # and producer (a fetch waits STREAMREC_REQUEST_MAX_WAIT_MS, 3 ms, for requests; answers linger 1 ms).
 app = create_app(settings, settings.recommender_app_id, settings.recommender_port)
@@ -63,20 +69,35 @@ class Serving:
         self.recommender: Recommender | None = None
         self.bundle: ServingBundle | None = None
         self.swaps = 0
-        self.refused: list[str] = []
+        self.refused: Counter[str] = Counter()  # model updates refused, by reason (never their paths)
+        self._refused_versions: set[str] = set()  # versions that failed to load: LATEST is not retried
         self.requests = 0
         self.errors = 0
+        self.expired = 0
+        self.stalled: list[str] = []
         # where a request's time goes: Kafka → agent, feature read, model + filters, response delivery
         self.stages = StageTimes()
 
-    async def swap_to(self, path: str) -> bool:
-        """Load, index and swap in the checkpoint at ``path``; False (old model kept) if it fails."""
+    def refuse(self, reason: str, detail: str) -> None:
+        self.refused[dlq_reason_kind(reason, self.refused)] += 1
+        log.warning("refused a model update (%s): %s; still serving %s", reason, detail[:300], self.version)
+
+    def failed_before(self, version: str) -> bool:
+        return version in self._refused_versions
+
+    async def swap_to(self, version: str) -> bool:
+        """Load, index and swap in checkpoint ``version`` of STREAMREC_CHECKPOINT_DIR; False (old model
+        kept) if it is not there or fails to load."""
         loop = asyncio.get_running_loop()
         try:
-            bundle = await loop.run_in_executor(None, lambda: ServingBundle.build(load_checkpoint(path)))
+            folder = version_folder(settings.checkpoint_dir, version)
+            bundle = await loop.run_in_executor(None, lambda: ServingBundle.build(load_checkpoint(folder)))
+            if bundle.version != version:
+                raise CheckpointError(f"its meta.json names version {str(bundle.version)[:40]!r}")
         except CheckpointError as exc:
-            self.refused.append(str(path))
-            log.error("refused checkpoint %s, still serving %s: %s", path, self.version, exc)
+            if len(self._refused_versions) < 1000:
+                self._refused_versions.add(version[:40])
+            self.refuse("unloadable", f"{version[:40]}: {exc}")
             return False
         self.bundle = bundle  # one assignment: a batch in flight keeps the bundle it started with
         self.swaps += 1
@@ -91,8 +112,13 @@ class Serving:
 serving = Serving()
 
 
-async def _follow(consumer: Any, handle: Any) -> None:
-    """Apply every record from where the consumer stands, forever (each instance sees them all)."""
+async def _follow(consumer: Any, handle: Any, dlq_producer: Any = None) -> None:
+    """Apply every record from where the consumer stands, forever (each instance sees them all).
+
+    A record that cannot be used is logged and skipped (with ``dlq_producer``, also dead-lettered: the
+    features worker already dead-letters bad item updates, nobody else reads model-updates); nothing a
+    record holds stops the follower.
+    """
     try:
         while True:
             batch = await consumer.getmany(timeout_ms=500)
@@ -100,14 +126,23 @@ async def _follow(consumer: Any, handle: Any) -> None:
                 for record in records:
                     try:
                         await handle(record.value)
-                    except SchemaError as exc:
-                        log.warning("ignored a bad record on %s: %s", record.topic, exc)
+                    except Exception as exc:  # noqa: BLE001 - a record's content never stops the follower
+                        if is_infrastructure(exc):
+                            log.warning("applying a record of %s failed: %r", record.topic, exc)
+                            continue
+                        log.warning("ignored a bad record on %s (partition %d, offset %d): %s", record.topic,
+                                    record.partition, record.offset, str(exc)[:300])
+                        if dlq_producer is not None:
+                            dead = dead_letter(record.value, str(exc), record.topic, record.partition,
+                                               record.offset, settings.dlq_max_raw_bytes)
+                            await dlq_producer.send_and_wait(dlq(record.topic), encode(dead),
+                                                             key=bounded_key(record.key))
     finally:
         await consumer.stop()
 
 
-async def _apply_item_update(value: bytes) -> None:
-    update = decode(ItemUpdate, value)
+async def _apply_item_update(value: bytes | None) -> None:
+    update = decode(ItemUpdate, value, WINDOW)
     if serving.recommender is not None:
         serving.recommender.catalog.update(update.item_id, stock=update.stock, price=update.price)
 
@@ -116,12 +151,33 @@ def _number(version: str | None) -> int:
     return int(version[1:]) if version and version[1:].isdigit() else -1
 
 
-async def _apply_model_update(value: bytes) -> None:
-    # Announcements are keyed by version, so partitions may deliver v1 after v2: only move forward.
-    # (A rollback is done through LATEST, which _watch_latest follows either way.)
-    update = decode(ModelUpdate, value)
-    if _number(update.version) > _number(serving.version):
-        await serving.swap_to(update.path)
+class RefusedUpdate(SchemaError):
+    """A well-formed model update that is not trusted (dead-lettered, logged at WARNING)."""
+
+
+async def _apply_model_update(value: bytes | None) -> None:
+    """Trusted only inside STREAMREC_CHECKPOINT_DIR: the version names the folder, and a ``path`` that
+    resolves anywhere else is refused. Announcements are keyed by version, so partitions may deliver v1
+    after v2: only a newer version is taken (a rollback is done through LATEST, which _watch_latest
+    follows either way)."""
+    try:
+        update = decode(ModelUpdate, value, WINDOW)
+    except SchemaError as exc:
+        serving.refuse("malformed", str(exc))
+        raise
+    try:
+        folder = version_folder(settings.checkpoint_dir, update.version)
+    except CheckpointError as exc:
+        serving.refuse("bad_version", str(exc))
+        raise RefusedUpdate(f"version: {exc}") from None
+    if Path(update.path).resolve() != folder:
+        serving.refuse("outside_checkpoint_dir", f"{update.version}: path does not name its folder")
+        raise RefusedUpdate(f"path: must be the folder of {update.version} inside STREAMREC_CHECKPOINT_DIR")
+    if _number(update.version) <= _number(serving.version):
+        serving.refuse("not_newer", f"{update.version} is not newer than {serving.version}")
+        raise RefusedUpdate(f"version: {update.version} is not newer than the model serving ({serving.version})")
+    if not await serving.swap_to(update.version):
+        raise RefusedUpdate(f"version: {update.version} could not be loaded")
 
 
 def _load_catalog(client: FeatureClient) -> Catalog:
@@ -152,13 +208,26 @@ async def _start_serving() -> None:
     serving.recommender = Recommender(catalog, load_filter_config(categories=set(catalog._columns["top_category"])))
     version = latest_version(settings.checkpoint_dir)
     if version is not None:
-        await serving.swap_to(str(settings.checkpoint_dir / version))
+        await serving.swap_to(version)
     else:
         log.warning("no model in %s yet: answering with popularity", settings.checkpoint_dir)
     serving.ready.set()
     log.info("recommender ready: %d items, model %s", len(catalog), serving.version)
     app.add_future(_follow(item_consumer, _apply_item_update))
-    app.add_future(_follow(model_consumer, _apply_model_update))
+    from aiokafka import AIOKafkaProducer
+
+    dlq_producer = AIOKafkaProducer(**settings.aiokafka_config(), acks="all")
+    await dlq_producer.start()
+    app.add_future(_follow(model_consumer, _apply_model_update, dlq_producer=dlq_producer))
+
+
+@app.timer(1.0)
+async def _watch_stalls() -> None:
+    stalled = request_agent.watch_stalls()
+    if stalled and not serving.stalled:
+        log.error("stalled: committed offsets of %s have not moved for %.0f s while requests wait", stalled,
+                  settings.stall_after_s)
+    serving.stalled = stalled
 
 
 @app.timer(3.0)
@@ -166,26 +235,20 @@ async def _watch_latest() -> None:
     """LATEST is the source of truth: a missed model-updates message still reaches every instance."""
     if not serving.ready.is_set():
         return
-    version = latest_version(settings.checkpoint_dir)
-    if version is not None and version != serving.version and str(settings.checkpoint_dir / version) not in \
-            serving.refused:
-        await serving.swap_to(str(settings.checkpoint_dir / version))
+    try:
+        version = latest_version(settings.checkpoint_dir)
+    except CheckpointError as exc:
+        log.warning("LATEST unreadable, still serving %s: %s", serving.version, exc)
+        return
+    if version is not None and version != serving.version and not serving.failed_before(version):
+        await serving.swap_to(version)
 
 
 def _error_response(record: Any, reason: str, code: str = "bad_request") -> RecommendationResponse:
-    body = loads_any(record.value or b"")
-    request_id = body.get("request_id") if isinstance(body, dict) else None
-    user_id = body.get("user_id") if isinstance(body, dict) else None
-    return RecommendationResponse(
-        request_id=_printable(request_id) if request_id is not None else "",
-        user_id=_printable(user_id) if user_id is not None else None,
-        items=[], error=ErrorInfo(code=code, message=_printable(reason, 1024)))
-
-
-def _printable(value: Any, limit: int = 128) -> str:
-    """Text that any UTF-8 response can carry: json.loads accepts lone surrogates ("\\ud800"), which
-    then failed the response model and took the whole batch's answers with them."""
-    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+    ids = recover_ids(record.value)
+    return RecommendationResponse(request_id=ids.get("request_id", ""), user_id=ids.get("user_id"), items=[],
+                                  error=ErrorInfo(code=code, message=reason.encode("utf-8", "replace")
+                                                  .decode("utf-8")[:1024]))
 
 
 class RequestAgent:
@@ -202,6 +265,15 @@ class RequestAgent:
         self.consumer: Any = None
         self.producer: Any = None
         self.busy = asyncio.Lock()  # held while a batch is in hand; a rebalance waits for it
+        self.committed: dict[Any, int] = {}  # what this member committed, for the stall watch
+        self.stall_watch = StallWatch(settings.stall_after_s)
+
+    def watch_stalls(self) -> list[str]:
+        """Partitions whose committed offset stood still for STREAMREC_STALL_AFTER_S while requests wait."""
+        if self.consumer is None:
+            return []
+        positions = {tp: (self.committed.get(tp), self.consumer.highwater(tp)) for tp in self.consumer.assignment()}
+        return sorted(f"{tp.topic}/{tp.partition}" for tp in self.stall_watch.update(positions, time.monotonic()))
 
     def assigned(self) -> int:
         return len(self.consumer.assignment()) if self.consumer is not None else 0
@@ -247,15 +319,34 @@ class RequestAgent:
             await self.producer.stop()
 
     async def _answer(self, records: Sequence[Any]) -> None:
-        """Every request answered before the offsets move; only a failed delivery (the broker) repeats
-        the batch, which may answer a request twice (at-least-once), never zero times."""
+        """Every request answered before the offsets move. Only a failed delivery (the broker) repeats
+        the batch, which may answer a request twice (at-least-once), never zero times; a failure of any
+        other kind is narrowed to its request, which gets an `internal` answer (or, if even that cannot
+        be sent, is logged and passed over: no record holds the partition)."""
+        delay = 0.5
         while True:
             try:
                 await process_requests(records, self.producer)
                 return
             except Exception as exc:  # noqa: BLE001 - the agent never dies on a batch
-                log.warning("answering a batch of %d requests failed (%r): trying again in 1 s", len(records), exc)
-                await asyncio.sleep(1.0)
+                if not is_infrastructure(exc):
+                    break
+                log.warning("answering a batch of %d requests failed (%r): trying again in %.1f s",
+                            len(records), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for record in records:
+            try:
+                await process_requests([record], self.producer)
+            except Exception as exc:  # noqa: BLE001
+                log.error("request at %s/%d offset %d failed on its own: %r", record.topic, record.partition,
+                          record.offset, exc)
+                try:
+                    answer = _error_response(record, f"the recommender could not answer: {exc!r}", "internal")
+                    await self.producer.send_and_wait(RECOMMENDATIONS, encode(answer),
+                                                      key=answer.request_id.encode())
+                except Exception as again:  # noqa: BLE001 - passed over, never retried for its content
+                    log.error("could not even answer it with an error (%r): passing over it", again)
 
     async def _commit(self, records: Sequence[Any]) -> None:
         from aiokafka import TopicPartition
@@ -267,13 +358,13 @@ class RequestAgent:
             offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
         try:
             await self.consumer.commit(offsets)
+            self.committed.update(offsets)
         except (CommitFailedError, IllegalStateError) as exc:  # the partition moved on: its new owner answers
             log.warning("requests: commit after a rebalance failed (%s); those may be answered twice", exc)
 
 
 def _dlq_record(record: Any, reason: str) -> DLQRecord:
-    return DLQRecord(reason=reason[:2048], topic=record.topic, partition=record.partition, offset=record.offset,
-                     raw=(record.value or b"").decode("utf-8", "backslashreplace"))
+    return dead_letter(record.value, reason, record.topic, record.partition, record.offset, settings.dlq_max_raw_bytes)
 
 
 SERVE_WITHIN_S = 5.0  # a batch that cannot be served by then (Redis down...) is answered with errors
@@ -281,8 +372,9 @@ RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 
 
 async def _serve(good: Sequence[tuple[Any, RecommendationRequest]]) -> list[RecommendationResponse]:
-    """Features → model → filters for the well-formed requests of a batch, tried again on failure until
-    ``SERVE_WITHIN_S`` is spent (a failing Feast read can itself take seconds: redis-py's own retries)."""
+    """Features → model → filters for the well-formed requests of a batch. A failure of the
+    infrastructure (Redis) is tried again until ``SERVE_WITHIN_S`` is spent (a failing Feast read can
+    itself take seconds: redis-py's own retries); any other failure is raised at once."""
     loop = asyncio.get_running_loop()
     requests = [r for _, r in good]
     received = [record.timestamp / 1000 for record, _ in good]
@@ -307,43 +399,70 @@ async def _serve(good: Sequence[tuple[Any, RecommendationRequest]]) -> list[Reco
     while True:
         try:
             return await asyncio.wait_for(once(), max(0.1, deadline - time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - decided below: retry or answer with errors
+        except Exception as exc:  # noqa: BLE001 - decided below: retry or raise
             delay = next(delays, None)
-            if delay is None or time.monotonic() + delay >= deadline:
+            if not (is_infrastructure(exc) or isinstance(exc, TimeoutError)) or delay is None \
+                    or time.monotonic() + delay >= deadline:
                 raise
             log.warning("serving %d requests failed (%r): retrying in %.1f s", len(requests), exc, delay)
             await asyncio.sleep(delay)
 
 
+async def _serve_isolated(good: Sequence[tuple[Any, RecommendationRequest]]
+                          ) -> list[tuple[RecommendationResponse, Any]]:
+    """Answers for ``good``: (response, record to dead-letter or None). A batch that fails for a reason
+    other than the infrastructure is served request by request, so one request that cannot be served
+    gets its own `internal` answer and the others theirs."""
+    try:
+        return [(response, None) for response in await _serve(good)]
+    except Exception as exc:  # noqa: BLE001 - answered, not dropped
+        if len(good) > 1 and not (is_infrastructure(exc) or isinstance(exc, TimeoutError)):
+            log.warning("a batch of %d requests failed (%r): serving them one by one", len(good), exc)
+            answers = []
+            for one in good:
+                answers += await _serve_isolated([one])
+            return answers
+        reason = f"the recommender could not serve this request: {exc!r}"
+        log.error("answering %d requests with errors: %s", len(good), reason[:300])
+        return [(_error_response(record, reason, "internal"), record) for record, _ in good]
+
+
 async def process_requests(records: Sequence[Any], producer: Any) -> None:
     """Answer a micro-batch of requests; every record gets exactly one response, delivered on return.
 
-    A malformed request gets a `bad_request` answer; one that cannot be served within ``SERVE_WITHIN_S``
-    an `internal` answer; both also a DLQ record.
+    A malformed request gets a `bad_request` answer, one older than STREAMREC_REQUEST_DEADLINE_S when
+    read an `expired` answer (no work done: under a flood, stale requests are shed), one that cannot be
+    served an `internal` answer; malformed and unservable ones also a DLQ record.
     """
     t0 = time.time()
+    deadline_ms = settings.request_deadline_s * 1000
     for record in records:
         serving.stages.record("kafka_to_agent", t0 * 1000 - record.timestamp)
     good: list[tuple[Any, RecommendationRequest]] = []
     answers: list[tuple[RecommendationResponse, Any]] = []  # (answer, the record to dead-letter or None)
     for record in records:
         try:
-            good.append((record, decode(RecommendationRequest, record.value or b"")))
+            request = decode(RecommendationRequest, record.value, WINDOW)
         except SchemaError as exc:
             answers.append((_error_response(record, str(exc)), record))
+            continue
+        age_ms = t0 * 1000 - record.timestamp
+        if age_ms > deadline_ms:
+            serving.expired += 1
+            answers.append((RecommendationResponse(
+                request_id=request.request_id, user_id=request.user_id, items=[],
+                error=ErrorInfo(code="expired", message=f"the request waited {age_ms:.0f} ms, more than the "
+                                f"{deadline_ms:.0f} ms deadline (STREAMREC_REQUEST_DEADLINE_S)")), None))
+            continue
+        good.append((record, request))
     if good:
-        try:
-            answers += [(response, None) for response in await _serve(good)]
-        except Exception as exc:  # noqa: BLE001 - answered, not dropped
-            reason = f"the recommender could not serve this request: {exc!r}"
-            log.error("answering %d requests with errors: %s", len(good), reason)
-            answers += [(_error_response(record, reason, "internal"), record) for record, _ in good]
+        answers += await _serve_isolated(good)
     sends = []
     for response, dead in answers:
         sends.append(await producer.send(RECOMMENDATIONS, encode(response), key=response.request_id.encode()))
         if dead is not None:
             record = _dlq_record(dead, response.error.message if response.error else "")
-            sends.append(await producer.send(dlq(REQUESTS), encode(record), key=dead.key))
+            sends.append(await producer.send(dlq(REQUESTS), encode(record), key=bounded_key(dead.key)))
     t3 = time.perf_counter()
     await asyncio.gather(*sends)  # answers and DLQ records durable before the offsets are committed
     serving.stages.record("response_delivery_per_batch", (time.perf_counter() - t3) * 1000)
@@ -362,8 +481,10 @@ async def _answer_requests() -> None:
 @app.page("/status")
 async def status_page(web: Any, request: Any) -> Any:
     return web.json({
-        "ready": serving.ready.is_set(), "model_version": serving.version, "swaps": serving.swaps,
-        "refused": serving.refused, "requests": serving.requests, "errors": serving.errors,
+        "ready": serving.ready.is_set() and not serving.stalled, "stalled": serving.stalled,
+        "model_version": serving.version, "swaps": serving.swaps,
+        "refused": sum(serving.refused.values()), "refused_by_reason": dict(serving.refused),
+        "requests": serving.requests, "errors": serving.errors, "expired": serving.expired,
         "assigned_partitions": request_agent.assigned(),
         "stages_ms": serving.stages.snapshot(), "time": time.time(),
     })

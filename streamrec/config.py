@@ -7,15 +7,17 @@ raises :class:`ConfigError` with that variable's name and what was expected.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AwareDatetime, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._exceptions import ConfigError
+from .schemas import TimeWindow
 
 __all__ = ["Settings", "get_settings", "load_settings"]
 
@@ -67,6 +69,18 @@ class Settings(BaseSettings):
     recommender_port: int = Field(6067, ge=1, le=65535, validation_alias="STREAMREC_RECOMMENDER_PORT")
     request_batch: int = Field(64, ge=1, le=10_000, validation_alias="STREAMREC_REQUEST_BATCH")
     request_max_wait_ms: int = Field(3, ge=0, le=1000, validation_alias="STREAMREC_REQUEST_MAX_WAIT_MS")
+
+    # Hostile input (see streamrec/schemas.py): the window a message's timestamp must lie in, how much of a
+    # bad record a DLQ record keeps, how old a request may be when read, and when a stuck consumer is
+    # reported as not ready.
+    event_time_floor: AwareDatetime = Field(datetime(1990, 1, 1, tzinfo=UTC),
+                                            validation_alias="STREAMREC_EVENT_TIME_FLOOR")
+    max_future_skew_s: float = Field(3600.0, ge=0, le=366 * 86400, validation_alias="STREAMREC_MAX_FUTURE_SKEW_S")
+    dlq_max_raw_bytes: int = Field(16 * 1024, ge=256, le=512 * 1024, validation_alias="STREAMREC_DLQ_MAX_RAW_BYTES")
+    request_deadline_s: float = Field(5.0, gt=0, le=3600, validation_alias="STREAMREC_REQUEST_DEADLINE_S")
+    stall_after_s: float = Field(30.0, gt=0, le=3600, validation_alias="STREAMREC_STALL_AFTER_S")
+    # Where the worker's and recommender's HTTP pages listen; loopback unless a deployment says otherwise.
+    web_bind: str = Field("127.0.0.1", min_length=1, max_length=255, validation_alias="STREAMREC_WEB_BIND")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -143,6 +157,10 @@ class Settings(BaseSettings):
         if db:
             fields.append(f"db={db}")
         return ",".join(fields)
+
+    def time_window(self) -> TimeWindow:
+        """The window message timestamps must lie in (schemas.decode checks it)."""
+        return TimeWindow(floor=self.event_time_floor, max_future_skew_s=self.max_future_skew_s)
 
     def kafka_python_config(self) -> dict[str, Any]:
         """Connection settings for kafka-python clients (producers, admin)."""

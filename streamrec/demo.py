@@ -161,7 +161,8 @@ def _steps(run: DemoRun) -> None:
         proc = trainer_done["proc"]
         run.figures["v2"] = latest_version(s.checkpoint_dir)
         if proc.returncode:
-            run.console.print(f"[yellow]trainer: {proc.stderr.strip()[-300:]}[/]")
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise StreamrecError(f"the trainer failed (exit {proc.returncode}): {last[:300]}")
         return None, (f"{stats.delivered:,} events at {REPLAY_RATE:.0f}/s; trainer → {run.figures['v2']}")
 
     def requests() -> tuple[None, str]:
@@ -171,7 +172,10 @@ def _steps(run: DemoRun) -> None:
         result = run_load(s, users + ["unknown-user"], N_REQUESTS, REQUEST_RATE)
         run.figures["requests"] = result
         served = _get(f"http://127.0.0.1:{s.recommender_port}/status")["model_version"]
-        return None, f"{result.answered}/{result.sent} answered, {result.errors} errors, model {served}"
+        line = f"{result.answered}/{result.sent} answered, {result.errors} errors, model {served}"
+        if result.answered != result.sent or result.errors:
+            raise StreamrecError(f"not every request was answered without error: {line}")
+        return None, line
 
     run.stage("start the embedded stack", up)
     run.stage("generate synthetic data", generate)
@@ -213,10 +217,39 @@ def _summary(run: DemoRun) -> Table:
     return table
 
 
-def run_demo(settings: Settings, keep_stack: bool = False, console: Console | None = None) -> None:
-    """Run every stage in order; stop at the first failure; always stop what the demo started."""
+def _busy(settings: Settings) -> list[str]:
+    """What the demo would share with something already running: it refuses rather than mix its data
+    into another run (or stop a stack it did not start)."""
+    import socket
+
     from . import stack
 
+    busy = [f"the embedded {x.name} at {x.address}" for x in stack.status(settings)
+            if x.mode == "embedded" and x.running]
+    ports = {"STREAMREC_WORKER_PORT": settings.worker_port, "STREAMREC_RECOMMENDER_PORT": settings.recommender_port}
+    if settings.embedded_kafka:
+        ports["STREAMREC_KAFKA_PORT"] = settings.embedded_kafka_port
+    if settings.embedded_redis:
+        ports["STREAMREC_REDIS_PORT"] = settings.embedded_redis_port
+    for variable, port in ports.items():
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                busy.append(f"127.0.0.1:{port} ({variable})")
+    return list(dict.fromkeys(busy))
+
+
+def run_demo(settings: Settings, keep_stack: bool = False, console: Console | None = None) -> None:
+    """Run every stage in order; stop at the first failure (raised: a non-zero exit); always stop what the
+    demo started, and nothing else. Refuses to start next to a running stack or workers."""
+    from . import stack
+
+    busy = _busy(settings)
+    if busy:
+        raise StreamrecError(f"the demo runs on a stack of its own, but {busy[0]} is in use"
+                             f"{f' (and {len(busy) - 1} more)' if len(busy) > 1 else ''}: stop it "
+                             "(`streamrec stack down`) or pick free ports with STREAMREC_KAFKA_PORT, "
+                             "STREAMREC_REDIS_PORT, STREAMREC_WORKER_PORT, STREAMREC_RECOMMENDER_PORT")
     console = console or Console()
     out_dir = Path(os.environ.get("STREAMREC_DEMO_DIR", "demo-output"))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -141,3 +141,24 @@ def test_save_claims_the_next_version(trained: Report, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="NaN|nan|Out of range"):
         checkpoints.save_checkpoint(tmp_path, model, schema, metrics={"recall@10": float("nan")}, data_window={})
     assert list_versions(tmp_path) == ["v4", "v5"]
+
+
+@pytest.mark.parametrize("version", ["../v1", "v1/..", "/etc", "v0", "v1 ", "latest", "v1/../../x", ""])
+def test_only_version_names_inside_the_checkpoint_dir_name_a_folder(tmp_path: Path, version: str) -> None:
+    from models.checkpoints import CheckpointError, version_folder
+
+    with pytest.raises(CheckpointError):
+        version_folder(tmp_path, version)
+
+
+def test_a_version_folder_linked_out_of_the_checkpoint_dir_is_refused(tmp_path: Path) -> None:
+    from models.checkpoints import CheckpointError, version_folder
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    (root / "v2").symlink_to(outside)
+    assert version_folder(root, "v3") == (root / "v3").resolve()
+    with pytest.raises(CheckpointError, match="outside"):
+        version_folder(root, "v2")

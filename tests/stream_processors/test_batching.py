@@ -116,3 +116,49 @@ def test_a_hole_at_a_partitions_end_is_found_from_the_broker_end_once_the_partit
     assert order.stalled("p1", committed=None, end=5, now=200.0) == 0
     assert order.stalled("p2", committed=None, end=None, now=200.0) is None  # no fetch answered yet
 
+
+
+# ---- per-record isolation (issue 17) -----------------------------------------------------------------
+class Infra(ConnectionError):
+    pass
+
+
+def _isolating(fail_on: set[int], infra_failures: int = 0):  # noqa: ANN202 - test helper
+    from stream_processors.batching import isolated
+    from streamrec._exceptions import is_infrastructure
+
+    applied: list[int] = []
+    rejected: list[tuple[int, str]] = []
+    attempts = {"infra": infra_failures}
+
+    async def process(events: Sequence[int]) -> None:
+        if attempts["infra"] > 0:
+            attempts["infra"] -= 1
+            raise Infra("broker away")
+        if fail_on & set(events):
+            raise ValueError(f"poison {sorted(fail_on & set(events))}")
+        applied.extend(events)
+
+    async def reject(event: int, reason: str) -> None:
+        rejected.append((event, reason))
+
+    return isolated(process, reject, is_infrastructure), applied, rejected
+
+
+def test_a_poison_record_is_rejected_alone_and_the_rest_of_its_batch_applies_in_order() -> None:
+    run, applied, rejected = _isolating({3, 17})
+    asyncio.run(run(list(range(40))))
+    assert applied == [i for i in range(40) if i not in (3, 17)]
+    assert [e for e, _ in rejected] == [3, 17] and all("poison" in r for _, r in rejected)
+
+
+def test_an_infrastructure_failure_retries_the_whole_batch_and_rejects_nothing() -> None:
+    run, applied, rejected = _isolating(set(), infra_failures=3)
+    asyncio.run(run(list(range(10))))
+    assert applied == list(range(10)) and rejected == []
+
+
+def test_every_record_poisoned_still_terminates() -> None:
+    run, applied, rejected = _isolating(set(range(16)))
+    asyncio.run(run(list(range(16))))
+    assert applied == [] and [e for e, _ in rejected] == list(range(16))

@@ -57,3 +57,26 @@ def test_matches_a_recount_from_scratch(kinds: list[str]) -> None:
     row = feature_row("U1", state, pushed_at_ms=5)
     assert row["count_purchase"] == kinds.count("purchase") and row["recent_item_ids"] == state["items"]
     assert row["event_timestamp"] == row["last_event_at"]
+
+
+def test_stall_watch_flags_a_partition_only_while_it_lags_and_its_commit_stands_still() -> None:
+    from stream_processors.metrics import StallWatch
+
+    watch = StallWatch(after_s=10)
+    assert watch.update({"p0": (5, 9), "p1": (3, 3)}, now=0) == []
+    assert watch.update({"p0": (5, 9), "p1": (3, 3)}, now=9) == []
+    assert watch.update({"p0": (5, 12), "p1": (3, 3)}, now=10) == ["p0"]  # lag, no commit for 10 s
+    assert watch.update({"p0": (6, 12), "p1": (3, 3)}, now=11) == []  # the commit moved
+    assert watch.update({"p0": (12, 12), "p1": (3, 3)}, now=30) == []  # caught up: never stalled
+    assert watch.update({"p1": (3, 3)}, now=100) == []
+
+
+def test_dlq_reason_kinds_stay_bounded() -> None:
+    from collections import Counter
+
+    from stream_processors.metrics import MAX_REASON_KINDS, dlq_reason_kind
+
+    counts: Counter[str] = Counter()
+    for i in range(500):
+        counts[dlq_reason_kind(f"field{i}: bad", counts)] += 1
+    assert len(counts) == MAX_REASON_KINDS + 1 and counts["other"] == 500 - MAX_REASON_KINDS

@@ -208,3 +208,13 @@ def test_each_point_takes_the_freshness_of_the_rows_pushed_since_the_last_one() 
     down = figures.add_point(103.0, None, [], requests=8, model_version="v1")
     assert not down["worker_up"] and down["fresh_p50"] is None and down["lat_p50"] is None
     assert [p["t"] for p in figures.since(100.0)] == [102.0, 103.0]
+
+
+def test_user_lookups_are_rate_limited() -> None:
+    from stream_processors.live import RateLimit
+
+    limit = RateLimit(per_s=10)
+    assert sum(limit.take(0.0) for _ in range(50)) == 10  # a burst of 10, then refused
+    assert not limit.take(0.05)
+    assert limit.take(0.2)  # refilled at 10 a second
+    assert sum(limit.take(10.0) for _ in range(50)) == 10  # never more than one burst banked

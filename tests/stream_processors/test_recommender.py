@@ -205,7 +205,8 @@ def test_hot_swap_under_load_has_no_errors_and_refuses_a_corrupt_checkpoint(
     weights = v3 / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated: corrupt
     promote(env_stack.checkpoint_dir, "v3")
-    wait_until(lambda: str(v3) in recommender.status()["refused"], 30, "the corrupt checkpoint to be refused")
+    wait_until(lambda: recommender.status()["refused_by_reason"].get("unloadable", 0) >= 1, 30,
+               "the corrupt checkpoint to be refused")
     client = RequestClient(env_stack)
     try:
         response, _ = client.ask(RecommendationRequest(request_id="after-v3", user_id=users[0]))

@@ -50,3 +50,34 @@ def test_an_unknown_command_is_a_usage_error() -> None:
     result = run("nonsense")
     assert result.returncode == 2
     assert "No such command" in result.stderr
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again once the block ends
+
+
+def test_request_without_a_broker_is_one_line_in_seconds() -> None:
+    result = run("request", "--user", "U000001", KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{_closed_port()}")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Kafka broker"), result.stderr
+
+
+def test_the_demo_refuses_a_busy_port_and_starts_nothing(tmp_path) -> None:  # noqa: ANN001
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("demo", STREAMREC_WORKER_PORT=str(port), STREAMREC_STACK_DIR=str(tmp_path / "stack"),
+                     STREAMREC_KAFKA_PORT=str(_closed_port()), STREAMREC_REDIS_PORT=str(_closed_port()),
+                     STREAMREC_DEMO_DIR=str(tmp_path / "demo"))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} (STREAMREC_WORKER_PORT) is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "stack").exists()  # nothing was started, so nothing to stop
