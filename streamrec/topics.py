@@ -31,26 +31,32 @@ ALL_TOPICS = (INTERACTIONS, ITEM_UPDATES, REQUESTS, RECOMMENDATIONS, MODEL_UPDAT
 
 def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS,
                   partitions: int | None = None) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created. Idempotent."""
+    """Create the topics that do not exist yet; returns the names that were missing. Idempotent.
+
+    Replicas: ``settings.topic_replication`` (3 on an embedded cluster of 3 nodes or more, else 1).
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     partitions = partitions or settings.topic_partitions
+    replicas = settings.topic_replication
+    # RF 3 → min ISR 2: an acks=all write needs two copies, and one node may be down.
+    configs = {"min.insync.replicas": str(settings.topic_min_insync)} if replicas > 1 else {}
     try:
         admin = KafkaAdminClient(client_id="streamrec-topics", request_timeout_ms=10_000,
                                  **settings.kafka_python_config())
     except KafkaError as exc:
         raise StackError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
     try:
-        missing = [t for t in dict.fromkeys(topics) if t not in set(admin.list_topics())]
-        created = []
-        for name in missing:
-            try:
-                admin.create_topics([NewTopic(name, partitions, 1)])
-                created.append(name)
-            except TopicAlreadyExistsError:
-                pass  # someone else created it between our list and create: fine
-        return created
+        before = set(admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in before]
+        if not missing:
+            return []
+        try:  # one request for all: on a 3-node cluster each one costs ~0.3 s
+            admin.create_topics([NewTopic(name, partitions, replicas, topic_configs=configs) for name in missing])
+        except TopicAlreadyExistsError:
+            pass  # someone else created one between our list and create: the broker still made the others
+        return missing
     except KafkaError as exc:
         raise StackError(f"creating topics on {settings.bootstrap_servers} failed: {exc}") from exc
     finally:

@@ -55,3 +55,28 @@ def test_services_are_built_here_and_wired_with_our_variables(compose: dict, ser
     assert settings.redis.startswith("redis://redis:6379")
     assert spec["command"][0] in cli.commands
     assert set(spec["depends_on"]) == {"kafka", "redis"}
+
+
+def test_the_compose_broker_is_the_native_kafka_node(compose: dict, tmp_path: Path) -> None:
+    """Same Apache Kafka version and the same node settings as `streamrec stack up --broker kafka`."""
+    from streamrec import apache_kafka as ak
+
+    kafka = compose["services"]["kafka"]
+    env = {k: str(v) for k, v in kafka["environment"].items()}
+    defaults = load_settings(kafka_bootstrap_servers=None, redis_url=None, broker="kafka", kafka_brokers=1,
+                             topic_partitions=int(compose["x-streamrec-env"]["STREAMREC_TOPIC_PARTITIONS"]))
+    native = ak.server_properties(defaults, 0, tmp_path)
+    assert kafka["image"] == f"apache/kafka:{ak.VERSION}"
+    # Every setting that shapes what clients see is the same; the wiring, paths and sizes are the host's.
+    wiring = {"listeners", "advertised.listeners", "listener.security.protocol.map", "inter.broker.listener.name",
+              "controller.quorum.voters"}
+    semantic = {k: v for k, v in native.items()
+                if k == "num.partitions" or not (k in wiring or k.startswith(("log.", "num.")))}
+    assert {"process.roles", "num.partitions", "auto.create.topics.enable", "node.id"} <= set(semantic)
+    assert {k: env.get("KAFKA_" + k.upper().replace(".", "_")) for k in semantic} == semantic
+    # The client listener on 9092 and the controller on 9093 in both.
+    client, controller = native["listeners"].split(",")
+    assert client.endswith(":9092") and "HOST://:9092" in env["KAFKA_LISTENERS"]
+    assert controller == f"CONTROLLER://127.0.0.1:{ak.controller_port(defaults, 0)}"
+    assert f"CONTROLLER://:{ak.controller_port(defaults, 0)}" in env["KAFKA_LISTENERS"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"0@kafka:{ak.controller_port(defaults, 0)}"

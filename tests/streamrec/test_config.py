@@ -9,7 +9,8 @@ from streamrec import ConfigError, load_settings
 VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "STREAMREC_DATA_DIR", "STREAMREC_CHECKPOINT_DIR",
              "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
              "KAFKA_SASL_PASSWORD", "STREAMREC_STACK_DIR", "STREAMREC_KAFKA_PORT",
-             "STREAMREC_REDIS_PORT", "STREAMREC_TOPIC_PARTITIONS")
+             "STREAMREC_REDIS_PORT", "STREAMREC_TOPIC_PARTITIONS", "STREAMREC_BROKER", "STREAMREC_KAFKA_BROKERS",
+             "STREAMREC_KAFKA_CACHE")
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +27,30 @@ def test_defaults_use_the_embedded_stack() -> None:
     assert s.data_dir == Path("feature_repo/data")
     assert s.checkpoint_dir == Path("checkpoints")
     assert s.topic_partitions == 4
+
+
+def test_an_embedded_kafka_cluster_is_bootstrapped_from_every_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (load_settings().broker, load_settings().topic_replication) == ("tansu", 1)
+    monkeypatch.setenv("STREAMREC_BROKER", "kafka")
+    monkeypatch.setenv("STREAMREC_KAFKA_BROKERS", "3")
+    monkeypatch.setenv("STREAMREC_KAFKA_PORT", "19092")
+    s = load_settings()
+    assert s.bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
+    assert (s.topic_replication, s.topic_min_insync) == (3, 2)
+    assert load_settings(kafka_bootstrap_servers="k:9092").topic_replication == 1  # external: its own rules
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"STREAMREC_BROKER": "redpanda"}, "STREAMREC_BROKER: expected 'tansu' or 'kafka'"),
+    ({"STREAMREC_KAFKA_BROKERS": "3"}, "STREAMREC_KAFKA_BROKERS: Tansu runs one broker"),
+    ({"STREAMREC_BROKER": "kafka", "STREAMREC_KAFKA_BROKERS": "9"}, "STREAMREC_KAFKA_BROKERS: "),
+])
+def test_a_bad_broker_choice_names_its_variable(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                message: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
 
 
 def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:

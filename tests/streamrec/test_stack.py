@@ -1,20 +1,30 @@
-"""The embedded stack on its own ports and folder, beside the session's stack."""
+"""The embedded stack on its own ports and folder, beside the session's stack.
+
+Tansu first, then Apache Kafka (one node and three). The Kafka tests share one jar cache, the repository's
+`.stack/kafka-<version>` (what `stack up --broker kafka` fills), so Maven runs at most once; they are skipped
+only where `java` (or `mvn`, with no jars cached yet) is missing.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from producers.item_updates import make_updates
 from streamrec import StackError, load_settings
+from streamrec import apache_kafka as ak
 from streamrec import stack as st
 from streamrec.config import Settings
 
@@ -37,10 +47,12 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def own_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "STREAMREC_REDIS_SERVER"):
+    """A Tansu stack of this test's own (the Apache Kafka tests are at the end of this file)."""
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "STREAMREC_REDIS_SERVER", "STREAMREC_BROKER",
+                 "STREAMREC_KAFKA_BROKERS"):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(stack_dir=tmp_path / "stack", embedded_kafka_port=_free_port(),
-                             embedded_redis_port=_free_port(), topic_partitions=2)
+                             embedded_redis_port=_free_port(), topic_partitions=2, broker="tansu")
     yield settings
     st.down(settings)
 
@@ -65,7 +77,7 @@ def test_up_status_down_twice_leaves_nothing_running(own_stack: Settings, redis_
         assert _pids(own_stack) == pids
         assert [s.pid for s in first] == [s.pid for s in again] == pids
         assert all(s.running and s.mode == "embedded" for s in st.status(own_stack))
-        assert st.kafka_ready("127.0.0.1", own_stack.embedded_kafka_port)
+        assert st.kafka_ready(own_stack)
         assert st.redis_ready(own_stack.redis)
         assert (own_stack.stack_dir / "kafka.log").exists() and (own_stack.stack_dir / "redis.log").exists()
         assert sorted(st.down(own_stack)) == ["kafka", "redis"]
@@ -131,7 +143,7 @@ def test_an_unreachable_external_service_is_a_clear_error(tmp_path: Path) -> Non
 
 
 def test_cli_cycle_in_a_subprocess(own_stack: Settings, tmp_path: Path) -> None:
-    env = {**os.environ, "STREAMREC_STACK_DIR": str(own_stack.stack_dir),
+    env = {**os.environ, "STREAMREC_STACK_DIR": str(own_stack.stack_dir), "STREAMREC_BROKER": "tansu",
            "STREAMREC_KAFKA_PORT": str(own_stack.embedded_kafka_port),
            "STREAMREC_REDIS_PORT": str(own_stack.embedded_redis_port)}
 
@@ -143,7 +155,216 @@ def test_cli_cycle_in_a_subprocess(own_stack: Settings, tmp_path: Path) -> None:
     assert run("up").returncode == 0
     status = run("status")
     assert status.returncode == 0 and status.stdout.count(" up ") == 2
+    assert f"Tansu {st.tansu_version()}" in status.stdout
     pids = _pids(own_stack)
     assert "stopped: kafka, redis" in run("down").stdout
     assert run("status").returncode == 1
     assert not any(_alive(p) for p in pids)
+
+
+# ---- Apache Kafka ---------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_CACHE = Path(os.environ.get("STREAMREC_KAFKA_CACHE") or ROOT / ".stack" / f"kafka-{ak.VERSION}")
+
+
+def _kafka_missing() -> str | None:
+    if shutil.which("java") is None:
+        return "no `java` on PATH (Apache Kafka needs Java 17+)"
+    if shutil.which("mvn") is None and not (KAFKA_CACHE / "libs" / ".complete").exists():
+        return f"no `mvn` on PATH and no jars in {KAFKA_CACHE}"
+    return None
+
+
+needs_kafka = pytest.mark.skipif(_kafka_missing() is not None, reason=_kafka_missing() or "")
+
+
+def _free_block(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports, below the kernel's ephemeral range."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 32_000 - n)
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(base, base + n):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+@pytest.fixture
+def kafka_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Settings]]:
+    """``kafka_stack(brokers) -> Settings`` for an Apache Kafka stack of this test's own; stopped afterwards."""
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "STREAMREC_BROKER", "STREAMREC_KAFKA_BROKERS"):
+        monkeypatch.delenv(name, raising=False)
+    made: list[Settings] = []
+
+    def make(brokers: int = 1) -> Settings:
+        settings = load_settings(stack_dir=tmp_path / f"stack-{len(made)}", broker="kafka", kafka_brokers=brokers,
+                                 embedded_kafka_port=_free_block(2 * brokers), embedded_redis_port=_free_port(),
+                                 kafka_cache_dir=KAFKA_CACHE, topic_partitions=2)
+        made.append(settings)
+        return settings
+
+    yield make
+    for settings in made:
+        st.down(settings)
+
+
+def _node_pids(settings: Settings) -> list[int]:
+    return [json.loads(p.read_text())["pid"] for p in sorted(settings.stack_dir.glob("kafka*.pid"))]
+
+
+def _java_processes_in(stack_dir: Path) -> list[int]:
+    """Every process on this machine whose command line names a file under ``stack_dir``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(stack_dir).encode() in (proc / "cmdline").read_bytes() and _alive(
+                    int(proc.name)):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+async def _consume(settings: Settings, topic: str, n: int, group: str) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False,
+                                **settings.aiokafka_config())
+    await consumer.start()
+    try:
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(values) < n and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                values += [r.value for r in records]
+        await consumer.commit()
+        return values
+    finally:
+        await consumer.stop()
+
+
+def _round_trip(settings: Settings, tmp_path: Path) -> None:
+    """Items updates through the project's producer, read back by an aiokafka group and decoded."""
+    import pandas as pd
+
+    from producers.item_updates import send_updates
+    from streamrec.schemas import ItemUpdate, decode
+    from streamrec.topics import ITEM_UPDATES
+
+    items = tmp_path / "items.parquet"
+    pd.DataFrame({"item_id": ["I1", "I2"], "stock": [5, 0], "discounted_price": [9.5, 3.0]}).to_parquet(items)
+    stats = send_updates(settings, items, 5)
+    assert (stats.delivered, stats.failed) == (5, 0), stats.errors
+    values = asyncio.run(_consume(settings, ITEM_UPDATES, 5, "test-round-trip"))
+    assert sorted(decode(ItemUpdate, v).item_id for v in values) == sorted(
+        u["item_id"] for u in make_updates(pd.read_parquet(items), 5))
+
+
+@needs_kafka
+def test_kafka_one_node_up_status_round_trip_down(kafka_stack: Callable[[int], Settings], tmp_path: Path) -> None:
+    settings = kafka_stack(1)
+    first = st.up(settings)
+    pids = _node_pids(settings)
+    assert [s.pid for s in st.up(settings)] == [s.pid for s in first]  # idempotent: the same processes
+    assert _node_pids(settings) == pids and len(pids) == 1
+    assert [s.line().split()[:3] for s in st.status(settings)] == [
+        ["kafka", "up", settings.bootstrap_servers], ["redis", "up", settings.redis_display()]]
+    assert f"Apache Kafka {ak.VERSION}, 1 broker" in first[0].line()
+    assert Path(f"/proc/{pids[0]}/exe").resolve() == Path(ak.java_binary())
+    assert (settings.stack_dir / "kafka.log").read_text().count("Kafka Server started") == 1
+    _round_trip(settings, tmp_path)
+
+    other = load_settings(**{**settings.model_dump(), "broker": "tansu"})
+    with pytest.raises(StackError, match="stack down` first"):
+        st.up(other)  # one broker at a time in a stack folder
+
+    assert sorted(st.down(settings)) == ["kafka", "redis"]
+    assert not any(_alive(p) for p in pids)
+    assert _java_processes_in(settings.stack_dir) == []
+    assert st.down(settings) == []
+
+
+@needs_kafka
+def test_kafka_three_nodes_replicate_topics_three_times_with_min_isr_two(
+        kafka_stack: Callable[[int], Settings], tmp_path: Path) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from streamrec.topics import ALL_TOPICS
+
+    settings = kafka_stack(3)
+    assert len(settings.bootstrap_servers.split(",")) == 3
+    statuses = st.up(settings)
+    assert [(s.name, s.running) for s in statuses] == [
+        ("kafka-0", True), ("kafka-1", True), ("kafka-2", True), ("redis", True)]
+    pids = _node_pids(settings)
+    assert len(set(pids)) == 3
+    _round_trip(settings, tmp_path)  # acks=all with min ISR 2; a consumer group on RF 3 offsets
+
+    admin = KafkaAdminClient(**settings.kafka_python_config())
+    try:
+        topics = admin.describe_topics([*ALL_TOPICS, "__consumer_offsets"])
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t, ["min.insync.replicas"])
+                                          for t in ALL_TOPICS])
+    finally:
+        admin.close()
+    replicas = {t["name"]: {len(p["replica_nodes"]) for p in t["partitions"]} for t in topics}
+    assert replicas == {t: {3} for t in [*ALL_TOPICS, "__consumer_offsets"]}
+    min_isr = {name: c["min.insync.replicas"]["value"] for name, c in configs["topic"].items()}
+    assert min_isr == {t: "2" for t in ALL_TOPICS}
+
+    assert st.down(settings) == ["kafka-0", "kafka-1", "kafka-2", "redis"]
+    assert not any(_alive(p) for p in pids)
+    assert _java_processes_in(settings.stack_dir) == []
+
+
+def test_kafka_without_java_is_one_clear_line(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_", "JAVA_"))}
+    env.update(PATH=str(empty), STREAMREC_STACK_DIR=str(tmp_path / "stack"),
+               STREAMREC_KAFKA_PORT=str(_free_block(2)), STREAMREC_REDIS_PORT=str(_free_port()))
+    done = subprocess.run([sys.executable, "-m", "streamrec", "stack", "up", "--broker", "kafka"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "Java" in done.stderr and "install" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "stack" / "kafka.pid").exists()
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH")
+def test_kafka_without_maven_and_no_jars_is_one_clear_line(tmp_path: Path) -> None:
+    only_java = tmp_path / "bin"
+    only_java.mkdir()
+    (only_java / "java").symlink_to(shutil.which("java"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_", "JAVA_"))}
+    env.update(PATH=str(only_java), STREAMREC_STACK_DIR=str(tmp_path / "stack"),
+               STREAMREC_KAFKA_PORT=str(_free_block(2)), STREAMREC_REDIS_PORT=str(_free_port()))
+    done = subprocess.run([sys.executable, "-m", "streamrec", "stack", "up", "--broker", "kafka"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Maven" in done.stderr and "install" in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH")
+def test_down_never_signals_a_java_process_that_is_not_our_node(tmp_path: Path) -> None:
+    """Same /proc/PID/exe as a Kafka node, but no kafka.Kafka and our config on its command line."""
+    source = tmp_path / "Sleep.java"
+    source.write_text("class Sleep { public static void main(String[] a) throws Exception { Thread.sleep(60000); } }")
+    stranger = subprocess.Popen([shutil.which("java"), str(source)])
+    try:
+        settings = load_settings(stack_dir=tmp_path / "stack", broker="kafka", embedded_redis_port=_free_port())
+        settings.stack_dir.mkdir()
+        (settings.stack_dir / "kafka.pid").write_text(json.dumps(
+            {"pid": stranger.pid, "binary": ak.java_binary(), "port": 1, "kind": "kafka", "brokers": 1,
+             "config": str(settings.stack_dir / "kafka" / "server.properties")}))
+        assert st.down(settings) == []
+        time.sleep(0.2)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
