@@ -16,8 +16,8 @@ export STREAMREC_KAFKA_CACHE ?= $(CURDIR)/.stack/kafka-$(KAFKA_VERSION)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, pinned: the CPU wheel for 2.13.0 lies on this machine's disk. Installed after the
-# project, the torch requirement would make pip fetch a multi-GB CUDA build instead.
+# torch first, pinned, so the resolver never picks another build: PyPI's 2.13.0 (it carries the CUDA
+# libraries, ~3 GB, and runs on the CPU). Installed after the project, torch's range could pull another.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check 'torch==2.13.0'
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,images]'
@@ -29,9 +29,22 @@ install: $(STAMP)
 demo: install
 	$(STREAMREC) demo
 
-# Start the stack, run every test, stop the stack whatever pytest said; exit with pytest's status.
+# The suite's broker: Apache Kafka where Java and Maven exist (the jars come from Maven Central once),
+# else Tansu. `make test TEST_BROKER=tansu` forces the embedded default.
+TEST_BROKER ?= $(shell command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 && echo kafka || echo tansu)
+# The Tansu smoke path (stack cycle, round trips, the worker's ground truth, the demo pipeline) runs on a
+# stack of its own beside the suite's, so `make demo`'s broker stays proven whatever the suite ran on.
+SMOKE_ENV := STREAMREC_BROKER=tansu STREAMREC_STACK_DIR=$(CURDIR)/.stack/smoke STREAMREC_KAFKA_PORT=19092 \
+	STREAMREC_REDIS_PORT=16379
+
+# Start the stack, run every test, stop the stack whatever pytest said; exit non-zero if any run failed.
 test: install
-	trap '$(STREAMREC) stack down' EXIT; $(STREAMREC) stack up && $(PY) -m pytest $(PYTEST_ARGS)
+	trap '$(STREAMREC) stack down' EXIT; export STREAMREC_BROKER=$(TEST_BROKER); \
+	$(STREAMREC) stack up && $(PY) -m pytest $(PYTEST_ARGS)
+	@if [ "$(TEST_BROKER)" != tansu ]; then \
+	  trap 'env $(SMOKE_ENV) $(STREAMREC) stack down' EXIT; \
+	  env $(SMOKE_ENV) $(STREAMREC) stack up && env $(SMOKE_ENV) $(PY) -m pytest -m smoke $(PYTEST_ARGS); \
+	fi
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -148,7 +148,8 @@ class InteractionLog:
             self._connect()
         c, rows = self._consumer, []
         try:
-            end = end_offsets_sync(self.settings.kafka_python_config(), self._parts)
+            end = end_offsets_sync(self.settings.kafka_python_config(), self._parts,
+                                   fetch_check=self.settings.on_tansu)
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 if until_caught_up and all(c.position(tp) >= end[tp] for tp in self._parts):

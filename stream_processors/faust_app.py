@@ -29,6 +29,7 @@ def _credentials(settings: Settings) -> Any:
 # Faust hard-codes fetch_max_wait_ms=1500 for its consumer. The embedded broker (Tansu) parks a fetch
 # for up to that long even when records arrive meanwhile, so every event waited ~1 s before the worker
 # saw it. A short wait costs a few idle fetches per second and brings freshness back to milliseconds.
+# Apache Kafka answers a parked fetch as soon as a record arrives: there the patch is not installed.
 FETCH_MAX_WAIT_MS = 20
 _fetch_wait_ms = {"value": FETCH_MAX_WAIT_MS}  # this process's app (one per worker process)
 
@@ -51,7 +52,8 @@ def _short_fetch_wait() -> None:
 
 # Faust's table recovery reads each changelog partition up to ListOffsets' end offset, which the
 # embedded broker under-reports (see streamrec/offsets.py): the newest changelog records were skipped and
-# a restarted worker lost those users' state. Recovery now asks for the end offset that a fetch confirms.
+# a restarted worker lost those users' state. Recovery now asks for the end offset that a fetch confirms
+# (on Tansu only: Apache Kafka's ListOffsets is right).
 _probe_config: dict[str, Any] = {}
 
 
@@ -109,12 +111,13 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
     ``fetch_max_wait_ms`` bounds how long an idle fetch is parked (what a new record may wait before the
     app sees it); ``linger_ms`` how long the producer holds a record to share a request with others.
     """
-    _fetch_wait_ms["value"] = fetch_max_wait_ms
-    _short_fetch_wait()
-    _probe_config.clear()
-    _probe_config.update(settings.aiokafka_config())
-    _true_highwaters()
-    _guard_acks()
+    if settings.on_tansu:  # Apache Kafka answers a fetch as soon as records arrive and reports true ends
+        _fetch_wait_ms["value"] = fetch_max_wait_ms
+        _short_fetch_wait()
+        _probe_config.clear()
+        _probe_config.update(settings.aiokafka_config())
+        _true_highwaters()
+    _guard_acks()  # Faust's own bugs: on every broker
     datadir = settings.data_dir / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     return faust.App(
@@ -123,6 +126,10 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
         broker_credentials=_credentials(settings),
         store="memory://",  # the changelog topic is the durable copy; recovery replays it
         topic_partitions=settings.topic_partitions,
+        # Faust's own topics (changelogs, repartitions, the leader topic) as replicated as ours: with RF 1
+        # a changelog partition is lost with its one broker, and on a 3-node cluster (min.insync.replicas
+        # 2) no acks=all write to it could ever succeed.
+        topic_replication_factor=settings.topic_replication,
         # Faust binds 0.0.0.0 unless told: the pages (and /live/user, which runs a recommendation) stay
         # on loopback unless STREAMREC_WEB_BIND says otherwise.
         web_bind=settings.web_bind,

@@ -197,7 +197,8 @@ class LiveFeed:
         from aiokafka import AIOKafkaConsumer, TopicPartition
         from aiokafka.errors import KafkaError
 
-        started_ms = time.time() * 1000 - 1000  # an end offset the broker under-reports: skip older ones
+        # Tansu under-reports the end offset (streamrec/offsets.py): skip what is older than now - 1 s there.
+        started_ms = time.time() * 1000 - 1000 if self.settings.on_tansu else 0.0
         consumer = AIOKafkaConsumer(**self.settings.aiokafka_config(), enable_auto_commit=False,
                                     fetch_max_wait_ms=100)
         try:

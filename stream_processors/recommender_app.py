@@ -201,8 +201,9 @@ async def _start_serving() -> None:
     torch.set_num_threads(1)  # one request batch at a time: threads only spin against each other
     loop = asyncio.get_running_loop()
     # before the catalog read: no update is missed
-    item_consumer = await consumer_at_end(settings.aiokafka_config(), ITEM_UPDATES, fetch_max_wait_ms=50)
-    model_consumer = await consumer_at_end(settings.aiokafka_config(), MODEL_UPDATES, fetch_max_wait_ms=50)
+    at_end = {"fetch_check": settings.on_tansu, "fetch_max_wait_ms": 50}
+    item_consumer = await consumer_at_end(settings.aiokafka_config(), ITEM_UPDATES, **at_end)
+    model_consumer = await consumer_at_end(settings.aiokafka_config(), MODEL_UPDATES, **at_end)
     serving.features = await loop.run_in_executor(None, FeatureClient, settings)
     catalog = await loop.run_in_executor(None, _load_catalog, serving.features)
     serving.recommender = Recommender(catalog, load_filter_config(categories=set(catalog._columns["top_category"])))

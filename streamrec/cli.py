@@ -208,11 +208,23 @@ for _bname, (_module, _summary) in BENCHMARKS.items():
 # ---- demo ----------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--keep-stack", is_flag=True, help="Leave the stack running afterwards.")
-def demo(keep_stack: bool) -> None:
-    """Run every stage that is built, end to end, and say which are not built yet."""
-    from .demo import run_demo
+@click.option("--users", type=click.IntRange(10, 1_000_000), default=1000, show_default=True,
+              help="Synthetic users to generate.")
+@click.option("--items", type=click.IntRange(50, 1_000_000), default=5000, show_default=True,
+              help="Synthetic items to generate.")
+@click.option("--events", type=click.IntRange(500, 10_000_000), default=20000, show_default=True,
+              help="Interactions to generate and replay.")
+@click.option("--requests", "n_requests", type=click.IntRange(1, 100_000), default=300, show_default=True,
+              help="Recommendation requests to publish.")
+def demo(keep_stack: bool, users: int, items: int, events: int, n_requests: int) -> None:
+    """Run the whole system end to end on a stack of its own, print a summary, stop what it started.
 
-    run_demo(get_settings(), keep_stack=keep_stack, console=out)
+    Exits non-zero unless every stage succeeded and every request was answered.
+    """
+    from .demo import DemoSize, run_demo
+
+    run_demo(get_settings(), keep_stack=keep_stack, console=out,
+             size=DemoSize(users=users, items=items, events=events, requests=n_requests))
 
 
 def _register() -> None:

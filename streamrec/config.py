@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         return self.redis_url is None
 
     @property
+    def on_tansu(self) -> bool:
+        """The broker is the embedded Tansu: its workarounds (streamrec/offsets.py, the Faust fetch wait)
+        apply then and only then."""
+        return self.embedded_kafka and self.broker == "tansu"
+
+    @property
     def embedded_kafka_ports(self) -> list[int]:
         """The client ports of the embedded broker's nodes (one for Tansu)."""
         return [self.embedded_kafka_port + i for i in range(self.kafka_brokers)]

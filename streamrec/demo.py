@@ -23,12 +23,21 @@ from rich.table import Table
 from ._exceptions import StreamrecError
 from .config import Settings
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "DemoSize"]
 
 ROOT = Path(__file__).resolve().parents[1]
-N_USERS, N_ITEMS, N_EVENTS = 1000, 5000, 20000
 REPLAY_RATE = 1000.0
-N_REQUESTS, REQUEST_RATE = 300, 50.0
+REQUEST_RATE = 50.0
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much the demo generates and asks; the defaults are the seed's size."""
+
+    users: int = 1000
+    items: int = 5000
+    events: int = 20000
+    requests: int = 300
 
 
 @dataclass
@@ -39,6 +48,7 @@ class DemoRun:
     procs: list[subprocess.Popen] = field(default_factory=list)
     rows: list[tuple[str, str, str]] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    size: DemoSize = field(default_factory=DemoSize)
 
     def stage(self, name: str, fn: Any) -> Any:
         self.console.rule(name)
@@ -111,11 +121,12 @@ def _steps(run: DemoRun) -> None:
         return None, "; ".join(f"{x.name} {x.address}" for x in stack.up(s))
 
     def generate() -> tuple[None, str]:
-        code = generate_main(["--n_users", str(N_USERS), "--n_items", str(N_ITEMS), "--n_interactions",
-                              str(N_EVENTS), "--out", str(s.data_dir), "--quiet"])
+        size = run.size
+        code = generate_main(["--n_users", str(size.users), "--n_items", str(size.items), "--n_interactions",
+                              str(size.events), "--out", str(s.data_dir), "--quiet"])
         if code:
             raise StreamrecError(f"the generator exited with code {code}")
-        return None, f"{N_USERS} users, {N_ITEMS} items, {N_EVENTS} interactions"
+        return None, f"{size.users} users, {size.items} items, {size.events} interactions"
 
     def apply() -> tuple[None, str]:
         client = FeatureClient(s)
@@ -169,7 +180,7 @@ def _steps(run: DemoRun) -> None:
         import pandas as pd
 
         users = list(pd.read_parquet(s.data_dir / "recommendation_users.parquet")["user_id"])
-        result = run_load(s, users + ["unknown-user"], N_REQUESTS, REQUEST_RATE)
+        result = run_load(s, users + ["unknown-user"], run.size.requests, REQUEST_RATE)
         run.figures["requests"] = result
         served = _get(f"http://127.0.0.1:{s.recommender_port}/status")["model_version"]
         line = f"{result.answered}/{result.sent} answered, {result.errors} errors, model {served}"
@@ -239,7 +250,8 @@ def _busy(settings: Settings) -> list[str]:
     return list(dict.fromkeys(busy))
 
 
-def run_demo(settings: Settings, keep_stack: bool = False, console: Console | None = None) -> None:
+def run_demo(settings: Settings, keep_stack: bool = False, console: Console | None = None,
+             size: DemoSize | None = None) -> None:
     """Run every stage in order; stop at the first failure (raised: a non-zero exit); always stop what the
     demo started, and nothing else. Refuses to start next to a running stack or workers."""
     from . import stack
@@ -253,7 +265,7 @@ def run_demo(settings: Settings, keep_stack: bool = False, console: Console | No
     console = console or Console()
     out_dir = Path(os.environ.get("STREAMREC_DEMO_DIR", "demo-output"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = DemoRun(settings, console, out_dir)
+    run = DemoRun(settings, console, out_dir, size=size or DemoSize())
     stages = Table(title="streamrec demo — stages")
     for column in ("stage", "result", "seconds"):
         stages.add_column(column)

@@ -7,8 +7,8 @@ batch at offsets 0..4 give an end offset of 1. The high watermark in a Fetch res
 Anything that reads "up to the end" stopped short by the rest of the last batch: Faust's table recovery
 skipped the newest changelog records, so after a kill -9 the users whose state lived there restarted
 from nothing and lost their oldest events (issue #4). So: ask ListOffsets, then fetch from the last
-offset it vouches for and take the larger of the two. On a correct broker the fetch agrees and costs
-one round trip.
+offset it vouches for and take the larger of the two. Apache Kafka answers ListOffsets right, so there
+(``fetch_check=False``: callers pass ``settings.on_tansu``) ListOffsets alone is the answer.
 """
 
 from __future__ import annotations
@@ -62,21 +62,24 @@ class _Probe:
 
 
 async def end_offsets(config: Mapping[str, Any], partitions: Iterable[Any],
-                      reported: Mapping[Any, int] | None = None) -> dict[Any, int]:
+                      reported: Mapping[Any, int] | None = None, fetch_check: bool = True) -> dict[Any, int]:
     """The offset after the last record of each partition (aiokafka connection ``config``).
 
     ``reported``: what ListOffsets already said, if the caller has it (saves one request).
+    ``fetch_check``: confirm it with a fetch (needed on Tansu only).
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
-    if reported is not None and not _to_probe(reported):
+    if reported is not None and (not fetch_check or not _to_probe(reported)):
         return dict(reported)
     consumer = AIOKafkaConsumer(**config, enable_auto_commit=False, fetch_max_wait_ms=10, group_id=None)
     await consumer.start()
     try:
         if reported is None:
             reported = await consumer.end_offsets(partitions)
+        if not fetch_check:
+            return dict(reported)
         probe = _Probe(consumer, {TopicPartition(tp.topic, tp.partition): o for tp, o in reported.items()})
         while not probe.done():
             await consumer.getmany(*probe.pending, timeout_ms=100)
@@ -88,7 +91,8 @@ async def end_offsets(config: Mapping[str, Any], partitions: Iterable[Any],
         await consumer.stop()
 
 
-async def consumer_at_end(config: Mapping[str, Any], topic: str, **consumer_options: Any) -> Any:
+async def consumer_at_end(config: Mapping[str, Any], topic: str, fetch_check: bool = True,
+                          **consumer_options: Any) -> Any:
     """A started aiokafka consumer assigned every partition of ``topic``, positioned at the true end
     (what is produced from now on, nothing older). The caller stops it."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -98,18 +102,21 @@ async def consumer_at_end(config: Mapping[str, Any], topic: str, **consumer_opti
     await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
     consumer.assign(partitions)
-    for tp, offset in (await end_offsets(config, partitions)).items():  # ListOffsets stops short on Tansu
+    for tp, offset in (await end_offsets(config, partitions, fetch_check=fetch_check)).items():
         consumer.seek(tp, offset)
     return consumer
 
 
-def end_offsets_sync(config: Mapping[str, Any], partitions: Iterable[Any]) -> dict[Any, int]:
+def end_offsets_sync(config: Mapping[str, Any], partitions: Iterable[Any], fetch_check: bool = True
+                     ) -> dict[Any, int]:
     """:func:`end_offsets` for kafka-python callers (``config`` as for ``KafkaConsumer``)."""
     from kafka import KafkaConsumer, TopicPartition
 
     partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
     consumer = KafkaConsumer(**config, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=10)
     try:
+        if not fetch_check:
+            return dict(consumer.end_offsets(partitions))
         probe = _Probe(consumer, consumer.end_offsets(partitions))
         while not probe.done():
             consumer.poll(timeout_ms=100)

@@ -16,6 +16,12 @@ from streamrec.config import Settings, get_settings, load_settings
 from streamrec.topics import ensure_topics
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    settings = load_settings()
+    where = settings.kafka_bootstrap_servers or f"embedded, {settings.kafka_brokers} node(s)"
+    return f"streamrec broker: {settings.broker if settings.embedded_kafka else 'external'} ({where})"
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings_cache() -> Iterator[None]:
     """Each test reads the environment anew (tests that set variables must not leak)."""

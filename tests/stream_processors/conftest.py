@@ -1,5 +1,12 @@
-"""A fresh embedded stack per test (an empty broker starts in well under a second) and real
-`streamrec worker` processes on it, so tests never see each other's events."""
+"""A fresh stack per test and real `streamrec worker` processes on it, so tests never see each other's events.
+
+- On Tansu (`STREAMREC_BROKER=tansu`, the default) each test gets an empty broker of its own: one starts in
+  well under a second.
+- On Apache Kafka (`STREAMREC_BROKER=kafka`, what `make test` uses where Java and Maven exist) a JVM node
+  takes seconds to start, so the session shares one broker: each test gets the contract's topics deleted
+  and created anew, consumer groups (app ids) of its own, and a Redis of its own. Tests that kill or stop
+  the broker start one of their own.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from typing import Any
 import pytest
 
 from generation.dataset_gen_amazon import GeneratorConfig, generate, write
-from streamrec import load_settings
+from streamrec import StreamrecError, load_settings
 from streamrec import stack as _stack
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
@@ -32,6 +39,75 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports (a Kafka node also takes client port + N + i)."""
+    for _ in range(100):
+        base = free_port()
+        if base + n >= 65535:
+            continue
+        try:
+            holders = []
+            for port in range(base, base + n):
+                sock = socket.socket()
+                holders.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in holders:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+BROKER = os.environ.get("STREAMREC_BROKER", "tansu")
+
+
+@pytest.fixture(scope="session")
+def shared_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """On Apache Kafka, the bootstrap address of one node shared by the session's stream tests; None on Tansu."""
+    if BROKER != "kafka":
+        yield None
+        return
+    settings = load_settings(stack_dir=tmp_path_factory.mktemp("kafka"), embedded_kafka_port=free_ports(2),
+                             embedded_redis_port=free_port(), broker="kafka", kafka_brokers=1,
+                             kafka_bootstrap_servers=None, redis_url=None)
+    _stack.up(settings)
+    try:
+        yield settings.bootstrap_servers
+    finally:
+        _stack.down(settings)
+
+
+def fresh_topics(settings: Settings) -> None:
+    """Delete the contract's topics on a shared broker and create them empty again."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from streamrec.topics import ALL_TOPICS, ensure_topics
+
+    admin = KafkaAdminClient(client_id="streamrec-tests", **settings.kafka_python_config())
+    try:
+        present = [t for t in ALL_TOPICS if t in set(admin.list_topics())]
+        if present:
+            admin.delete_topics(present, timeout_ms=30_000)
+        deadline = time.monotonic() + 30
+        while set(present) & set(admin.list_topics()):  # deletion finishes in the background
+            assert time.monotonic() < deadline, "topics were not deleted within 30 s"
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    deadline = time.monotonic() + 30
+    while True:  # a name may be refused for a moment while its deletion settles
+        try:
+            ensure_topics(settings)
+            return
+        except (KafkaError, StreamrecError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
@@ -57,15 +133,20 @@ def trained_checkpoint(generated: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture
-def env_stack(tmp_path: Path, generated: Path) -> Iterator[Settings]:
-    """An empty broker + Redis of this test's own, the feature repo applied and materialized."""
+def env_stack(tmp_path: Path, generated: Path, shared_kafka: str | None) -> Iterator[Settings]:
+    """Empty topics on a broker + a Redis of this test's own, the feature repo applied and materialized."""
     data = tmp_path / "data"
     data.mkdir()
     for f in generated.glob("*.parquet"):
         (data / f.name).write_bytes(f.read_bytes())
-    settings = load_settings(stack_dir=tmp_path / "stack", embedded_kafka_port=free_port(),
-                             embedded_redis_port=free_port(), data_dir=data, worker_port=free_port(),
-                             checkpoint_dir=tmp_path / "checkpoints", kafka_bootstrap_servers=None, redis_url=None)
+    tag = uuid.uuid4().hex[:8]
+    own = {"kafka_bootstrap_servers": shared_kafka, "worker_app_id": f"features-{tag}",
+           "recommender_app_id": f"recommender-{tag}"} if shared_kafka else \
+        {"kafka_bootstrap_servers": None, "embedded_kafka_port": free_port()}
+    settings = load_settings(stack_dir=tmp_path / "stack", embedded_redis_port=free_port(), data_dir=data,
+                             worker_port=free_port(), checkpoint_dir=tmp_path / "checkpoints", redis_url=None, **own)
+    if shared_kafka:
+        fresh_topics(settings)
     _stack.up(settings)
     client = FeatureClient(settings)
     client.apply()
@@ -76,11 +157,18 @@ def env_stack(tmp_path: Path, generated: Path) -> Iterator[Settings]:
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a process that must see exactly ``settings`` (and ``extra``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
     env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
                STREAMREC_REDIS_PORT=str(settings.embedded_redis_port), STREAMREC_DATA_DIR=str(settings.data_dir),
                STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id,
-               STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir))
+               STREAMREC_RECOMMENDER_APP_ID=settings.recommender_app_id,
+               STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir), STREAMREC_BROKER=settings.broker,
+               STREAMREC_KAFKA_BROKERS=str(settings.kafka_brokers))
+    if settings.kafka_bootstrap_servers:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
+    if "STREAMREC_KAFKA_CACHE" in os.environ:
+        env["STREAMREC_KAFKA_CACHE"] = os.environ["STREAMREC_KAFKA_CACHE"]
     env.update(extra)
     return env
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from producers.replay import replay
 from streamrec.config import Settings
@@ -49,6 +50,7 @@ def _events(settings: Settings) -> pd.DataFrame:
     return frame.sort_values("timestamp", kind="stable").head(N_EVENTS)
 
 
+@pytest.mark.smoke
 def test_replayed_events_equal_the_ground_truth(env_stack: Settings,
                                                  worker_factory: Callable[..., Worker]) -> None:
     worker = worker_factory(env_stack)

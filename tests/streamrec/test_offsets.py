@@ -39,11 +39,34 @@ def test_end_offsets_count_every_record_of_the_last_batch(stack: Settings, topic
     last = asyncio.run(_produce_batches(stack, topic, sizes))
     tp = TopicPartition(topic, 0)
     assert last[-1] == sum(sizes) - 1
-    assert asyncio.run(end_offsets(stack.aiokafka_config(), [tp])) == {tp: sum(sizes)}
-    assert end_offsets_sync(stack.kafka_python_config(), [tp]) == {tp: sum(sizes)}
+    check = stack.on_tansu  # what the product passes: the fetch check only on Tansu
+    assert asyncio.run(end_offsets(stack.aiokafka_config(), [tp], fetch_check=check)) == {tp: sum(sizes)}
+    assert end_offsets_sync(stack.kafka_python_config(), [tp], fetch_check=check) == {tp: sum(sizes)}
 
 
 def test_an_empty_partition_ends_at_zero(stack: Settings, topic_factory: Callable[..., str]) -> None:
     tp = TopicPartition(topic_factory("offsets", partitions=2), 1)
     assert asyncio.run(end_offsets(stack.aiokafka_config(), [tp])) == {tp: 0}
     assert end_offsets_sync(stack.kafka_python_config(), [tp]) == {tp: 0}
+
+
+def test_aiokafka_stop_right_after_start_needs_one_loop_turn(stack: Settings) -> None:
+    """Why ``end_offsets`` sleeps once before ``stop()``: aiokafka 0.14.0 cancels a task that start()
+    created and, cancelled before its first step, that task re-raises CancelledError out of stop() (seen
+    on Tansu and on Apache Kafka 4.1.2 alike: a client bug, not a broker's). When this starts failing,
+    aiokafka fixed it and the sleep can go."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def start_stop(turn: bool) -> bool:
+        consumer = AIOKafkaConsumer(**stack.aiokafka_config(), enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        if turn:
+            await asyncio.sleep(0)
+        try:
+            await consumer.stop()
+            return True
+        except asyncio.CancelledError:
+            return False
+
+    assert asyncio.run(start_stop(turn=False)) is False
+    assert asyncio.run(start_stop(turn=True)) is True

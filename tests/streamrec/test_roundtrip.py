@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
+import pytest
+
 from streamrec.config import Settings
 from streamrec.schemas import Interaction, decode, encode, utc_now
 
@@ -15,6 +17,7 @@ def _event(i: int) -> Interaction:
                        quantity=1 + i % 4, timestamp=utc_now())
 
 
+@pytest.mark.smoke
 def test_kafka_python_round_trip(stack: Settings, topic_factory: Callable[..., str]) -> None:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -34,6 +37,7 @@ def test_kafka_python_round_trip(stack: Settings, topic_factory: Callable[..., s
     assert received == [(e.user_id, e) for e in sent]
 
 
+@pytest.mark.smoke
 def test_aiokafka_round_trip(stack: Settings, topic_factory: Callable[..., str]) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
