@@ -1,4 +1,10 @@
-"""What the service benchmarks share: a stack of their own on free ports, and worker processes."""
+"""What the service benchmarks share: a stack of their own on free ports, and worker processes.
+
+The broker is Tansu or Apache Kafka (``broker=``, else ``STREAMREC_BROKER``, else Tansu). Apache Kafka's
+jars come from the shared cache (``STREAMREC_KAFKA_CACHE``, else the default stack's), never fetched anew
+into a temporary folder; its node needs a client port and a controller port after it, so its ports are
+taken as a free consecutive block.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+BROKERS = ("kafka", "tansu")
 
 
 def free_port() -> int:
@@ -23,33 +30,86 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, avoid: frozenset[int] = frozenset()) -> int:
+    """The first of ``n`` consecutive free loopback ports, none of them in ``avoid``."""
+    for _ in range(200):
+        base = free_port()
+        block = range(base, base + n)
+        if base + n >= 65535 or avoid.intersection(block):
+            continue
+        holders = []
+        try:
+            for port in block:
+                sock = socket.socket()
+                holders.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in holders:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+def broker_kind(broker: str | None = None) -> str:
+    """``broker``, else STREAMREC_BROKER, else tansu; ValueError for anything else."""
+    kind = broker or os.environ.get("STREAMREC_BROKER") or "tansu"
+    if kind not in BROKERS:
+        raise ValueError(f"unknown broker {kind!r}; choose from {', '.join(BROKERS)}")
+    return kind
+
+
+def kafka_cache() -> Path:
+    """Apache Kafka's jar folder: STREAMREC_KAFKA_CACHE, else the default stack's (fetched there once)."""
+    override = os.environ.get("STREAMREC_KAFKA_CACHE")
+    if override:
+        return Path(override).resolve()
+    from streamrec import load_settings
+    from streamrec.apache_kafka import cache_dir
+
+    return cache_dir(load_settings(broker="tansu", kafka_brokers=1))
+
+
 def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())
 
 
 @contextmanager
-def own_stack(tmp: Path, data: Path, checkpoints: Path | None = None) -> Iterator[tuple[Any, dict[str, str]]]:
-    """An empty broker + Redis on free ports with the feature repo applied; yields (settings, env)."""
+def own_stack(tmp: Path, data: Path, checkpoints: Path | None = None, broker: str | None = None,
+              feature_repo: bool = True) -> Iterator[tuple[Any, dict[str, str]]]:
+    """An empty broker + Redis on free ports (with the feature repo applied unless ``feature_repo`` is
+    False); yields (settings, env), env being what worker processes on this stack need."""
     from streamrec import load_settings
     from streamrec import stack as _stack
     from streamrec.features import FeatureClient
 
-    settings = load_settings(stack_dir=tmp / "stack", embedded_kafka_port=free_port(),
-                             embedded_redis_port=free_port(), data_dir=data,
+    kind = broker_kind(broker)
+    nodes = int(os.environ.get("STREAMREC_KAFKA_BROKERS") or 1) if kind == "kafka" else 1
+    cache = kafka_cache() if kind == "kafka" else None
+    redis_port = free_port()
+    # Apache Kafka node i listens on port + i and its controller on port + nodes + i
+    kafka_port = free_ports(2 * nodes if kind == "kafka" else 1, frozenset({redis_port}))
+    settings = load_settings(stack_dir=tmp / "stack", broker=kind, kafka_brokers=nodes, kafka_cache_dir=cache,
+                             embedded_kafka_port=kafka_port, embedded_redis_port=redis_port, data_dir=data,
                              checkpoint_dir=checkpoints or tmp / "checkpoints",
                              kafka_bootstrap_servers=None, redis_url=None)
-    _stack.up(settings)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
     env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_DATA_DIR=str(data),
+               STREAMREC_BROKER=kind, STREAMREC_KAFKA_BROKERS=str(nodes),
                STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
                STREAMREC_REDIS_PORT=str(settings.embedded_redis_port),
                STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir))
+    if cache is not None:
+        env["STREAMREC_KAFKA_CACHE"] = str(cache)
     try:
-        client = FeatureClient(settings)
-        client.apply()
-        client.materialize()
-        client.close()
+        _stack.up(settings)
+        if feature_repo:
+            client = FeatureClient(settings)
+            client.apply()
+            client.materialize()
+            client.close()
         yield settings, env
     finally:
         _stack.down(settings)
@@ -79,7 +139,7 @@ def start_worker(env: dict[str, str], log: Path, app: str = "features",
         except OSError:
             pass
         time.sleep(0.3)
-    proc.kill()
+    stop(proc)
     raise RuntimeError(f"{app} worker not ready in 120 s")
 
 

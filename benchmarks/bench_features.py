@@ -6,7 +6,9 @@
 
     python benchmarks/bench_features.py [--rounds 200]
 
-Needs the embedded stack (started here when it is not running, and stopped again).
+Runs on a stack of its own on free ports (started here and stopped again), never the default one. It
+touches no broker, so it runs once whatever ``streamrec bench --broker`` says; the stack's broker is
+Tansu, which starts in well under a second.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import numpy as np
 import pandas as pd
 
 from generation.dataset_gen_amazon import GeneratorConfig, generate, write
-from streamrec import load_settings
-from streamrec import stack as _stack
 from streamrec.features import FeatureClient, history_frame
+
+try:
+    from ._harness import own_stack
+except ImportError:  # run as a script
+    from _harness import own_stack
 
 TYPES = ("positive_view", "negative_view", "cart", "purchase", "rate")
 
@@ -59,13 +64,10 @@ def run(rounds: int = 200) -> dict:
     """Measure push throughput and read latency; returns the figures."""
     import redis
 
-    settings0 = load_settings()
-    was_running = all(s.running for s in _stack.status(settings0))
-    _stack.up(settings0)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            write(generate(GeneratorConfig(n_users=2000, n_items=5000, n_interactions=20000, seed=1)), Path(tmp))
-            settings = load_settings(data_dir=tmp)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write(generate(GeneratorConfig(n_users=2000, n_items=5000, n_interactions=20000, seed=1)), data)
+        with own_stack(Path(tmp), data, broker="tansu", feature_repo=False) as (settings, _env):
             client = FeatureClient(settings, project=f"bench{uuid.uuid4().hex[:6]}")
             client.apply()
             client.materialize()
@@ -112,9 +114,6 @@ def run(rounds: int = 200) -> dict:
             raw.close()
             client.close()
             return result
-    finally:
-        if not was_running:
-            _stack.down(settings0)
 
 
 def main() -> None:

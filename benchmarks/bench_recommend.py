@@ -4,9 +4,14 @@
   the Feast online read in front; the baseline is the bare Feast read + tower forward;
 - over Kafka: ``--rate`` requests/s (default 500) through both workers, round trip and server latency;
   the baseline is the same load answered by a bare aiokafka echo (``benchmarks/echo.py``) on a broker of
-  its own: the broker's two hops and the client, nothing of streamrec.
+  its own of the same kind: the broker's two hops and the client, nothing of streamrec.
+
+The broker is ``--broker`` (tansu or kafka; default STREAMREC_BROKER, else tansu). The in-process part
+touches no broker: ``--no-in-process`` skips its timings (the online store is filled all the same, so the
+over-Kafka figures are those of the full run), as `streamrec bench --broker both` does for its second broker.
 
     python benchmarks/bench_recommend.py [--items 5000 100000] [--rate 500] [--seconds 10]
+                                         [--broker tansu|kafka] [--no-in-process]
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 try:
-    from ._harness import ROOT, own_stack, start_worker, stop
+    from ._harness import ROOT, broker_kind, own_stack, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import ROOT, own_stack, start_worker, stop
+    from _harness import ROOT, broker_kind, own_stack, start_worker, stop
 
 
 def _pct(samples: list[float]) -> dict[str, float]:
@@ -45,7 +50,27 @@ def _train(data: Path, checkpoints: Path, epochs: int) -> None:
     promote(checkpoints, path.name)
 
 
-def _in_process(settings: Any, data: Path, rounds: int) -> dict[str, Any]:
+def _seed_histories(settings: Any, data: Path) -> list[str]:
+    """Histories in the online store, as the stream worker would have written them; returns their users."""
+    from stream_processors.history import apply_event, feature_row
+    from streamrec.features import FeatureClient, history_frame
+    from streamrec.schemas import Interaction
+
+    events = pd.read_parquet(data / "recommendation_interactions.parquet")
+    states: dict[str, Any] = {}
+    recent = events.sort_values("timestamp").tail(20_000)
+    for n, r in enumerate(recent.itertuples()):
+        ev = Interaction(event_id=str(r.interaction_id), user_id=r.user_id, item_id=r.item_id,
+                         interaction_type=r.interaction_type, timestamp=r.timestamp.to_pydatetime())
+        states[r.user_id], _ = apply_event(states.get(r.user_id), ev, n)
+    now = int(time.time() * 1000)
+    client = FeatureClient(settings)
+    client.push_history(history_frame([feature_row(u, s, now) for u, s in states.items()]))
+    client.close()
+    return list(states)
+
+
+def _in_process(settings: Any, data: Path, rounds: int, users: list[str]) -> dict[str, Any]:
     import torch
 
     from models.filtering import load_filter_config
@@ -61,20 +86,6 @@ def _in_process(settings: Any, data: Path, rounds: int) -> dict[str, Any]:
     bundle = ServingBundle.build(load_latest(settings.checkpoint_dir))
     rec = Recommender(catalog, load_filter_config())
     client = FeatureClient(settings)
-    # histories in the online store, as the stream worker would have written them
-    from stream_processors.history import apply_event, feature_row
-    from streamrec.features import history_frame
-    from streamrec.schemas import Interaction
-
-    states: dict[str, Any] = {}
-    recent = events.sort_values("timestamp").tail(20_000)
-    for n, r in enumerate(recent.itertuples()):
-        ev = Interaction(event_id=str(r.interaction_id), user_id=r.user_id, item_id=r.item_id,
-                         interaction_type=r.interaction_type, timestamp=r.timestamp.to_pydatetime())
-        states[r.user_id], _ = apply_event(states.get(r.user_id), ev, n)
-    now = int(time.time() * 1000)
-    client.push_history(history_frame([feature_row(u, s, now) for u, s in states.items()]))
-    users = list(states)
     rng = np.random.default_rng(0)
     recommend_only, full, baseline = [], [], []
     for i in range(rounds):
@@ -97,11 +108,12 @@ def _in_process(settings: Any, data: Path, rounds: int) -> dict[str, Any]:
             "ratio_p99_full_vs_baseline": f["p99_ms"] / b["p99_ms"], "index": type(bundle.index).__name__}
 
 
-def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float) -> dict[str, Any]:
-    """``run_load`` against ``benchmarks/echo.py`` on a fresh stack (the broker slows as partitions grow)."""
+def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float, broker: str) -> dict[str, Any]:
+    """``run_load`` against ``benchmarks/echo.py`` on a fresh stack of the same broker (Tansu slows as
+    partitions grow)."""
     from producers.requests import run_load
 
-    with own_stack(tmp / "echo", data) as (settings, env):
+    with own_stack(tmp / "echo", data, broker=broker, feature_repo=False) as (settings, env):
         echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo", "--bootstrap", settings.bootstrap_servers],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         try:
@@ -114,21 +126,25 @@ def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float)
 
 
 def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, seconds: float = 10.0,
-        rounds: int = 500) -> dict[str, Any]:
+        rounds: int = 500, broker: str | None = None, in_process: bool = True) -> dict[str, Any]:
+    """In process at each of ``item_counts`` (unless ``in_process`` is False) and over ``broker`` at the first."""
     from generation.dataset_gen_amazon import GeneratorConfig, generate, write
     from producers.requests import run_load
 
-    result: dict[str, Any] = {"in_process": {}}
+    broker = broker_kind(broker)
+    result: dict[str, Any] = {"broker": broker, "in_process": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        for n_items in item_counts:
+        for n_items in item_counts if in_process else item_counts[:1]:
             data = tmp_path / f"data-{n_items}"
             n_events = max(20_000, n_items)
             write(generate(GeneratorConfig(n_users=1000, n_items=n_items, n_interactions=n_events, seed=2)), data)
             checkpoints = tmp_path / f"ckpt-{n_items}"
             _train(data, checkpoints, epochs=3)
-            with own_stack(tmp_path / f"s{n_items}", data, checkpoints) as (settings, env):
-                result["in_process"][n_items] = _in_process(settings, data, rounds)
+            with own_stack(tmp_path / f"s{n_items}", data, checkpoints, broker=broker) as (settings, env):
+                seeded = _seed_histories(settings, data)
+                if in_process:
+                    result["in_process"][n_items] = _in_process(settings, data, rounds, seeded)
                 if n_items != item_counts[0]:
                     continue
                 features, _ = start_worker(env, tmp_path / "features.log")
@@ -140,7 +156,7 @@ def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, sec
                 stop(recommender)
                 stop(features)
             if n_items == item_counts[0]:
-                result["kafka_echo"] = _echo_baseline(tmp_path, data, users, int(rate * seconds), rate)
+                result["kafka_echo"] = _echo_baseline(tmp_path, data, users, int(rate * seconds), rate, broker)
             shutil.rmtree(data, ignore_errors=True)
     return result
 
@@ -150,12 +166,17 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[5000, 100_000])
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default=None,
+                        help="the broker to run on (default: STREAMREC_BROKER, else tansu)")
+    parser.add_argument("--no-in-process", dest="in_process", action="store_false",
+                        help="skip the in-process timings (they touch no broker)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    r = run(tuple(args.items), args.rate, args.seconds)
+    r = run(tuple(args.items), args.rate, args.seconds, broker=args.broker, in_process=args.in_process)
     if args.json:
         print(json.dumps(r, indent=2))
         return
+    print(f"broker: {r['broker']}")
     for n, f in r["in_process"].items():
         print(f"in process, {n:,} items ({f['index']}): recommend p50 {f['recommend']['p50_ms']:.2f} / p99 "
               f"{f['recommend']['p99_ms']:.2f} ms; with Feast read p50 {f['feast_read_plus_recommend']['p50_ms']:.2f}"

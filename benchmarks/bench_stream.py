@@ -8,7 +8,11 @@
    the same topic; ratio = worker / baseline;
 3. the worker's peak RSS (VmHWM) once it holds ``--users`` users.
 
+The broker is ``--broker`` (tansu or kafka; default STREAMREC_BROKER, else tansu): the worker and the
+baseline read the same topic on it, so the ratio is the same broker's.
+
     python benchmarks/bench_stream.py [--users 100000] [--events 300000] [--rate 1000] [--seconds 20]
+                                      [--broker tansu|kafka]
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from typing import Any
 import numpy as np
 
 try:
-    from ._harness import get_json, own_stack, start_worker, stop
+    from ._harness import broker_kind, get_json, own_stack, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import get_json, own_stack, start_worker, stop
+    from _harness import broker_kind, get_json, own_stack, start_worker, stop
 
 def _figures(url: str, samples: bool = False) -> dict[str, Any]:
     return get_json(f"{url}/freshness{'?samples=1' if samples else ''}")
@@ -93,17 +97,19 @@ async def _baseline(settings: Any, n_events: int) -> float:
         await client.aclose()
 
 
-def run(users: int = 100_000, events: int = 300_000, rate: float = 1000.0, seconds: float = 20.0) -> dict:
-    """Run the three phases; returns the figures."""
+def run(users: int = 100_000, events: int = 300_000, rate: float = 1000.0, seconds: float = 20.0,
+        broker: str | None = None) -> dict:
+    """Run the three phases on ``broker`` (tansu or kafka; default STREAMREC_BROKER); returns the figures."""
     from generation.dataset_gen_amazon import GeneratorConfig, generate, write
     from producers.replay import replay
 
-    result: dict[str, Any] = {"users": users, "events": events}
+    broker = broker_kind(broker)
+    result: dict[str, Any] = {"broker": broker, "users": users, "events": events}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         data = tmp_path / "data"
         write(generate(GeneratorConfig(n_users=users, n_items=5000, n_interactions=events, seed=5)), data)
-        with own_stack(tmp_path, data) as (settings, env):
+        with own_stack(tmp_path, data, broker=broker) as (settings, env):
             parquet = data / "recommendation_interactions.parquet"
 
             # 1. steady rate
@@ -152,13 +158,16 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default=None,
+                        help="the broker to run on (default: STREAMREC_BROKER, else tansu)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    r = run(args.users, args.events, args.rate, args.seconds)
+    r = run(args.users, args.events, args.rate, args.seconds, broker=args.broker)
     if args.json:
         print(json.dumps(r, indent=2))
         return
     s, m = r["steady"], r["max_rate"]
+    print(f"broker: {r['broker']}")
     print(f"steady {s['rate']:.0f} ev/s ({s['events']:,} events): freshness p50 {s['freshness_p50_ms']:.1f} ms, "
           f"p99 {s['freshness_p99_ms']:.1f} ms, max {s['freshness_max_ms']:.1f} ms")
     print(f"max rate ({r['events']:,} events, {r['users']:,} users): worker {m['worker_events_per_s']:,.0f} ev/s, "

@@ -3,6 +3,11 @@
 Each benchmark's ``run()`` dict becomes rows of measurement | streamrec | raw baseline | ratio | goal | met?.
 The result dicts belong to the benchmark modules and may gain or lose keys, so every figure is read with
 :func:`dig`, and a missing one renders as "—" instead of failing the report.
+
+A benchmark that uses a broker (stream, recommend) runs once per broker: one :class:`Outcome` each, with
+``broker`` naming it ("Apache Kafka 4.1.2", "Tansu 0.6.0"). Its section then has a broker column and the
+brokers' rows of one measurement side by side, each beside the baseline measured on that broker in that
+run. Rows that touch no broker (``Row.on_broker`` False: the recommender in process) appear once.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Row", "Outcome", "dig", "ratio", "rows_for", "render", "ROW_BUILDERS"]
+__all__ = ["Row", "Outcome", "dig", "ratio", "rows_for", "render", "section", "ROW_BUILDERS"]
 
 DASH = "—"
 
@@ -29,6 +34,7 @@ class Row:
     goal: str = ""
     met: bool | None = None
     why_na: str = ""  # shown instead of met? when a goal exists but does not apply at this size
+    on_broker: bool = True  # False: the figure does not involve the broker (shown once in a per-broker section)
 
     @property
     def ratio(self) -> float | None:
@@ -44,6 +50,7 @@ class Outcome:
     seconds: float | None = None
     result: Mapping[str, Any] | None = None
     error: str | None = None
+    broker: str | None = None  # e.g. "Apache Kafka 4.1.2" for a benchmark run once per broker; None otherwise
 
 
 def dig(d: Any, *path: Any) -> Any:
@@ -180,7 +187,9 @@ def _recommend(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
     rows: list[Row] = []
     first_baseline = None
     in_process = dig(r, "in_process")
-    if not isinstance(in_process, Mapping) or not in_process:  # show the expected rows, as dashes
+    if p.get("in_process", True) is False:  # a later broker's run: the in-process part was measured once
+        in_process = {}
+    elif not isinstance(in_process, Mapping) or not in_process:  # show the expected rows, as dashes
         in_process = {n: None for n in p.get("item_counts", [RECOMMEND_ITEMS])}
     for key, f in in_process.items():
         n = int(key) if str(key).isdigit() else key
@@ -193,11 +202,13 @@ def _recommend(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
         na = "" if n == RECOMMEND_ITEMS else f"goal is at {RECOMMEND_ITEMS:,} items"
         rec99 = dig(f, "recommend", "p99_ms")
         rows += [
-            Row(f"recommend() p50, {label}, ms", dig(f, "recommend", "p50_ms")),
+            Row(f"recommend() p50, {label}, ms", dig(f, "recommend", "p50_ms"), on_broker=False),
             Row(f"recommend() p99, {label}, ms", rec99, goal=f"≤ {RECOMMEND_P99_MS:g} ms at {RECOMMEND_ITEMS:,}",
-                met=None if na else _at_most(rec99, RECOMMEND_P99_MS), why_na=na),
-            Row(f"Feast read + recommend() p50, {label}, ms", dig(f, "feast_read_plus_recommend", "p50_ms"), b50, base),
-            Row(f"Feast read + recommend() p99, {label}, ms", dig(f, "feast_read_plus_recommend", "p99_ms"), b99, base),
+                met=None if na else _at_most(rec99, RECOMMEND_P99_MS), why_na=na, on_broker=False),
+            Row(f"Feast read + recommend() p50, {label}, ms", dig(f, "feast_read_plus_recommend", "p50_ms"), b50, base,
+                on_broker=False),
+            Row(f"Feast read + recommend() p99, {label}, ms", dig(f, "feast_read_plus_recommend", "p99_ms"), b99, base,
+                on_broker=False),
         ]
     k = dig(r, "kafka")
     if isinstance(k, Mapping) or "rate" in p:
@@ -278,14 +289,19 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def table(rows: list[Row]) -> str:
-    """One markdown table: measurement | streamrec | raw baseline | ratio | goal | met?."""
-    lines = ["| measurement | streamrec | raw baseline | ratio | goal | met? |", "|---|---:|---|---:|---|---|"]
-    for row in rows:
+def table(rows: list[Row], brokers: list[str] | None = None) -> str:
+    """One markdown table: measurement | [broker |] streamrec | raw baseline | ratio | goal | met?.
+
+    ``brokers``, one per row, adds the broker column (a per-broker section)."""
+    cols = ["measurement", *(["broker"] if brokers is not None else []), "streamrec", "raw baseline", "ratio",
+            "goal", "met?"]
+    align = ["---", *(["---"] if brokers is not None else []), "---:", "---", "---:", "---", "---"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
+    for i, row in enumerate(rows):
         baseline = DASH if _num(row.baseline) is None else f"{fmt(row.baseline)} ({row.baseline_label})"
         r = row.ratio
-        cells = [row.measurement, fmt(row.value), baseline, DASH if r is None else f"{r:.2f}×",
-                 row.goal or DASH, _met(row)]
+        cells = [row.measurement, *([brokers[i]] if brokers is not None else []), fmt(row.value), baseline,
+                 DASH if r is None else f"{r:.2f}×", row.goal or DASH, _met(row)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -299,31 +315,92 @@ def _params(params: Mapping[str, Any]) -> str:
     return "; ".join(f"{k} = {one(v)}" for k, v in params.items()) or "module defaults"
 
 
-def section(outcome: Outcome) -> str:
-    """A benchmark's heading, the sizes it ran with, and its table (or its error)."""
-    title = TITLES.get(outcome.name, outcome.name)
-    took = f", took {outcome.seconds:,.0f} s" if outcome.seconds is not None else ""
-    head = [f"## {title} (`streamrec bench {outcome.name}`)", "",
-            f"Sizes: {_params(outcome.params)}{took}.", ""]
-    if outcome.error is not None:
-        return "\n".join(head + [f"**Failed**: `{_cell(outcome.error)}`"])
-    rows = rows_for(outcome.name, outcome.result or {}, outcome.params)
-    return "\n".join(head + [table(rows) if rows else "No figures in the result (see the raw dicts below)."])
+NO_BROKER = "none (in process)"
+
+
+def _labelled_rows(outcomes: list[Outcome]) -> list[tuple[str | None, Row]]:
+    """The rows of one benchmark's successful outcomes, each with its broker label (None: run once, no broker).
+
+    Per broker: the rows that touch no broker once (from the first run that has them), then each
+    measurement's rows side by side, one per broker in the order they ran."""
+    ok = [o for o in outcomes if o.error is None]
+    if all(o.broker is None for o in outcomes):
+        return [(None, row) for o in ok for row in rows_for(o.name, o.result or {}, o.params)]
+    independent: list[tuple[str | None, Row]] = []
+    groups: dict[str, list[tuple[str | None, Row]]] = {}
+    for o in ok:
+        rows = rows_for(o.name, o.result or {}, o.params)
+        if not independent:
+            independent = [(NO_BROKER, row) for row in rows if not row.on_broker]
+        for row in rows:
+            if row.on_broker:
+                groups.setdefault(row.measurement, []).append((o.broker or DASH, row))
+    return independent + [pair for group in groups.values() for pair in group]
+
+
+def _sizes(outcomes: list[Outcome]) -> list[str]:
+    def took(o: Outcome) -> str:
+        return f"{o.seconds:,.0f} s" if o.seconds is not None else "?"
+
+    first = outcomes[0]
+    if len(outcomes) == 1:
+        on = f" on {first.broker}" if first.broker else ""
+        return [f"Sizes: {_params(first.params)}, took {took(first)}{on}." if first.seconds is not None
+                else f"Sizes: {_params(first.params)}{on}."]
+    if all(dict(o.params) == dict(first.params) for o in outcomes):
+        times = ", ".join(f"{took(o)} on {o.broker or DASH}" for o in outcomes)
+        return [f"Sizes: {_params(first.params)}; took {times}."]
+    return [f"Sizes on {o.broker or DASH}: {_params(o.params)}; took {took(o)}." for o in outcomes]
+
+
+def section(outcomes: Outcome | list[Outcome]) -> str:
+    """A benchmark's heading, the sizes it ran with, and its table (or its errors): one outcome, or one per
+    broker it ran on."""
+    if isinstance(outcomes, Outcome):
+        outcomes = [outcomes]
+    name = outcomes[0].name
+    title = TITLES.get(name, name)
+    head = [f"## {title} (`streamrec bench {name}`)", ""]
+    if all(o.broker is None for o in outcomes) and len(outcomes) > 1:  # not expected: one section each
+        return "\n\n".join(section(o) for o in outcomes)
+    lines = head + [" ".join(_sizes(outcomes)), ""]
+    per_broker = outcomes[0].broker is not None
+    failures = [o for o in outcomes if o.error is not None]
+    if len(failures) < len(outcomes):
+        labelled = _labelled_rows(outcomes)
+        if labelled:
+            rows = [row for _, row in labelled]
+            lines.append(table(rows, [b or DASH for b, _ in labelled] if per_broker else None))
+        else:
+            lines.append("No figures in the result (see the raw dicts below).")
+        if failures:
+            lines.append("")
+    for o in failures:
+        on = f" on {o.broker}" if o.broker else ""
+        lines.append(f"**Failed{on}**: `{_cell(o.error or '')}`")
+    return "\n".join(lines)
+
+
+def _grouped(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
+    """Outcomes by benchmark, in the order each benchmark first ran."""
+    groups: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        groups.setdefault(o.name, []).append(o)
+    return groups
 
 
 def _summary(outcomes: list[Outcome]) -> str:
     met = not_met = na = 0
-    for o in outcomes:
-        if o.error is None:
-            for row in rows_for(o.name, o.result or {}, o.params):
-                if row.goal:
-                    if row.why_na or row.met is None:
-                        na += 1
-                    elif row.met:
-                        met += 1
-                    else:
-                        not_met += 1
-    failed = [o.name for o in outcomes if o.error is not None]
+    for group in _grouped(outcomes).values():
+        for _, row in _labelled_rows(group):
+            if row.goal:
+                if row.why_na or row.met is None:
+                    na += 1
+                elif row.met:
+                    met += 1
+                else:
+                    not_met += 1
+    failed = [f"{o.name} ({o.broker})" if o.broker else o.name for o in outcomes if o.error is not None]
     text = f"Goals: {met} met, {not_met} not met, {na} not judged at these sizes."
     if failed:
         text += f" Failed: {', '.join(failed)}."
@@ -336,13 +413,24 @@ def render(machine: Mapping[str, Any], outcomes: list[Outcome], mode: str = "ful
     lines = ["# Benchmarks", "",
              f"Produced by `{command}` ({mode} sizes). Every figure is beside a raw baseline measured in the "
              "same run where one exists; ratio = streamrec ÷ baseline (for rates higher is better, for times and "
-             "memory lower is better). Wall times on a shared machine vary; treat them as of this run.", "",
-             "| machine | |", "|---|---|"]
+             "memory lower is better). Wall times on a shared machine vary; treat them as of this run."]
+    brokers = list(dict.fromkeys(o.broker for o in outcomes if o.broker))
+    if brokers:
+        lines[-1] += (f" The benchmarks that use a broker ran once on each of {', '.join(brokers)}: their rows "
+                      "name the broker, and each figure's baseline was measured on that same broker in the same "
+                      "run. Rows that touch no broker (the recommender in process) appear once.")
+    lines += ["", "| machine | |", "|---|---|"]
     lines += [f"| {_cell(str(k))} | {_cell(str(v))} |" for k, v in machine.items()]
     lines += ["", _summary(outcomes), ""]
+    for group in _grouped(outcomes).values():
+        lines += [section(group), ""]
+    raw: dict[str, Any] = {}
     for o in outcomes:
-        lines += [section(o), ""]
-    raw = {o.name: o.result if o.error is None else {"error": o.error} for o in outcomes}
+        value = o.result if o.error is None else {"error": o.error}
+        if o.broker is None:
+            raw[o.name] = value
+        else:
+            raw.setdefault(o.name, {})[o.broker] = value
     lines += ["<details><summary>Raw result dicts</summary>", "", "```json",
               json.dumps(raw, indent=1, sort_keys=True, default=str), "```", "", "</details>", ""]
     return "\n".join(lines)

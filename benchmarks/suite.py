@@ -1,4 +1,9 @@
-"""Run every benchmark (or some) and write BENCHMARKS.md: ``streamrec bench [--quick] [--only a,b] [--out F]``.
+"""Run every benchmark (or some) and write BENCHMARKS.md:
+``streamrec bench [--quick] [--only a,b] [--broker kafka|tansu|both] [--out F]``.
+
+The benchmarks that use a broker (:data:`BROKER_BENCHMARKS`) run once per broker, each on a stack of its own
+of that kind; the others run once. The recommender's in-process part touches no broker: it is measured in
+the first broker's run only (``in_process=False`` for the later ones, which still fill the online store).
 
 Each benchmark runs in a child process of its own (``python -m benchmarks.suite --child NAME``) so that its
 peak RSS, torch thread settings and leftover threads are its own, and so that one that crashes or hangs is
@@ -12,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +32,13 @@ from typing import Any
 
 from .report import Outcome, render
 
-__all__ = ["NAMES", "SIZES", "machine_info", "run_benchmark", "run_suite", "select", "suite"]
+__all__ = ["NAMES", "BROKER_BENCHMARKS", "SIZES", "broker_label", "brokers_for", "default_brokers",
+           "kafka_unavailable", "machine_info", "plan", "run_benchmark", "run_suite", "select", "suite"]
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("generate", "features", "stream", "train", "recommend")
+BROKER_BENCHMARKS = ("stream", "recommend")  # the ones that move records through a broker
+BROKER_CHOICES = ("kafka", "tansu", "both")
 
 # keyword arguments of each module's run(). "full" keeps the sizes the goals are stated at and is meant to
 # finish in about 15 minutes on a 2-core machine; "quick" is a smoke run of a few minutes.
@@ -89,10 +98,85 @@ def _git_commit() -> str:
     return f"{commit} (with uncommitted changes)" if dirty else commit
 
 
-def machine_info() -> dict[str, str]:
+# ---- brokers -----------------------------------------------------------------------------------
+def broker_label(kind: str) -> str:
+    """What the report calls a broker: "Apache Kafka 4.1.2" or "Tansu 0.6.0"."""
+    if kind == "kafka":
+        from streamrec.apache_kafka import VERSION
+
+        return f"Apache Kafka {VERSION}"
+    from streamrec.stack import tansu_version
+
+    return f"Tansu {tansu_version()}"
+
+
+def _kafka_cache() -> Path:
+    """The jar folder the benchmarks' Kafka stacks share (the default stack's unless STREAMREC_KAFKA_CACHE)."""
+    from ._harness import kafka_cache
+
+    return kafka_cache()
+
+
+def kafka_unavailable() -> str | None:
+    """Why Apache Kafka cannot run here (no Java 17+, or neither Maven nor cached jars), or None when it can."""
+    from streamrec._exceptions import StreamrecError
+    from streamrec.apache_kafka import VERSION, java_binary
+
+    try:
+        java_binary()
+        cache = _kafka_cache()
+    except StreamrecError as exc:
+        return str(exc)
+    if shutil.which("mvn") is None and not (cache / "libs" / ".complete").is_file():
+        return (f"Apache Kafka {VERSION}'s jars are not in {cache / 'libs'} and fetching them needs Maven: install "
+                f"it (e.g. `apt install maven`) or run --broker tansu")
+    return None
+
+
+def default_brokers() -> list[str]:
+    """Both brokers where Apache Kafka can run (Java 17+, and Maven or its cached jars), else Tansu alone."""
+    return ["kafka", "tansu"] if kafka_unavailable() is None else ["tansu"]
+
+
+def brokers_for(choice: str | None) -> list[str]:
+    """``--broker``'s value as the brokers to run on, in order; None = :func:`default_brokers`."""
+    if choice is None:
+        return default_brokers()
+    if choice not in BROKER_CHOICES:
+        raise ValueError(f"unknown broker {choice!r}; choose from {', '.join(BROKER_CHOICES)}")
+    return ["kafka", "tansu"] if choice == "both" else [choice]
+
+
+def plan(names: Sequence[str], mode: str, brokers: Sequence[str]) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(benchmark, broker or None, params) in the order they run: broker benchmarks once per broker."""
+    runs: list[tuple[str, str | None, dict[str, Any]]] = []
+    for name in names:
+        params = dict(SIZES[mode][name])
+        if name not in BROKER_BENCHMARKS:
+            runs.append((name, None, params))
+            continue
+        for i, kind in enumerate(brokers):
+            if name == "recommend" and i > 0:  # in process: measured once, in the first broker's run
+                params = {**params, "item_counts": list(params["item_counts"])[:1], "in_process": False}
+            runs.append((name, kind, params))
+    return runs
+
+
+def _java_version() -> str:
+    try:
+        from streamrec.apache_kafka import java_binary
+
+        java = java_binary()
+        text = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except Exception:  # noqa: BLE001 - a line of the machine table, not worth failing the report for
+        return "unknown"
+    return text.splitlines()[0].strip() if text.strip() else "unknown"
+
+
+def machine_info(brokers: Sequence[str] = ()) -> dict[str, str]:
     """What the figures were measured on, for the table at the top of the file."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
+    info = {
         "CPU": _cpu_model(),
         "cores": f"{os.cpu_count()} ({usable} usable by this process)",
         "RAM": _ram_gib(),
@@ -101,9 +185,15 @@ def machine_info() -> dict[str, str]:
         "torch": _version("torch"),
         "feast": _version("feast"),
         "faust": _version("faust-streaming"),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "git commit": _git_commit(),
     }
+    if brokers:
+        info["brokers"] = ", ".join(broker_label(k) + (" (1 node, KRaft combined mode)" if k == "kafka" else
+                                                        " (memory storage)") for k in brokers)
+    if "kafka" in brokers:
+        info["Java"] = _java_version()
+    info["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    info["git commit"] = _git_commit()
+    return info
 
 
 def _last_line(text: str) -> str:
@@ -127,21 +217,33 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_benchmark(name: str, params: dict[str, Any], workdir: Path, timeout: float = TIMEOUT_S,
-                  tick: Any = None) -> Outcome:
-    """Run one benchmark in a child process; never raises for the benchmark's own failures."""
-    result_path, log_path = workdir / f"{name}.json", workdir / f"{name}.log"
+                  tick: Any = None, broker: str | None = None) -> Outcome:
+    """Run one benchmark in a child process (on ``broker``, tansu or kafka, for a broker benchmark);
+    never raises for the benchmark's own failures."""
+    stem = f"{name}-{broker}" if broker else name
+    result_path, log_path = workdir / f"{stem}.json", workdir / f"{stem}.log"
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "benchmarks.suite", "--child", name, "--params", json.dumps(params),
            "--result", str(result_path)]
+    env = {**os.environ, "PYTHONPATH": path}
+    label = None
+    if broker:
+        cmd += ["--broker", broker]
+        label = broker_label(broker)
+        # one node; the jars from the shared cache (resolved here, against the caller's folder)
+        env.update(STREAMREC_BROKER=broker, STREAMREC_KAFKA_BROKERS="1")
+        if broker == "kafka":
+            env["STREAMREC_KAFKA_CACHE"] = str(_kafka_cache())
     t0 = time.monotonic()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": path}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         while proc.poll() is None:
             if time.monotonic() - t0 > timeout:
                 _stop(proc)
-                return Outcome(name, params, time.monotonic() - t0, error=f"timed out after {timeout:.0f} s")
+                return Outcome(name, params, time.monotonic() - t0, error=f"timed out after {timeout:.0f} s",
+                               broker=label)
             if tick:
                 tick(time.monotonic() - t0)
             time.sleep(0.5)
@@ -154,24 +256,27 @@ def run_benchmark(name: str, params: dict[str, Any], workdir: Path, timeout: flo
         payload = json.loads(result_path.read_text())
     except (OSError, ValueError):
         line = _last_line(log_text) or f"exited with code {proc.returncode} and no output"
-        return Outcome(name, params, seconds, error=line)
+        return Outcome(name, params, seconds, error=line, broker=label)
     if "error" in payload:
-        return Outcome(name, params, seconds, error=payload["error"])
-    return Outcome(name, params, seconds, result=payload["result"])
+        return Outcome(name, params, seconds, error=payload["error"], broker=label)
+    return Outcome(name, params, seconds, result=payload["result"], broker=label)
 
 
-def run_suite(names: Sequence[str], mode: str = "full", console: Any = None) -> list[Outcome]:
-    """Run ``names`` one after another with ``SIZES[mode]``; progress on ``console`` (rich) when given."""
+def run_suite(names: Sequence[str], mode: str = "full", console: Any = None,
+              brokers: Sequence[str] = ("tansu",)) -> list[Outcome]:
+    """Run ``names`` one after another with ``SIZES[mode]``, the broker benchmarks once on each of ``brokers``;
+    progress on ``console`` (rich) when given."""
     outcomes = []
+    runs = plan(names, mode, brokers)
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
-        for i, name in enumerate(names, 1):
-            params = SIZES[mode][name]
-            label = f"[{i}/{len(names)}] {name} ({', '.join(f'{k}={v}' for k, v in params.items())})"
+        for i, (name, broker, params) in enumerate(runs, 1):
+            on = f" on {broker_label(broker)}" if broker else ""
+            label = f"[{i}/{len(runs)}] {name}{on} ({', '.join(f'{k}={v}' for k, v in params.items())})"
             if console is None:
-                outcomes.append(run_benchmark(name, params, Path(tmp)))
+                outcomes.append(run_benchmark(name, params, Path(tmp), broker=broker))
                 continue
             with console.status(label) as status:
-                outcome = run_benchmark(name, params, Path(tmp),
+                outcome = run_benchmark(name, params, Path(tmp), broker=broker,
                                         tick=lambda s, label=label, status=status: status.update(f"{label} {s:.0f} s"))
             mark = "[green]done[/]" if outcome.error is None else f"[bold red]failed[/]: {outcome.error}"
             console.print(f"{label} {mark} in {outcome.seconds:.0f} s", highlight=False, soft_wrap=True)
@@ -179,9 +284,10 @@ def run_suite(names: Sequence[str], mode: str = "full", console: Any = None) -> 
     return outcomes
 
 
-def write_report(outcomes: list[Outcome], out: Path, mode: str, command: str) -> None:
+def write_report(outcomes: list[Outcome], out: Path, mode: str, command: str,
+                 brokers: Sequence[str] = ()) -> None:
     """Render and write atomically, so an interrupted run never leaves half a file."""
-    text = render(machine_info(), outcomes, mode=mode, command=command)
+    text = render(machine_info(brokers), outcomes, mode=mode, command=command)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(out)
@@ -198,26 +304,33 @@ def select(only: str | None) -> list[str]:
     return [n for n in NAMES if n in names]
 
 
-def suite(names: Sequence[str], quick: bool, out: Path, console: Any = None) -> list[str]:
-    """`streamrec bench` without a subcommand: run ``names``, write ``out``; returns the names that failed."""
+def suite(names: Sequence[str], quick: bool, out: Path, console: Any = None,
+          brokers: Sequence[str] | None = None) -> list[str]:
+    """`streamrec bench` without a subcommand: run ``names`` (the broker ones on each of ``brokers``, default
+    :func:`default_brokers`), write ``out``; returns the names that failed ("stream on Tansu 0.6.0")."""
     mode = "quick" if quick else "full"
-    outcomes = run_suite(names, mode, console)
+    brokers = list(brokers) if brokers is not None else default_brokers()
+    uses_broker = any(n in BROKER_BENCHMARKS for n in names)
+    outcomes = run_suite(names, mode, console, brokers)
+    choice = "both" if sorted(brokers) == ["kafka", "tansu"] else ",".join(brokers)
     command = " ".join(["streamrec bench", *(["--quick"] if quick else []),
-                        *([f"--only {','.join(names)}"] if list(names) != list(NAMES) else [])])
-    write_report(outcomes, out, mode, command)
-    return [o.name for o in outcomes if o.error is not None]
+                        *([f"--only {','.join(names)}"] if list(names) != list(NAMES) else []),
+                        *([f"--broker {choice}"] if uses_broker else [])])
+    write_report(outcomes, out, mode, command, brokers if uses_broker else ())
+    return [f"{o.name} on {o.broker}" if o.broker else o.name for o in outcomes if o.error is not None]
 
 
 def _jsonable(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else str(x)  # numpy scalars, paths
 
 
-def _child(name: str, params: dict[str, Any], result_path: Path) -> int:
+def _child(name: str, params: dict[str, Any], result_path: Path, broker: str | None = None) -> int:
     import importlib
 
     try:
         module = importlib.import_module(f"benchmarks.bench_{name}")
-        payload: dict[str, Any] = {"result": module.run(**params)}
+        extra = {"broker": broker} if broker else {}
+        payload: dict[str, Any] = {"result": module.run(**params, **extra)}
         code = 0
     except BaseException as exc:  # noqa: BLE001 - reported in the file as this benchmark's failure
         traceback.print_exc()
@@ -233,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", choices=NAMES, required=True)
     ap.add_argument("--params", default="{}")
     ap.add_argument("--result", type=Path, required=True)
+    ap.add_argument("--broker", choices=["kafka", "tansu"], default=None)
     args = ap.parse_args(argv)
-    return _child(args.child, json.loads(args.params), args.result)
+    return _child(args.child, json.loads(args.params), args.result, args.broker)
 
 
 if __name__ == "__main__":

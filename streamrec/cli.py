@@ -154,36 +154,47 @@ BENCHMARKS = {
     "features": ("bench_features", "Feast push rows/s and online-read latency vs a raw redis-py pipeline."),
     "stream": ("bench_stream", "Worker events/s, freshness and RSS vs a raw aiokafka + redis baseline."),
     "train": ("bench_train", "Training time and Recall@10 vs popularity and the oracle."),
-    "recommend": ("bench_recommend", "recommend() in process and over Kafka vs Feast read + tower forward."),
+    "recommend": ("bench_recommend", "recommend() in process and over Kafka vs Feast read + forward and a bare echo."),
 }
 
 
 @cli.group(invoke_without_command=True)
 @click.option("--only", metavar="A,B", help=f"Run only these ({','.join(BENCHMARKS)}); default: all.")
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of a few minutes, not figures to quote.")
+@click.option("--broker", type=click.Choice(["kafka", "tansu", "both"]), default=None,
+              help="The broker(s) stream and recommend run on, each beside its raw baseline on the same broker "
+                   "[default: both where Java 17+ and Maven (or Kafka's cached jars) are present, else tansu].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("BENCHMARKS.md"),
               show_default=True, help="Where to write the report.")
 @click.pass_context
-def bench(ctx: click.Context, only: str | None, quick: bool, out: Path) -> None:
+def bench(ctx: click.Context, only: str | None, quick: bool, broker: str | None, out: Path) -> None:
     """Benchmarks, each beside a raw baseline from the same run and the ratio.
 
-    With no subcommand: run them all (about 15 minutes on 2 cores; --quick for a smoke run) and write
-    BENCHMARKS.md with the machine, each figure, its baseline, the ratio and the goal.
+    With no subcommand: run them all (about 15 minutes on 2 cores on one broker, stream and recommend again
+    for the second; --quick for a smoke run) and write BENCHMARKS.md with the machine, each figure, its
+    baseline, the ratio and the goal. The benchmarks that use a broker (stream, recommend) run once per
+    broker, each on a stack of its own.
     """
     if ctx.invoked_subcommand is not None:
-        if only or quick:
-            raise click.UsageError(f"--only/--quick are for the whole suite; options of one benchmark go after "
-                                   f"its name (streamrec bench {ctx.invoked_subcommand} -- --help)")
+        if only or quick or broker:
+            raise click.UsageError(f"--only/--quick/--broker are for the whole suite; options of one benchmark go "
+                                   f"after its name (streamrec bench {ctx.invoked_subcommand} -- --help)")
         return
-    from benchmarks.suite import select, suite
+    from benchmarks.suite import brokers_for, kafka_unavailable, select, suite
 
     try:
         names = select(only)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--only") from exc
-    failed = suite(names, quick=quick, out=out, console=err)
+    brokers = brokers_for(broker)
+    if broker is not None and "kafka" in brokers and (why := kafka_unavailable()):
+        raise StreamrecError(why)
+    if broker is None and brokers == ["tansu"]:
+        err.print(f"Apache Kafka cannot run here ({kafka_unavailable()}): stream and recommend run on Tansu only",
+                  highlight=False, soft_wrap=True)
+    failed = suite(names, quick=quick, out=out, console=err, brokers=brokers)
     if failed:
-        raise StreamrecError(f"{len(failed)} of {len(names)} benchmarks failed ({', '.join(failed)}); see {out}")
+        raise StreamrecError(f"{len(failed)} benchmark run(s) failed ({', '.join(failed)}); see {out}")
     click.echo(f"wrote {out}")
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import Outcome, Row, dig, fmt, ratio, render, rows_for, table
-from benchmarks.suite import SIZES, run_benchmark, select
+from benchmarks.report import NO_BROKER, Outcome, Row, dig, fmt, ratio, render, rows_for, section, table
+from benchmarks.suite import SIZES, brokers_for, plan, run_benchmark, select
 
 MACHINE = {"CPU": "Test CPU 9000", "cores": "2", "RAM": "8.0 GiB", "Python": "3.11.9", "torch": "2.4.0",
            "date": "2026-01-01 00:00 UTC", "git commit": "abc1234"}
@@ -171,3 +171,135 @@ def test_over_kafka_is_measured_against_the_bare_echo_when_the_run_has_one() -> 
     floor = _row(rows, "raw baseline alone (bare echo) at 500 req/s")
     assert floor.value == 24.0 and floor.met is False  # the broker alone misses the 15 ms goal
     assert _row(rows, "over Kafka at 500 req/s: round trip p50").baseline == 4.0
+
+
+# ---- one run per broker ------------------------------------------------------------------------------
+KAFKA, TANSU = "Apache Kafka 4.1.2", "Tansu 0.6.0"
+ECHO = {"rate": 500.0, "sent": 5000, "answered": 5000, "round_trip_ms": {"p50": 4.0, "p99": 24.0}}
+STREAM_TANSU = {**STREAM, "max_rate": {"worker_events_per_s": 2_000.0, "baseline_events_per_s": 16_000.0,
+                                       "freshness_p99_ms": 150_000.0}}
+RECOMMEND_TANSU = {"in_process": {}, "kafka": {**RECOMMEND["kafka"], "round_trip_ms": {"p50": 190.0, "p99": 560.0}},
+                   "kafka_echo": {**ECHO, "round_trip_ms": {"p50": 39.0, "p99": 390.0}}}
+LATER = {**SIZES["full"]["recommend"], "item_counts": [5000], "in_process": False}
+
+
+def _both() -> list[Outcome]:
+    return [Outcome("stream", SIZES["full"]["stream"], 300.0, result=STREAM, broker=KAFKA),
+            Outcome("stream", SIZES["full"]["stream"], 500.0, result=STREAM_TANSU, broker=TANSU),
+            Outcome("recommend", SIZES["full"]["recommend"], 170.0, result={**RECOMMEND, "kafka_echo": ECHO},
+                    broker=KAFKA),
+            Outcome("recommend", LATER, 80.0, result=RECOMMEND_TANSU, broker=TANSU)]
+
+
+def _cells(md: str, starts: str) -> list[list[str]]:
+    """The cells of every table line whose first cell starts with ``starts``."""
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in md.splitlines()
+            if line.startswith(f"| {starts}")]
+
+
+def test_a_broker_benchmark_has_a_broker_column_and_each_broker_beside_its_own_baseline() -> None:
+    md = section(_both()[:2])
+    assert "| measurement | broker | streamrec | raw baseline | ratio | goal | met? |" in md
+    drain = _cells(md, "max-rate drain")
+    assert [row[1] for row in drain] == [KAFKA, TANSU]  # side by side, in the order they ran
+    assert drain[0][2:5] == ["12,000", "20,000 (aiokafka + redis-py)", "0.60×"]
+    assert drain[1][2:5] == ["2,000", "16,000 (aiokafka + redis-py)", "0.12×"]
+    assert drain[0][-1] == "met" and drain[1][-1] == "**not met**"
+    assert "Sizes: users = 100,000; events = 300,000; rate = 1,000; seconds = 20; took 300 s on " \
+           f"{KAFKA}, 500 s on {TANSU}." in md
+
+
+def test_the_recommender_in_process_appears_once_and_over_kafka_once_per_broker() -> None:
+    md = section(_both()[2:])
+    in_process = _cells(md, "recommend() p99, 5,000 items")
+    assert len(in_process) == 1 and in_process[0][1] == NO_BROKER and in_process[0][2] == "4"
+    rt = _cells(md, "over Kafka at 500 req/s: round trip p99")
+    assert [(r[1], r[2], r[3], r[4]) for r in rt] == [
+        (KAFKA, "12", "24 (bare aiokafka echo, same load)", "0.50×"),
+        (TANSU, "560", "390 (bare aiokafka echo, same load)", "1.44×")]
+    floor = _cells(md, "raw baseline alone (bare echo)")
+    assert [r[1] for r in floor] == [KAFKA, TANSU]
+    # the later broker's sizes differ (no in-process part): each broker's are shown
+    assert f"Sizes on {TANSU}: item_counts = 5,000; rate = 500; seconds = 10; rounds = 500; in_process = False; " \
+           "took 80 s." in md
+    assert rows_for("recommend", RECOMMEND_TANSU, LATER)[0].measurement.startswith("over Kafka")
+
+
+def test_a_broker_that_failed_is_named_and_the_other_still_has_its_table() -> None:
+    outcomes = [Outcome("stream", SIZES["quick"]["stream"], 30.0, result=STREAM, broker=KAFKA),
+                Outcome("stream", SIZES["quick"]["stream"], 5.0, error="StackError: no java", broker=TANSU)]
+    md = render(MACHINE, outcomes, mode="quick")
+    assert f"**Failed on {TANSU}**: `StackError: no java`" in md
+    assert [r[1] for r in _cells(md, "max-rate drain")] == [KAFKA]
+    assert f"Failed: stream ({TANSU})." in md
+    raw = json.loads(md.split("```json\n", 1)[1].split("```", 1)[0])
+    assert raw["stream"][TANSU] == {"error": "StackError: no java"} and raw["stream"][KAFKA]["users"] == 100_000
+
+
+def test_the_whole_document_for_both_brokers() -> None:
+    outcomes = [Outcome("train", SIZES["full"]["train"], 90.0, result=TRAIN), *_both()]
+    md = render(MACHINE, outcomes)
+    assert md.count("## Stream worker") == 1 and md.count("## Recommender") == 1
+    assert f"ran once on each of {KAFKA}, {TANSU}" in md
+    # train ran once: no broker column
+    assert "| Recall@10 vs popularity | 0.300 | 0.100 (popularity) | 3.00× | ≥ 2× | met |" in md
+    # goals counted per broker row: stream drain (met, not met), freshness p99 (2 not met), RSS (2 met),
+    # recommend p99 in process (not met, once), round trip p99 (met, not met), bare echo (2 not met); train (2 met,
+    # 1 not)
+    assert "Goals: 6 met, 8 not met, 0 not judged at these sizes." in md
+    raw = json.loads(md.split("```json\n", 1)[1].split("```", 1)[0])
+    assert set(raw) == {"train", "stream", "recommend"} and set(raw["recommend"]) == {KAFKA, TANSU}
+
+
+def test_one_broker_still_names_it() -> None:
+    md = section(Outcome("stream", SIZES["quick"]["stream"], 30.0, result=STREAM, broker=TANSU))
+    assert _cells(md, "max-rate drain")[0][1] == TANSU
+    assert "took 30 s on Tansu 0.6.0." in md
+
+
+def test_the_plan_runs_broker_benchmarks_per_broker_and_the_rest_once() -> None:
+    runs = plan(["generate", "stream", "train", "recommend"], "quick", ["kafka", "tansu"])
+    assert [(name, broker) for name, broker, _ in runs] == [
+        ("generate", None), ("stream", "kafka"), ("stream", "tansu"), ("train", None), ("recommend", "kafka"),
+        ("recommend", "tansu")]
+    assert runs[4][2] == SIZES["quick"]["recommend"]
+    assert runs[5][2]["in_process"] is False and runs[5][2]["item_counts"] == [5000]
+    assert [b for _, b, _ in plan(["stream"], "full", ["tansu"])] == ["tansu"]
+    assert brokers_for("both") == ["kafka", "tansu"] and brokers_for("tansu") == ["tansu"]
+    with pytest.raises(ValueError, match="nope"):
+        brokers_for("nope")
+
+
+def test_a_broker_benchmark_child_gets_the_broker_and_its_outcome_names_it(tmp_path: Path) -> None:
+    outcome = run_benchmark("stream", {"no_such_size": 1}, tmp_path, timeout=120, broker="tansu")
+    assert outcome.broker is not None and outcome.broker.startswith("Tansu ")
+    assert outcome.error.startswith("TypeError:") and "no_such_size" in outcome.error
+
+
+def test_cli_broker_choices() -> None:
+    from click.testing import CliRunner
+
+    from streamrec.cli import cli
+
+    bad = CliRunner().invoke(cli, ["bench", "--broker", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output
+    one = CliRunner().invoke(cli, ["bench", "--broker", "kafka", "stream"])
+    assert one.exit_code == 2 and "--broker" in one.output and "-- --help" in one.output
+
+
+def test_without_java_or_maven_the_default_is_tansu_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from benchmarks.suite import default_brokers, kafka_unavailable
+
+    java = shutil.which("java")
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("STREAMREC_KAFKA_CACHE", str(tmp_path / "cache"))  # no jars there
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert "java" in (kafka_unavailable() or "").lower() and default_brokers() == ["tansu"]
+    if java is None:
+        return
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "java").symlink_to(java)  # Java, but neither Maven nor cached jars
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert "Maven" in (kafka_unavailable() or "") and default_brokers() == ["tansu"]
