@@ -15,39 +15,10 @@ import json
 import signal
 import sys
 
-from streamrec.offsets import end_offsets
+from streamrec.offsets import consumer_at_end
 from streamrec.topics import RECOMMENDATIONS, REQUESTS
 
 __all__ = ["serve"]
-
-
-def _partitions(bootstrap: str, topic: str) -> list[int]:
-    """The partitions of ``topic``, asked for by name. (aiokafka's ``topics()`` does not fill the cache that
-    ``partitions_for_topic`` reads; Tansu happens to fill it at start, Apache Kafka does not.)"""
-    from kafka import KafkaConsumer
-
-    probe = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
-    try:
-        partitions = probe.partitions_for_topic(topic)
-    finally:
-        probe.close()
-    if not partitions:
-        raise RuntimeError(f"topic {topic!r} does not exist on {bootstrap}")
-    return sorted(partitions)
-
-
-async def _at_end(bootstrap: str, topic: str, fetch_max_wait_ms: int):  # noqa: ANN202 - AIOKafkaConsumer
-    """A started consumer assigned every partition of ``topic`` at its true end (what comes from now on)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    partitions = [TopicPartition(topic, p) for p in _partitions(bootstrap, topic)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                fetch_max_wait_ms=fetch_max_wait_ms)
-    await consumer.start()
-    consumer.assign(partitions)
-    for tp, offset in (await end_offsets({"bootstrap_servers": bootstrap}, partitions)).items():
-        consumer.seek(tp, offset)
-    return consumer
 
 
 async def serve(bootstrap: str, stop: asyncio.Event, fetch_max_wait_ms: int = 3) -> int:
@@ -56,7 +27,7 @@ async def serve(bootstrap: str, stop: asyncio.Event, fetch_max_wait_ms: int = 3)
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
-    consumer = await _at_end(bootstrap, REQUESTS, fetch_max_wait_ms)
+    consumer = await consumer_at_end({"bootstrap_servers": bootstrap}, REQUESTS, fetch_max_wait_ms=fetch_max_wait_ms)
     answered = 0
     try:
         print("ready", flush=True)

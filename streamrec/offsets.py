@@ -20,7 +20,7 @@ from typing import Any
 
 from ._exceptions import StreamrecError
 
-__all__ = ["EndOffsetError", "consumer_at_end", "end_offsets", "end_offsets_sync"]
+__all__ = ["EndOffsetError", "consumer_at_end", "end_offsets", "end_offsets_sync", "topic_partitions"]
 
 PROBE_TIMEOUT_S = 10.0
 
@@ -91,16 +91,36 @@ async def end_offsets(config: Mapping[str, Any], partitions: Iterable[Any],
         await consumer.stop()
 
 
+async def topic_partitions(config: Mapping[str, Any], topic: str) -> list[int]:
+    """The partitions of ``topic``, asked of the broker by name (admin DescribeTopics).
+
+    Not ``consumer.topics()`` + ``partitions_for_topic``: ``topics()`` does not fill the metadata cache that
+    ``partitions_for_topic`` reads. Tansu happened to fill it at start; Apache Kafka does not, and a
+    consumer "assigned every partition" was assigned none.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**config)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    found = next((d for d in described if d.get("topic") == topic and not d.get("error_code")), None)
+    if not found or not found.get("partitions"):
+        raise EndOffsetError(f"topic {topic!r} does not exist (run `streamrec stack up`)")
+    return sorted(p["partition"] for p in found["partitions"])
+
+
 async def consumer_at_end(config: Mapping[str, Any], topic: str, fetch_check: bool = True,
                           **consumer_options: Any) -> Any:
     """A started aiokafka consumer assigned every partition of ``topic``, positioned at the true end
     (what is produced from now on, nothing older). The caller stops it."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    partitions = [TopicPartition(topic, p) for p in await topic_partitions(config, topic)]
     consumer = AIOKafkaConsumer(**config, enable_auto_commit=False, group_id=None, **consumer_options)
     await consumer.start()
-    await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
     consumer.assign(partitions)
     for tp, offset in (await end_offsets(config, partitions, fetch_check=fetch_check)).items():
         consumer.seek(tp, offset)

@@ -70,3 +70,37 @@ def test_aiokafka_stop_right_after_start_needs_one_loop_turn(stack: Settings) ->
 
     assert asyncio.run(start_stop(turn=False)) is False
     assert asyncio.run(start_stop(turn=True)) is True
+
+
+def test_consumer_at_end_holds_every_partition_and_reads_only_what_comes_next(
+        stack: Settings, topic_factory: Callable[..., str]) -> None:
+    """On Apache Kafka it once held no partition at all (aiokafka's topics() fills no metadata cache)."""
+    from streamrec.offsets import consumer_at_end
+
+    topic = topic_factory("at-end", partitions=3)
+
+    async def main() -> list[bytes]:
+        producer = AIOKafkaProducer(**stack.aiokafka_config(), acks="all")
+        await producer.start()
+        try:
+            for p in range(3):
+                await producer.send_and_wait(topic, b"old", partition=p)
+            consumer = await consumer_at_end(stack.aiokafka_config(), topic, fetch_check=stack.on_tansu)
+            try:
+                assert {tp.partition for tp in consumer.assignment()} == {0, 1, 2}
+                for p in range(3):
+                    await producer.send_and_wait(topic, b"new", partition=p)
+                got: list[bytes] = []
+                for _ in range(50):
+                    for records in (await consumer.getmany(timeout_ms=200)).values():
+                        got += [r.value for r in records]
+                    if len(got) >= 3:
+                        break
+                return got
+            finally:
+                await asyncio.sleep(0)
+                await consumer.stop()
+        finally:
+            await producer.stop()
+
+    assert asyncio.run(main()) == [b"new"] * 3
