@@ -14,6 +14,16 @@ from streamrec.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _defaults_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compare with the defaults, not with whatever stack this shell points at."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("STREAMREC_", "KAFKA_", "REDIS_")):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
