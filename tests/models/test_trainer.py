@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -120,6 +120,40 @@ def test_trainer_promotes_refuses_and_announces(stack: Settings, topic_factory: 
     assert log.poll(wait_s=2.0) == 0  # everything was logged once; offsets are durable
     log.close()
     assert len(log.read()) == 80
+
+
+def test_a_tombstone_among_valid_events_is_skipped_not_fatal(stack: Settings, topic_factory: Callable[..., str],
+                                                             tmp_path: Path) -> None:
+    """A null value on `interactions` (issue 17) once crashed InteractionLog.poll with a TypeError, and since
+    the trainer re-reads from its saved offsets, every later `streamrec trainer --once` crashed on it too."""
+    settings = load_settings(data_dir=tmp_path / "data", checkpoint_dir=tmp_path / "ckpt")
+    topic = topic_factory("interactions", partitions=2)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    users = [f"U{n:06d}" for n in range(1, 9)]  # keyed by user: both partitions get events and tombstones
+    events = [Interaction(event_id=f"t-{i}", user_id=users[i % len(users)], item_id=f"I{i % 13:06d}",
+                          interaction_type="positive_view", timestamp=start + timedelta(seconds=i)) for i in range(60)]
+    producer = KafkaProducer(**settings.kafka_python_config())
+    futures = []
+    for i, ev in enumerate(events):
+        producer.send(topic, key=ev.user_id.encode(), value=encode(ev))
+        if i % 15 == 7:  # tombstones between valid events of the same users
+            futures.append(producer.send(topic, key=users[i // 15].encode(), value=None))
+    producer.flush()
+    producer.close()
+    tombstones = {(m.partition, m.offset) for m in (f.get(timeout=10) for f in futures)}
+    assert len(tombstones) == 4 and len({p for p, _ in tombstones}) == 2
+
+    log = InteractionLog(settings, topic)
+    try:
+        assert log.poll(wait_s=15.0) == len(events) and log.caught_up
+        assert log.skipped == len(tombstones)
+        offsets = json.loads((settings.data_dir / "interactions_log" / OFFSETS).read_text())["topics"][topic]
+        assert sum(offsets.values()) == len(events) + len(tombstones)  # past the tombstones, for good
+        assert log.poll(wait_s=2.0) == 0
+    finally:
+        log.close()
+    logged = InteractionLog(settings, topic).read()
+    assert sorted(logged["interaction_id"]) == sorted(ev.event_id for ev in events)
 
 
 def test_parse_duration() -> None:

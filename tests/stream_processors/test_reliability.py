@@ -3,7 +3,8 @@
 Each test checks ground truth, not figures: nothing lost, nothing counted twice, no worker crashed.
 - two features workers in one group, one killed with SIGKILL mid-replay: the survivor takes over;
 - Redis down for 10 s under load: the worker retries, catches up, and fresh events flow again;
-- 10,000 fuzzed malformed events among valid ones: each one dead-lettered once, every valid one applied;
+- 10,000 fuzzed malformed events interleaved with valid ones (among them tombstones, far-dated, 10,000-level
+  nested and ~900 KB ones): each one dead-lettered once, in a bounded DLQ record; every valid one applied;
 (2,000 fuzzed malformed recommendation requests: test_reliability_requests.py.)
 A corrupt checkpoint announced on `model-updates` is covered in test_recommender.py (hot swap test).
 """
@@ -14,6 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -171,16 +173,35 @@ _bad_value = {
 }
 
 
-# "huge" (over the 64 KiB cap) is one draw in ~50: enough of them, without sending hundreds of MB
+# "huge" (over the 64 KiB cap) is one draw in ~50: enough of them, without sending hundreds of MB. The
+# poison kinds of issue 17 (a tombstone, a date outside the window, 10,000 levels of nesting) are keyed by
+# a user with valid events in the same micro-batches; the ~900 KB ones are added by _with_oversized.
 _EVENT_KINDS = ["random_bytes", "truncated", "not_an_object", "missing", "extra", "wrong_value", "wrong_value",
                 "wrong_value", "key_mismatch"]
-EVENT_KINDS = _EVENT_KINDS * 3 + ["huge"] + _EVENT_KINDS * 3
+EVENT_KINDS = _EVENT_KINDS * 3 + ["huge", "tombstone", "far_dated", "deep"] + _EVENT_KINDS * 3
+DEEP = 10_000  # levels of nesting: 20 KB, under the size cap, over the parser's depth limit
+OVERSIZED = 900_000  # ~900 KB: its DLQ copy, if kept whole, would be 2-5x larger still
+
+_offset = st.builds(lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-14 * 60, 14 * 60))
+_far_dated = st.sampled_from(["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+00:00",
+                              "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"]) | \
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(1989, 12, 30), timezones=_offset
+                 ).map(lambda d: d.isoformat()) | \
+    st.datetimes(min_value=datetime(2100, 1, 1), max_value=datetime(9999, 12, 30), timezones=_offset
+                 ).map(lambda d: d.isoformat())
 
 
-def _malformed_event(data: Any, base: dict[str, Any]) -> tuple[bytes | None, bytes]:
+def _malformed_event(data: Any, base: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
     """One interaction message that the contract says must be dead-lettered: (key, value)."""
     key = base["user_id"].encode()
     kind = data.draw(st.sampled_from(EVENT_KINDS))
+    if kind == "tombstone":
+        return key, None
+    if kind == "far_dated":
+        return key, json.dumps({**base, "timestamp": data.draw(_far_dated)}).encode()
+    if kind == "deep":
+        inner = "[" * DEEP + "]" * DEEP if data.draw(st.booleans()) else '{"a":' * DEEP + "1" + "}" * DEEP
+        return key, (json.dumps(base)[:-1] + f', "context": {{"x": {inner}}}}}').encode()
     if kind == "random_bytes":  # a leading 0xff is never UTF-8, so never JSON
         return key, b"\xff" + data.draw(st.binary(max_size=300))
     if kind == "truncated":
@@ -206,12 +227,12 @@ def _malformed_event(data: Any, base: dict[str, Any]) -> tuple[bytes | None, byt
     return key, json.dumps({**base, "context": {"pad": "x" * data.draw(st.integers(66_000, 70_000))}}).encode()
 
 
-def _draw_malformed(n: int, bases: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+def _draw_malformed(n: int, bases: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes | None]]:
     """``n`` malformed messages drawn by Hypothesis (seeded: the same list every run).
 
     One message per example: drawing several per example was faster but gave ~3x fewer distinct ones.
     """
-    out: list[tuple[bytes | None, bytes]] = []
+    out: list[tuple[bytes | None, bytes | None]] = []
 
     @seed(20261101)
     @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
@@ -225,6 +246,24 @@ def _draw_malformed(n: int, bases: list[dict[str, Any]]) -> list[tuple[bytes | N
     return out[:n]
 
 
+def _with_oversized(malformed: list[tuple[bytes | None, bytes | None]], bases: list[dict[str, Any]]
+                    ) -> list[tuple[bytes | None, bytes | None]]:
+    """``malformed`` with four ~900 KB events spread among them (too few and too big for Hypothesis to draw
+    them): invalid UTF-8, and nothing but ``"`` (JSON escapes double it)."""
+    users = [b["user_id"].encode() for b in bases[:4]]
+    oversized = [(users[0], b'{"event_id": "' + b"\xff\xfe" * (OVERSIZED // 2) + b'"}'),
+                 (users[1], b'"' * OVERSIZED),
+                 (users[2], b"\xc3" + b"\x80\xff" * (OVERSIZED // 2)),
+                 (users[3], json.dumps({**bases[3], "context": {"q": '"' * OVERSIZED}}).encode())]
+    out = list(malformed)
+    for i, message in enumerate(oversized):
+        out.insert((i + 1) * len(malformed) // (len(oversized) + 1), message)
+    return out
+
+
+DLQ_RECORD_MAX_BYTES = 20_000  # STREAMREC_DLQ_MAX_RAW_BYTES (16 KiB of raw text) plus the reason and fields
+
+
 def _dlq_records(settings: Settings, topic: str) -> list[DLQRecord]:
     from kafka import KafkaConsumer, TopicPartition
 
@@ -232,9 +271,11 @@ def _dlq_records(settings: Settings, topic: str) -> list[DLQRecord]:
                              **settings.kafka_python_config())
     consumer.assign([TopicPartition(dlq(topic), p) for p in range(settings.topic_partitions)])
     consumer.seek_to_beginning()
-    records = [DLQRecord.model_validate_json(r.value) for r in consumer]
+    messages = list(consumer)
     consumer.close()
-    return records
+    too_big = [len(m.value) for m in messages if len(m.value) > DLQ_RECORD_MAX_BYTES]
+    assert not too_big, f"{len(too_big)} DLQ records over {DLQ_RECORD_MAX_BYTES} bytes: {too_big[:5]}"
+    return [DLQRecord.model_validate_json(m.value) for m in messages]
 
 
 def test_10k_fuzzed_malformed_events_are_dead_lettered_and_the_valid_ones_apply(
@@ -244,17 +285,18 @@ def test_10k_fuzzed_malformed_events_are_dead_lettered_and_the_valid_ones_apply(
     events = load_events(env_stack.data_dir / INTERACTIONS_PATH, limit=N_EVENTS)
     valid = build_messages(events)  # exactly what `streamrec replay` sends
     bases = [json.loads(v) for _, v in valid[:500]]
-    drawn: list[list[tuple[bytes | None, bytes]]] = []
+    drawn: list[list[tuple[bytes | None, bytes | None]]] = []
     drawing = threading.Thread(target=lambda: drawn.append(_draw_malformed(N_MALFORMED, bases)))
     drawing.start()  # ~15-30 s of Hypothesis, while the worker starts
     worker = worker_factory(env_stack)
     drawing.join(120)
-    (malformed,) = drawn
-    assert len(malformed) == N_MALFORMED
+    malformed = _with_oversized(drawn[0], bases)
+    n_bad = len(malformed)
+    assert n_bad == N_MALFORMED + 4 and sum(v is None for _, v in malformed) > 50  # tombstones among them
     producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=2_000_000,
                              max_in_flight_requests_per_connection=1, **env_stack.kafka_python_config())
     futures = []
-    per_valid = N_MALFORMED // len(valid)
+    per_valid = n_bad // len(valid)  # every valid event has malformed ones on either side
     for i, (key, value) in enumerate(valid):
         producer.send(INTERACTIONS, key=key, value=value)
         futures += [producer.send(INTERACTIONS, key=k, value=v)
@@ -263,9 +305,9 @@ def test_10k_fuzzed_malformed_events_are_dead_lettered_and_the_valid_ones_apply(
     producer.flush()
     producer.close()
     sent_bad = {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
-    assert len(sent_bad) == N_MALFORMED
+    assert len(sent_bad) == n_bad
 
-    total = len(valid) + N_MALFORMED
+    total = len(valid) + n_bad
     wait_until(lambda: worker.figures()["events"] >= total, 150,
                "the worker to read every message")
     _wait_idle(worker, 60)
@@ -279,4 +321,5 @@ def test_10k_fuzzed_malformed_events_are_dead_lettered_and_the_valid_ones_apply(
     assert len(got) == len(set(got)), "a malformed event was dead-lettered twice"
     assert set(got) == sent_bad, (f"missing from the DLQ: {sorted(sent_bad - set(got))[:10]}, "
                                   f"dead-lettered but valid: {sorted(set(got) - sent_bad)[:10]}")
-    assert figures["dlq_total"] == N_MALFORMED and figures["applied"] == len(valid), figures
+    assert figures["dlq_total"] == n_bad and figures["applied"] == len(valid), figures
+    assert worker.proc.poll() is None and figures["ready"] and not figures["stalled"], figures

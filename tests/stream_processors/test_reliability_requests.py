@@ -1,7 +1,11 @@
 """Reliability: 2,000 fuzzed malformed recommendation requests against a real recommender.
 
-Every one must get exactly one `error` response (carrying its request_id when that is readable) and one
-DLQ record, the recommender must not crash, and a valid request sent after the flood is answered.
+They are interleaved with valid requests in one burst, so every micro-batch mixes both, and include the
+poison of issue 17: tombstones, context timestamps in year 9999 or 0001, 10,000 levels of nesting and
+~900 KB values. Every malformed one must get exactly one `error` response (carrying its request_id when
+that is readable) and one bounded DLQ record, every valid one exactly one answer without error, the
+recommender must not crash, its committed offsets must reach the end, and a valid request sent after
+the flood is answered.
 Then Redis goes away: a request that cannot be served gets an `internal` error answer (after the
 agent's retries), not silence, and once Redis is back requests are served again.
 """
@@ -20,13 +24,26 @@ from hypothesis import strategies as st
 from producers.requests import RequestClient
 from streamrec import stack as _stack
 from streamrec.config import Settings
-from streamrec.schemas import MAX_MESSAGE_BYTES, DLQRecord, RecommendationRequest, RecommendationResponse
+from streamrec.schemas import MAX_MESSAGE_BYTES, DLQRecord, RecommendationRequest, RecommendationResponse, encode
 from streamrec.topics import RECOMMENDATIONS, REQUESTS, dlq
 
 from .conftest import Worker, wait_until
-from .test_reliability import _bad_id, _json, _naive_time, _not_a_string, _scalars, _stop_redis
+from .test_poison import _wait_committed_to_end
+from .test_reliability import (
+    DEEP,
+    DLQ_RECORD_MAX_BYTES,
+    OVERSIZED,
+    _bad_id,
+    _far_dated,
+    _json,
+    _naive_time,
+    _not_a_string,
+    _scalars,
+    _stop_redis,
+)
 
 N_MALFORMED = 2_000
+N_VALID = 400  # interleaved: one valid request after every five malformed ones
 FIELDS = {"request_id", "user_id", "k", "context", "exclude"}
 
 _bad_k = st.integers(max_value=0) | st.integers(min_value=101) | st.floats(allow_nan=False) | \
@@ -41,20 +58,30 @@ _bad_exclude = st.text(max_size=10) | st.integers() | st.lists(st.integers(), mi
 _bad_value = {"user_id": _bad_id, "k": _bad_k, "context": _bad_context, "exclude": _bad_exclude}
 
 KINDS = ["random_bytes", "truncated", "not_an_object", "missing", "extra", "wrong_value", "wrong_value",
-         "wrong_value", "bad_request_id", "lone_surrogate"] * 5 + ["huge"]
+         "wrong_value", "bad_request_id", "lone_surrogate"] * 5 + ["huge", "tombstone", "far_dated", "deep"]
 
 
-def _malformed_request(data: Any, n: int, user: str) -> tuple[bytes, str | None]:
+def _malformed_request(data: Any, n: int, user: str) -> tuple[bytes | None, str | None]:
     """One request the contract says must get an error response: (value, the request_id it carries
     when that is readable, else None)."""
     rid = f"m-{n:05d}"  # one width: what is drawn must not depend on n
     base = {"request_id": rid, "user_id": user, "k": 10}
     kind = data.draw(st.sampled_from(KINDS))
+    if kind == "tombstone":
+        return None, None
+    if kind == "far_dated":  # one such request used to fail its whole batch (OverflowError)
+        return json.dumps({**base, "context": {"timestamp": data.draw(_far_dated)}}).encode(), rid
+    if kind == "deep":  # too deep to parse: the request_id is still read from the first bytes
+        inner = "[" * DEEP + "]" * DEEP
+        if data.draw(st.booleans()):
+            return inner.encode(), None
+        return (json.dumps(base)[:-1] + f', "context": {{"x": {inner}}}}}').encode(), rid
     if kind == "random_bytes":  # a leading 0xff is never UTF-8, so never JSON
         return b"\xff" + data.draw(st.binary(max_size=300)), None
-    if kind == "truncated":
+    if kind == "truncated":  # unparsable, but a request_id whose closing quote survived is still read
         text = json.dumps(base)
-        return text[:data.draw(st.integers(0, len(text) - 1))].encode(), None
+        cut = text[:data.draw(st.integers(0, len(text) - 1))]
+        return cut.encode(), rid if f'"request_id": "{rid}"' in cut else None
     if kind == "not_an_object":
         return json.dumps(data.draw(_json.filter(lambda v: not isinstance(v, dict)))).encode(), None
     if kind == "missing":  # no user_id (the request_id stays readable) or no request_id
@@ -75,8 +102,8 @@ def _malformed_request(data: Any, n: int, user: str) -> tuple[bytes, str | None]
     return json.dumps({**base, "context": {f"p{i}": pad[:256] for i in range(len(pad) // 256)}}).encode(), rid
 
 
-def _draw(users: list[str]) -> list[tuple[bytes, str | None]]:
-    out: list[tuple[bytes, str | None]] = []
+def _draw(users: list[str]) -> list[tuple[bytes | None, str | None]]:
+    out: list[tuple[bytes | None, str | None]] = []
 
     @seed(20261128)
     @settings(max_examples=N_MALFORMED, database=None, deadline=None, phases=[Phase.generate],
@@ -87,6 +114,23 @@ def _draw(users: list[str]) -> list[tuple[bytes, str | None]]:
 
     collect()
     return out[:N_MALFORMED]
+
+
+def _with_oversized(malformed: list[tuple[bytes | None, str | None]], user: str
+                    ) -> list[tuple[bytes | None, str | None]]:
+    """``malformed`` with four ~900 KB requests spread among them, each with a readable request_id at its
+    start: invalid UTF-8, and ``"`` characters (a DLQ copy kept whole would be 2-5x larger)."""
+    def head(rid: str) -> bytes:
+        return b'{"request_id": "' + rid.encode() + b'", "user_id": "' + user.encode() + b'", "pad": '
+
+    oversized = [(head("o-utf8-1") + b'"' + b"\xff" * OVERSIZED + b'"}', "o-utf8-1"),
+                 (head("o-quotes-1") + b'"' * OVERSIZED + b"}", "o-quotes-1"),
+                 (head("o-utf8-2") + b'"' + b"\xc3\x28" * (OVERSIZED // 2) + b'"}', "o-utf8-2"),
+                 (head("o-quotes-2") + json.dumps('"' * OVERSIZED).encode() + b"}", "o-quotes-2")]
+    out = list(malformed)
+    for i, message in enumerate(oversized):
+        out.insert((i + 1) * len(malformed) // (len(oversized) + 1), message)
+    return out
 
 
 def _read_all(settings: Settings, topic: str) -> list[Any]:
@@ -107,19 +151,27 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
 
     shutil.copytree(trained_checkpoint, env_stack.checkpoint_dir)
     users = ["U000001", "U000002", "U000003", "nobody"]
-    malformed = _draw(users)
-    assert len(malformed) == N_MALFORMED
-    recommender = worker_factory(env_stack, app="recommender")
+    malformed = _with_oversized(_draw(users), users[0])
+    n_bad = len(malformed)
+    assert n_bad == N_MALFORMED + 4 and any(v is None for v, _ in malformed)
+    # A deadline far beyond the burst: valid requests must be served, not shed as expired, however slow
+    # the machine (the deadline itself is tested in test_poison.py).
+    recommender = worker_factory(env_stack, app="recommender", STREAMREC_REQUEST_DEADLINE_S="120")
     producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=2_000_000,
                              max_in_flight_requests_per_connection=1, **env_stack.kafka_python_config())
-    futures = [producer.send(REQUESTS, key=users[i % len(users)].encode(), value=value)
-               for i, (value, _) in enumerate(malformed)]
+    futures, valid_ids = [], []
+    for i, (value, _) in enumerate(malformed):
+        futures.append(producer.send(REQUESTS, key=users[i % len(users)].encode(), value=value))
+        if i % (n_bad // N_VALID) == 0 and len(valid_ids) < N_VALID:
+            valid = RecommendationRequest(request_id=f"v-{len(valid_ids):04d}", user_id=users[i % len(users)], k=5)
+            valid_ids.append(valid.request_id)
+            producer.send(REQUESTS, key=valid.user_id.encode(), value=encode(valid))
     producer.flush()
     producer.close()
     sent = {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
-    assert len(sent) == N_MALFORMED
+    assert len(sent) == n_bad and len(valid_ids) == N_VALID
 
-    wait_until(lambda: recommender.status()["requests"] >= N_MALFORMED, 120, "every request to be answered")
+    wait_until(lambda: recommender.status()["requests"] >= n_bad + N_VALID, 120, "every request to be answered")
     client = RequestClient(env_stack)
     try:  # the flood did not break anything: a valid request is answered normally
         after, _ = client.ask(RecommendationRequest(request_id="after-flood", user_id="U000003"))
@@ -130,18 +182,29 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
 
     responses = [RecommendationResponse.model_validate_json(r.value) for r in _read_all(env_stack, RECOMMENDATIONS)]
     errors = [r for r in responses if r.error is not None]
-    assert len(errors) == N_MALFORMED, f"{len(errors)} error responses for {N_MALFORMED} malformed requests"
+    assert len(errors) == n_bad, f"{len(errors)} error responses for {n_bad} malformed requests: " \
+        f"{[(r.request_id, r.error.code) for r in errors if not r.request_id.startswith(('m-', 'o-'))][:5]}"
     assert all(r.error.code == "bad_request" and r.error.message and not r.items for r in errors)
-    answered = [r.request_id for r in errors if r.request_id.startswith("m-")]
+    answered = [r.request_id for r in errors if r.request_id.startswith(("m-", "o-"))]
     readable = [rid for _, rid in malformed if rid is not None]
     assert sorted(answered) == sorted(readable), "a readable request_id was not answered exactly once"
-    assert [r.request_id for r in responses if r.error is None] == ["after-flood"]
+    served = [r for r in responses if r.error is None]
+    assert sorted(r.request_id for r in served) == sorted([*valid_ids, "after-flood"]), "a valid request's answer is " \
+        "missing or doubled"
+    assert all(len(r.items) == 5 for r in served if r.request_id != "after-flood")
 
-    records = [DLQRecord.model_validate_json(r.value) for r in _read_all(env_stack, dlq(REQUESTS))]
+    dead = _read_all(env_stack, dlq(REQUESTS))
+    too_big = [len(r.value) for r in dead if len(r.value) > DLQ_RECORD_MAX_BYTES]
+    assert not too_big, f"DLQ records over {DLQ_RECORD_MAX_BYTES} bytes: {too_big[:5]}"
+    records = [DLQRecord.model_validate_json(r.value) for r in dead]
     got = [(r.partition, r.offset) for r in records]
     assert len(got) == len(set(got)), "a malformed request was dead-lettered twice"
     assert set(got) == sent and all(r.topic == REQUESTS and r.reason for r in records)
-    assert recommender.status()["errors"] == N_MALFORMED
+    status = recommender.status()
+    assert status["errors"] == n_bad and status["expired"] == 0, status
+    _wait_committed_to_end(env_stack, f"{env_stack.recommender_app_id}-requests", REQUESTS)
+    status = recommender.status()
+    assert status["ready"] and not status["stalled"], status
 
     _stop_redis(env_stack)  # the online store is gone: the batch fails, is retried, then answered
     client = RequestClient(env_stack)
@@ -153,4 +216,4 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
         client.close()
     assert during.error is not None and during.error.code == "internal" and not during.items
     assert back.error is None and len(back.items) == 10
-    assert recommender.proc.poll() is None and recommender.status()["errors"] == N_MALFORMED + 1
+    assert recommender.proc.poll() is None and recommender.status()["errors"] == n_bad + 1
