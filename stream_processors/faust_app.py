@@ -126,9 +126,9 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
         broker_credentials=_credentials(settings),
         store="memory://",  # the changelog topic is the durable copy; recovery replays it
         topic_partitions=settings.topic_partitions,
-        # Faust's own topics (changelogs, repartitions, the leader topic) as replicated as ours: with RF 1
-        # a changelog partition is lost with its one broker, and on a 3-node cluster (min.insync.replicas
-        # 2) no acks=all write to it could ever succeed.
+        # Faust's own topics (changelogs, repartitions, the leader topic) as replicated as ours (3 on an
+        # embedded 3-node cluster): with Faust's default of 1, each changelog partition lives on one broker,
+        # and when that broker dies the agent's changelog writes wait forever: the worker stops applying.
         topic_replication_factor=settings.topic_replication,
         # Faust binds 0.0.0.0 unless told: the pages (and /live/user, which runs a recommendation) stay
         # on loopback unless STREAMREC_WEB_BIND says otherwise.
