@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from streamrec._exceptions import StreamrecError
 from streamrec.config import Settings
 from streamrec.features import FeatureStoreError
+from streamrec.offsets import consumer_at_end
 from streamrec.schemas import RecommendationRequest, SchemaError, decode
 from streamrec.topics import RECOMMENDATIONS
 
@@ -193,29 +195,24 @@ class LiveFeed:
             return None
 
     async def _follow_responses(self) -> None:
-        """Read `recommendations` from now on, while watched; each response carries its latency."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        """Read `recommendations` from now on, while watched; each response carries its latency. A failure
+        here costs the page its latency figures, never the recommender its life."""
         from aiokafka.errors import KafkaError
 
-        # Tansu under-reports the end offset (streamrec/offsets.py): skip what is older than now - 1 s there.
-        started_ms = time.time() * 1000 - 1000 if self.settings.on_tansu else 0.0
-        consumer = AIOKafkaConsumer(**self.settings.aiokafka_config(), enable_auto_commit=False,
-                                    fetch_max_wait_ms=100)
         try:
-            await consumer.start()
-            await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
-            partitions = [TopicPartition(RECOMMENDATIONS, p)
-                          for p in sorted(consumer.partitions_for_topic(RECOMMENDATIONS) or ())]
-            consumer.assign(partitions)
-            await consumer.seek_to_end(*partitions)
+            consumer = await consumer_at_end(self.settings.aiokafka_config(), RECOMMENDATIONS,
+                                             fetch_check=self.settings.on_tansu, fetch_max_wait_ms=100)
+        except (KafkaError, StreamrecError, OSError) as exc:
+            log.warning("live page: cannot follow %s: %s", RECOMMENDATIONS, exc)
+            return
+        try:
             while self.watched():
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
-                        if record.timestamp >= started_ms:
-                            self._record(record.value)
+                        self._record(record.value)
         except KafkaError as exc:
-            log.warning("live page: cannot follow %s: %s", RECOMMENDATIONS, exc)
+            log.warning("live page: stopped following %s: %s", RECOMMENDATIONS, exc)
         finally:
             await consumer.stop()
 
