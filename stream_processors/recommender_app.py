@@ -139,6 +139,8 @@ async def _follow(consumer: Any, handle: Any, dlq_producer: Any = None) -> None:
                                                              key=bounded_key(record.key))
     finally:
         await consumer.stop()
+        if dlq_producer is not None:
+            await dlq_producer.stop()
 
 
 async def _apply_item_update(value: bytes | None) -> None:
