@@ -133,8 +133,18 @@ def trained_checkpoint(generated: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture
-def env_stack(tmp_path: Path, generated: Path, shared_kafka: str | None) -> Iterator[Settings]:
-    """Empty topics on a broker + a Redis of this test's own, the feature repo applied and materialized."""
+def env_stack(request: pytest.FixtureRequest, tmp_path: Path, generated: Path,
+              shared_kafka: str | None) -> Iterator[Settings]:
+    """Empty topics on a broker + a Redis of this test's own, the feature repo applied and materialized.
+
+    Indirect parametrization picks the broker for one test: ``"tansu"`` (a Tansu broker of its own, on any
+    machine) or ``"kafka"`` (the shared Apache Kafka node; skipped where the suite runs on Tansu).
+    """
+    wanted = getattr(request, "param", None)
+    if wanted == "tansu":
+        shared_kafka = None
+    elif wanted == "kafka" and shared_kafka is None:
+        pytest.skip("this suite runs on Tansu (no java/mvn): there is no Apache Kafka node")
     data = tmp_path / "data"
     data.mkdir()
     for f in generated.glob("*.parquet"):
@@ -142,7 +152,7 @@ def env_stack(tmp_path: Path, generated: Path, shared_kafka: str | None) -> Iter
     tag = uuid.uuid4().hex[:8]
     own = {"kafka_bootstrap_servers": shared_kafka, "worker_app_id": f"features-{tag}",
            "recommender_app_id": f"recommender-{tag}"} if shared_kafka else \
-        {"kafka_bootstrap_servers": None, "embedded_kafka_port": free_port()}
+        {"kafka_bootstrap_servers": None, "embedded_kafka_port": free_port(), "broker": "tansu"}
     settings = load_settings(stack_dir=tmp_path / "stack", embedded_redis_port=free_port(), data_dir=data,
                              worker_port=free_port(), checkpoint_dir=tmp_path / "checkpoints", redis_url=None, **own)
     if shared_kafka:
