@@ -458,7 +458,9 @@ def test_tombstones_and_model_updates_outside_the_checkpoint_dir_are_refused(
     warnings = [line for line in log if "refused a model update" in line]
     assert len(warnings) >= len(refused) and all("WARNING" in line for line in warnings), "\n".join(log[-30:])
 
-    # the follower survived its tombstone: the real announcement of v2 is taken
+    # the follower survived its tombstone: the real announcement of v2 is taken. (LATEST still names v1,
+    # and LATEST is the source of truth: the watcher swaps back to v1 within 3 s, so count the swap and
+    # not hope to catch v2 serving; nothing else swaps while LATEST and the serving model agree.)
     _produce(env_stack, [(MODEL_UPDATES, b"v2", _model_update("v2", str(v2)), None)])
-    wait_until(lambda: recommender.status()["model_version"] == "v2", 30, "the announced v2 to be served")
+    wait_until(lambda: recommender.status()["swaps"] >= 2, 30, "the announced v2 to be swapped in")
     _alive(recommender)
