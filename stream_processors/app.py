@@ -26,7 +26,7 @@ from streamrec.features import FeatureClient, history_frame
 from streamrec.schemas import Interaction, ItemUpdate, SchemaError, bounded_key, dead_letter, decode, encode
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
-from .batching import Guard, ack_all, isolated
+from .batching import Guard, ack_all, isolated, retry_infrastructure
 from .faust_app import GUARDED_TOPICS, create_app
 from .history import apply_event, feature_row
 from .items import merge_item_updates
@@ -35,7 +35,6 @@ from .metrics import FreshnessTracker, StallWatch
 __all__ = ["app", "tracker", "create_app"]
 
 log = logging.getLogger("streamrec.worker")
-RETRY_MAX_S = 5.0
 
 
 settings = get_settings()
@@ -64,20 +63,14 @@ async def features() -> FeatureClient:
 
 
 async def _with_retry(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
-    """Retry ``call`` with capped exponential backoff while the *infrastructure* fails (Redis down): the
-    agent stalls (and so backpressures Kafka) instead of dying or dropping the batch. Any other error is
-    the data's and is raised at once, for :func:`batching.isolated` to narrow down to its record."""
-    delay = 0.1
-    while True:
-        try:
-            return await call()
-        except Exception as exc:
-            if not is_infrastructure(exc):
-                raise
-            tracker.push_retries += 1
-            log.warning("%s failed, retrying in %.1fs: %s", what, delay, str(exc).splitlines()[0][:200])
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+    """``call``, retried while Redis or the broker fails; an error of the data's is raised at once, for
+    :func:`batching.isolated` to narrow down to its record."""
+
+    def note(exc: BaseException, delay: float) -> None:
+        tracker.push_retries += 1
+        log.warning("%s failed, retrying in %.1fs: %s", what, delay, (str(exc) or repr(exc)).splitlines()[0][:200])
+
+    return await retry_infrastructure(call, is_infrastructure, note)
 
 
 async def _dead_letter(event: Any, reason: str) -> Any:

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["MicroBatcher", "InOrder", "Guard", "Verdict", "acking", "ack_all", "in_order", "agent_acking",
-           "isolated"]
+           "isolated", "retry_infrastructure"]
 
 log = logging.getLogger("streamrec.batching")
 REWIND_AGAIN_S = 2.0
@@ -182,7 +182,7 @@ def isolated(process: Process, reject: Callable[[Any, str], Awaitable[None]],
                     continue
                 if len(events) == 1:
                     log.error("a record failed on its own, dead-lettering it: %r", exc)
-                    await _retrying_infrastructure(
+                    await retry_infrastructure(
                         functools.partial(reject, events[0], f"unprocessable: {exc!r}"[:2048]), is_infrastructure)
                     return
                 middle = len(events) // 2
@@ -193,8 +193,11 @@ def isolated(process: Process, reject: Callable[[Any, str], Awaitable[None]],
     return run
 
 
-async def _retrying_infrastructure(call: Callable[[], Awaitable[None]],
-                                   is_infrastructure: Callable[[BaseException], bool]) -> None:
+async def retry_infrastructure(call: Callable[[], Awaitable[Any]], is_infrastructure: Callable[[BaseException], bool],
+                               on_retry: Callable[[BaseException, float], None] | None = None) -> Any:
+    """``await call()`` again, with capped exponential backoff, for as long as the *infrastructure* fails
+    (broker, Redis): the agent stalls (which backpressures Kafka and shows in health) instead of dying or
+    dropping a batch. Any other error is the data's and is raised at once."""
     delay = 0.1
     while True:
         try:
@@ -202,6 +205,8 @@ async def _retrying_infrastructure(call: Callable[[], Awaitable[None]],
         except Exception as exc:
             if not is_infrastructure(exc):
                 raise
+            if on_retry is not None:
+                on_retry(exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, INFRA_RETRY_MAX_S)
 
