@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,36 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from streamrec.stack import free_port, free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 BROKERS = ("kafka", "tansu")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int, avoid: frozenset[int] = frozenset()) -> int:
-    """The first of ``n`` consecutive free loopback ports, none of them in ``avoid``."""
-    for _ in range(200):
-        base = free_port()
-        block = range(base, base + n)
-        if base + n >= 65535 or avoid.intersection(block):
-            continue
-        holders = []
-        try:
-            for port in block:
-                sock = socket.socket()
-                holders.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in holders:
-                sock.close()
-    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
 def broker_kind(broker: str | None = None) -> str:

@@ -28,7 +28,7 @@ from ._exceptions import StackError
 from .config import Settings
 
 __all__ = ["ServiceStatus", "up", "down", "status", "kafka_ready", "redis_ready", "redis_server_binary",
-           "kafka_binary", "tansu_version"]
+           "kafka_binary", "tansu_version", "free_port", "free_ports"]
 
 READY_TIMEOUT_S = 30.0
 KAFKA_READY_TIMEOUT_S = 120.0  # three JVMs on two cores take ~20 s; leave room for a loaded machine
@@ -51,6 +51,36 @@ class ServiceStatus:
         what = self.detail or (Path(self.binary).name if self.binary else None)
         who = ", ".join(x for x in (f"pid {self.pid}" if self.pid else self.mode, what) if x)
         return f"{self.name:<8} {state:<5} {self.address:<28} ({who})"
+
+
+# ---- free loopback ports (tests and benchmarks start stacks of their own) ---------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports(n: int, avoid: frozenset[int] = frozenset()) -> int:
+    """The first of ``n`` consecutive free loopback ports, none of them in ``avoid`` (an Apache Kafka node
+    takes its client port and client port + N + i for its controller)."""
+    for _ in range(200):
+        base = free_port()
+        block = range(base, base + n)
+        if base + n >= 65535 or avoid.intersection(block):
+            continue
+        holders = []
+        try:
+            for port in block:
+                sock = socket.socket()
+                holders.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in holders:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
 # ---- binaries ---------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,35 +30,11 @@ from streamrec import StreamrecError, load_settings
 from streamrec import stack as _stack
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
+from streamrec.stack import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free loopback ports (a Kafka node also takes client port + N + i)."""
-    for _ in range(100):
-        base = free_port()
-        if base + n >= 65535:
-            continue
-        try:
-            holders = []
-            for port in range(base, base + n):
-                sock = socket.socket()
-                holders.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in holders:
-                sock.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 BROKER = os.environ.get("STREAMREC_BROKER", "tansu")
