@@ -34,6 +34,13 @@ HISTORY_SCHEMA = [
     Field(name="last_event_at", dtype=UnixTimestamp),  # payload time of the newest event
     # epoch milliseconds when the row was written (UnixTimestamp keeps only seconds): feature age
     Field(name="pushed_at_ms", dtype=Int64),
+    Field(name="purchased_item_ids", dtype=Array(String)),  # bought, newest first, bounded: never again
+    # The rest of the stream worker's state: whichever worker owns the user's partition next carries on
+    # from this row (the online store is the state's durable copy). Not model features.
+    Field(name="recent_event_times_ms", dtype=Array(Int64)),  # aligned with recent_item_ids
+    Field(name="recent_event_ids", dtype=Array(String)),  # to drop a producer's retried duplicate
+    Field(name="source_partition", dtype=Int64),  # where the newest applied event was read: a replay
+    Field(name="source_offset", dtype=Int64),  # at or before it changes nothing
 ]
 
 

@@ -90,6 +90,7 @@ class FilterContext:
     gender: str | None = None
     recent_item_ids: Sequence[str] = ()
     recent_interaction_types: Sequence[str] = ()
+    purchased_item_ids: Sequence[str] = ()  # every item bought (bounded), older than the recent history too
     device: str | None = None
     exclude: frozenset[str] = field(default_factory=frozenset)
 
@@ -177,6 +178,7 @@ def history(cands: Candidates, ctx: FilterContext, last_n: int, drop_purchased: 
     """Drop items already purchased, seen in the last ``last_n`` events, or excluded by the request."""
     seen = set(ctx.recent_item_ids[:last_n]) | set(ctx.exclude)
     if drop_purchased:
+        seen |= set(ctx.purchased_item_ids)
         seen |= {i for i, t in zip(ctx.recent_item_ids, ctx.recent_interaction_types, strict=False)
                  if t == "purchase"}
     return np.fromiter((i not in seen for i in cands.ids), dtype=bool, count=len(cands))

@@ -1,13 +1,14 @@
 """The stream worker, a Faust app: `faust -A stream_processors.app worker` or `streamrec worker`.
 
 - history agent on `interactions`: validates each event (bad ones go to `interactions.dlq`), updates the
-  user's state in a changelog-backed table, and pushes every changed user to Feast's push source
-  `user_recent_history_push` once per micro-batch (one row per user);
+  user's state and pushes every changed user to Feast's push source `user_recent_history_push` once per
+  micro-batch (one row per user). The row holds the whole state (history.py): it is the durable copy, read
+  back by whichever worker owns the user's partition next; in memory only a bounded cache (states.py);
 - item agent on `item-updates`: keeps stock and price current in the online store;
 - web: `/freshness` (JSON) and `/metrics` (Prometheus text) on STREAMREC_WORKER_PORT.
 
-Offsets are acked only after the batch's effects are durable (Feast push done, changelog and DLQ writes
-flushed), and applying an event twice changes nothing (see history.py): effectively once.
+Offsets are acked only after the batch's effects are durable (Feast push done, DLQ writes flushed), and
+applying an event twice changes nothing (see history.py): effectively once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import faust
-
 from streamrec._exceptions import is_infrastructure
 from streamrec.config import get_settings
 from streamrec.features import FeatureClient, history_frame
@@ -28,9 +27,10 @@ from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
 from .batching import Guard, ack_all, isolated, retry_infrastructure
 from .faust_app import GUARDED_TOPICS, create_app
-from .history import apply_event, feature_row
+from .history import State, apply_event, feature_row, state_from_row
 from .items import merge_item_updates
 from .metrics import FreshnessTracker, StallWatch
+from .states import UNKNOWN, StateCache
 
 __all__ = ["app", "tracker", "create_app"]
 
@@ -46,8 +46,17 @@ raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 interactions_topic = app.topic(INTERACTIONS, **raw)
 item_updates_topic = app.topic(ITEM_UPDATES, **raw)
 dlq_topics = {t: app.topic(dlq(t), **raw) for t in (INTERACTIONS, ITEM_UPDATES)}
-history_table = app.Table("user_history", default=None, partitions=settings.topic_partitions,
-                          schema=faust.Schema(key_serializer="json", value_serializer="json"))
+held = StateCache(settings.state_cache_users)
+
+
+@app.on_partitions_revoked.connect
+async def _revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+    held.drop_all()  # whoever owns these partitions next writes their users' rows
+
+
+@app.on_partitions_assigned.connect
+async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+    held.drop_all()  # rows of partitions owned elsewhere meanwhile may have moved on
 
 _features: FeatureClient | None = None
 _features_lock = asyncio.Lock()
@@ -95,30 +104,29 @@ def _decode(model: type, event: Any) -> Any:
     key = event.key.decode("utf-8", "replace") if event.key is not None else None
     entity = value.user_id if model is Interaction else value.item_id
     if key != entity:
-        # Keying decides the partition, and the table's state lives on that partition.
+        # Keying decides the partition, and one partition's owner writes the user's row.
         field = "user_id" if model is Interaction else "item_id"
         raise SchemaError(f"key: must equal {field} ({entity!r}), got {key!r}", fields=("key",))
     return value
 
 
-async def _write_changelog(pending: dict[str, tuple[dict[str, Any], Any]]) -> list[Any]:
-    """Set each user's state and send its changelog record, on the partition of its events.
+async def _states(user_ids: list[str]) -> dict[str, State | None]:
+    """Each user's current state: held, else read from their online row (None: no row yet)."""
+    states = {u: held.get(u) for u in user_ids}
+    missing = [u for u, state in states.items() if state is UNKNOWN]
+    if missing:
+        client = await features()
+        loop = asyncio.get_running_loop()
 
-    Returns the delivery futures; a batch may be acked only once all of them are done. Not through
-    ``table[key] = state``: that queues the record in Faust's producer buffer, whose flush returns while
-    a record it has already taken off the queue is not yet in the Kafka producer, so offsets could be
-    committed for a changelog record that a kill -9 then lost.
-    """
-    changelog = history_table.changelog_topic
-    sends = []
-    for user_id, (state, event) in pending.items():
-        history_table.data[user_id] = state
-        sends.append(await changelog.send(key=user_id, value=state, partition=event.message.partition,
-                                          key_serializer="json", value_serializer="json"))
-    return sends
+        async def read() -> list[dict[str, Any]]:
+            return await loop.run_in_executor(None, client.history_rows, missing)
+
+        rows = await _with_retry("feast read", read)
+        states.update((u, state_from_row(row)) for u, row in zip(missing, rows, strict=True))
+    return states
 
 
-async def _push_users(states: dict[str, dict[str, Any]], newest_record_ts: dict[str, float]) -> list[float]:
+async def _push_users(states: dict[str, Any], newest_record_ts: dict[str, float]) -> list[float]:
     """One Feast push with a row per user; returns each row's freshness lag in ms."""
     client = await features()
     loop = asyncio.get_running_loop()
@@ -133,40 +141,47 @@ async def _push_users(states: dict[str, dict[str, Any]], newest_record_ts: dict[
     return [(written - ts) * 1000.0 for ts in newest_record_ts.values()]
 
 
+def _owned(events: Sequence[Any]) -> Sequence[Any]:
+    """The events of partitions this worker still owns. One read before a rebalance moved its partition
+    elsewhere is left alone (unacked): its new owner reads it again, and this worker must not write a
+    row over the rows that owner writes."""
+    if app.consumer is None:
+        return events
+    owned = app.consumer.assignment()
+    return [e for e in events if e.message.tp in owned]
+
+
 async def process_history_batch(events: Sequence[Any]) -> None:
     """Apply a micro-batch of interaction events, push changed users once, then ack.
 
-    What must be durable before the ack, in order: the Feast row of every user the batch touched, then
-    (together) their changelog records and the DLQ records of the events that could not be used. A
-    user's new state enters the table only once its row is in Feast, so an event whose row cannot be
-    written never becomes part of anyone's state.
+    What must be durable before the ack: the Feast row of every user the batch changed (it carries the
+    state, offset included) and the DLQ records of the events that could not be used. A state is held in
+    memory only once its row is written, so a state no row has never becomes anyone's base.
     """
     t_start = time.perf_counter()
-    newest_record_ts: dict[str, float] = {}  # user → Kafka timestamp (s) of their newest event here
-    pending: dict[str, tuple[dict[str, Any], Any]] = {}  # user → (state, last event that changed it)
-    states: dict[str, dict[str, Any]] = {}  # user → state to push (changed or not)
-    applied = valid = 0
-    dead: list[Any] = []  # DLQ deliveries, awaited with the changelog before the ack
+    generation = held.generation
+    events = _owned(events)
+    dead: list[Any] = []  # DLQ deliveries, awaited before the ack
+    valid: list[tuple[Any, Interaction]] = []
     for event in events:
         try:
-            interaction = _decode(Interaction, event)
+            valid.append((event, _decode(Interaction, event)))
         except SchemaError as exc:
             dead.append(await _dead_letter(event, str(exc)))
-            continue
-        valid += 1
+    states = await _states(list(dict.fromkeys(i.user_id for _, i in valid))) if valid else {}
+    newest_record_ts: dict[str, float] = {}  # changed user → Kafka timestamp (s) of their newest event here
+    applied = 0
+    for event, interaction in valid:
         user_id = interaction.user_id
-        before = states[user_id] if user_id in states else history_table.get(user_id)
-        state, changed = apply_event(before, interaction, event.message.offset)
-        states[user_id] = state
+        state, changed = apply_event(states[user_id], interaction, event.message.offset, event.message.partition)
         if changed:
-            pending[user_id] = (state, event)
+            states[user_id] = state
             applied += 1
-        # Pushed even when the event was a replay: its push may not have happened before a crash.
-        newest_record_ts[user_id] = max(newest_record_ts.get(user_id, 0.0), event.message.timestamp)
+            newest_record_ts[user_id] = max(newest_record_ts.get(user_id, 0.0), event.message.timestamp)
     lags = await _push_users(states, newest_record_ts) if newest_record_ts else []
-    changelog = await _write_changelog(pending)
-    await asyncio.gather(*changelog, *dead)
-    tracker.record_batch(valid, applied, lags)
+    await asyncio.gather(*dead)
+    held.put_all(generation, states.items())
+    tracker.record_batch(len(valid), applied, lags)
     log.debug("batch of %d events, %d users in %.1f ms", len(events), len(newest_record_ts),
               (time.perf_counter() - t_start) * 1000)
     ack_all(events)

@@ -7,7 +7,6 @@ from typing import Any
 import faust
 
 from streamrec.config import Settings
-from streamrec.offsets import end_offsets
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES
 
 GUARDED_TOPICS = frozenset({INTERACTIONS, ITEM_UPDATES})  # what the features worker's agents read
@@ -50,30 +49,6 @@ def _short_fetch_wait() -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_with_short_wait
 
 
-# Faust's table recovery reads each changelog partition up to ListOffsets' end offset, which the
-# embedded broker under-reports (see streamrec/offsets.py): the newest changelog records were skipped and
-# a restarted worker lost those users' state. Recovery now asks for the end offset that a fetch confirms
-# (on Tansu only: Apache Kafka's ListOffsets is right).
-_probe_config: dict[str, Any] = {}
-
-
-def _true_highwaters() -> None:
-    from faust.transport.drivers import aiokafka as driver
-
-    reported_highwaters = driver.AIOKafkaConsumerThread._highwaters
-    if getattr(reported_highwaters, "_streamrec_true_end", False):
-        return
-
-    async def true_highwaters(self: Any, partitions: Any) -> Any:
-        reported = await reported_highwaters(self, partitions)
-        if self.consumer.in_transaction or not _probe_config:
-            return reported
-        return await end_offsets(_probe_config, partitions, reported=reported)
-
-    true_highwaters._streamrec_true_end = True  # type: ignore[attr-defined]
-    driver.AIOKafkaConsumerThread._highwaters = true_highwaters
-
-
 def _guard_acks() -> None:
     """Only our agents ack the topics they read (see stream_processors/batching.py)."""
     from faust.transport.consumer import Consumer
@@ -111,12 +86,9 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
     ``fetch_max_wait_ms`` bounds how long an idle fetch is parked (what a new record may wait before the
     app sees it); ``linger_ms`` how long the producer holds a record to share a request with others.
     """
-    if settings.on_tansu:  # Apache Kafka answers a fetch as soon as records arrive and reports true ends
+    if settings.on_tansu:  # Apache Kafka answers a fetch as soon as records arrive
         _fetch_wait_ms["value"] = fetch_max_wait_ms
         _short_fetch_wait()
-        _probe_config.clear()
-        _probe_config.update(settings.aiokafka_config())
-        _true_highwaters()
     _guard_acks()  # Faust's own bugs: on every broker
     datadir = settings.data_dir / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
@@ -124,11 +96,11 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
         app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=_credentials(settings),
-        store="memory://",  # the changelog topic is the durable copy; recovery replays it
+        store="memory://",  # no tables: the worker's state lives in the online store (history.py)
         topic_partitions=settings.topic_partitions,
-        # Faust's own topics (changelogs, repartitions, the leader topic) as replicated as ours (3 on an
-        # embedded 3-node cluster): with Faust's default of 1, each changelog partition lives on one broker,
-        # and when that broker dies the agent's changelog writes wait forever: the worker stops applying.
+        # Faust's own topics (the leader topic, any changelog) as replicated as ours (3 on an embedded
+        # 3-node cluster): with Faust's default of 1, a topic partition lives on one broker, and when that
+        # broker dies the writes to it wait forever.
         topic_replication_factor=settings.topic_replication,
         # Faust binds 0.0.0.0 unless told: the pages (and /live/user, which runs a recommendation) stay
         # on loopback unless STREAMREC_WEB_BIND says otherwise.

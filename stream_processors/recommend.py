@@ -182,4 +182,5 @@ class Recommender:
             now=now, age=row.get("age"), gender=row.get("gender"),
             recent_item_ids=list(row.get("recent_item_ids") or []),
             recent_interaction_types=list(row.get("recent_interaction_types") or []),
+            purchased_item_ids=list(row.get("purchased_item_ids") or []),
             device=context.device if context else None, exclude=frozenset(request.exclude or ()))

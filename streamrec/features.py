@@ -27,14 +27,16 @@ os.environ.setdefault("FEAST_USAGE", "False")  # never phone home
 from ._exceptions import StreamrecError
 from .config import Settings
 
-__all__ = ["FeatureClient", "FeatureStoreError", "PROFILE_FEATURES", "HISTORY_FEATURES",
+__all__ = ["FeatureClient", "FeatureStoreError", "PROFILE_FEATURES", "HISTORY_FEATURES", "STATE_FIELDS",
            "ITEM_FEATURES", "REPO_PATH", "history_frame"]
 
 REPO_PATH = Path(__file__).resolve().parents[1] / "feature_repo"
 PROFILE_FEATURES = ("age", "gender", "region", "signup_date", "preferred_categories")
 HISTORY_FEATURES = ("recent_item_ids", "recent_interaction_types", "count_positive_view",
                     "count_negative_view", "count_cart", "count_purchase", "count_rate",
-                    "last_event_at", "pushed_at_ms")
+                    "last_event_at", "pushed_at_ms", "purchased_item_ids")
+# The rest of the stream worker's per-user state, kept in the same row (read by the worker only).
+STATE_FIELDS = ("recent_event_times_ms", "recent_event_ids", "source_partition", "source_offset")
 ITEM_FEATURES = ("category", "top_category", "discounted_price", "actual_price", "discount_percentage",
                  "rating", "rating_count", "stock", "arrival_date")
 STATIC_VIEWS = ("user_profile", "item_features")
@@ -74,6 +76,7 @@ class FeatureClient:
         self.store = FeatureStore(config=config, repo_path=str(REPO_PATH))
         self._profile_refs = [f"user_profile:{f}" for f in PROFILE_FEATURES]
         self._history_refs = [f"user_recent_history:{f}" for f in HISTORY_FEATURES]
+        self._state_refs = self._history_refs + [f"user_recent_history:{f}" for f in STATE_FIELDS]
         self._item_refs = [f"item_features:{f}" for f in ITEM_FEATURES]
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -116,13 +119,22 @@ class FeatureClient:
         import pyarrow.parquet as pq
 
         path = self.data_dir / defs.HISTORY_FILE
-        if path.exists():
-            return
         ts = pa.timestamp("us", tz="UTC")
-        fields = [("user_id", pa.string()), ("recent_item_ids", pa.list_(pa.string())),
-                  ("recent_interaction_types", pa.list_(pa.string())),
+        strings, ints = pa.list_(pa.string()), pa.list_(pa.int64())
+        fields = [("user_id", pa.string()), ("recent_item_ids", strings), ("recent_interaction_types", strings),
                   *((n, pa.int64()) for n in HISTORY_FEATURES if n.startswith("count_")),
-                  ("pushed_at_ms", pa.int64()), ("last_event_at", ts), ("event_timestamp", ts)]
+                  ("pushed_at_ms", pa.int64()), ("purchased_item_ids", strings),
+                  ("recent_event_times_ms", ints), ("recent_event_ids", strings),
+                  ("source_partition", pa.int64()), ("source_offset", pa.int64()),
+                  ("last_event_at", ts), ("event_timestamp", ts)]
+        if path.exists():
+            existing = pq.read_schema(path)
+            if all(name in existing.names for name, _ in fields):
+                return
+            if pq.read_metadata(path).num_rows:
+                raise FeatureStoreError(f"{path} lacks the columns {[n for n, _ in fields if n not in existing.names]}"
+                                        " of this version's user_recent_history: add them or move the file away")
+        # absent, or the empty schema file of an older version
         pq.write_table(pa.table({n: pa.array([], t) for n, t in fields}), path)
 
     # ---- reads --------------------------------------------------------------------------------
@@ -134,6 +146,10 @@ class FeatureClient:
         """Profiles and recent histories of many users in one online read."""
         rows = self._online(self._profile_refs + self._history_refs, "user_id", user_ids)
         return rows
+
+    def history_rows(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        """Whole `user_recent_history` rows (features and the worker's state fields) in one online read."""
+        return self._online(self._state_refs, "user_id", user_ids)
 
     def item_features(self, item_ids: list[str]) -> pd.DataFrame:
         """Item features for many items in one online read, indexed by item_id."""
@@ -176,11 +192,16 @@ class FeatureClient:
 
 def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """A push-ready frame: user_id, the history features, event_timestamp (= last_event_at)."""
-    columns = ["user_id", *HISTORY_FEATURES, "event_timestamp"]
+    columns = ["user_id", *HISTORY_FEATURES, *STATE_FIELDS, "event_timestamp"]
     frame = pd.DataFrame(rows, columns=columns)
+    # Rows built by hand (or by an older writer) may leave the worker's state out: no state, no purchases.
+    for name in ("purchased_item_ids", "recent_event_times_ms", "recent_event_ids"):
+        frame[name] = [v if isinstance(v, list) else [] for v in frame[name]]
+    for name in ("source_partition", "source_offset"):
+        frame[name] = frame[name].fillna(-1)
     for name in ("last_event_at", "event_timestamp"):
         frame[name] = pd.to_datetime(frame[name], utc=True)
-    for name in HISTORY_FEATURES:
-        if name.startswith("count_") or name == "pushed_at_ms":
+    for name in (*HISTORY_FEATURES, *STATE_FIELDS):
+        if name.startswith(("count_", "source_")) or name == "pushed_at_ms":
             frame[name] = frame[name].astype("int64")
     return frame

@@ -92,6 +92,24 @@ def test_pushed_history_reads_back_and_newest_push_wins(client: FeatureClient) -
     assert pd.Timestamp(again["last_event_at"]) == t0 + pd.Timedelta(seconds=5)
 
 
+def test_the_worker_state_round_trips_through_the_online_row(client: FeatureClient) -> None:
+    """The stream worker's durable state is the row: what it reads back equals what it wrote."""
+    from stream_processors.history import apply_event, feature_row, state_from_row
+    from streamrec.schemas import Interaction
+
+    state = None
+    for i, kind in enumerate(["purchase", "cart", "positive_view"]):
+        event = Interaction(event_id=f"e{i}", user_id="U000004", item_id=f"I00000{i}", interaction_type=kind,
+                            timestamp=pd.Timestamp("2026-11-01T10:00:00.250Z") + pd.Timedelta(seconds=i))
+        state, _ = apply_event(state, event, offset=40 + i, partition=3)
+    nothing_bought = {**state, "purchased": []}  # an empty list column survives too
+    client.push_history(history_frame([feature_row("U000004", state, 1), feature_row("U000005", nothing_bought, 1)]))
+    rows = client.history_rows(["U000004", "U000005", "U000006"])
+    assert state_from_row(rows[0]) == state and state_from_row(rows[1]) == nothing_bought
+    assert state_from_row(rows[2]) is None  # no row yet
+    assert client.user_features("U000004")["purchased_item_ids"] == ["I000000"]
+
+
 def test_apply_without_data_is_a_clear_error(stack: Settings, tmp_path: Path) -> None:
     from streamrec.features import FeatureStoreError
 

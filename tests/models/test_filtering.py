@@ -67,6 +67,13 @@ def test_history_drops_purchases_recent_items_and_request_excludes() -> None:
     assert kept(history(frame(), ctx, last_n=1, drop_purchased=False)) == ["A", "C", "D", "E"]
 
 
+def test_history_drops_every_purchase_on_record_not_only_the_recent_ones() -> None:
+    ctx = FilterContext(now=NOW, recent_item_ids=["B"], recent_interaction_types=["positive_view"],
+                        purchased_item_ids=["E", "D"])  # bought long ago: out of the recent history
+    assert kept(history(frame(), ctx, last_n=20)) == ["A", "C", "F"]
+    assert kept(history(frame(), ctx, last_n=20, drop_purchased=False)) == ["A", "C", "D", "E", "F"]
+
+
 def test_contextual_time_of_day_weekend_and_device() -> None:
     rules = (Rule(exclude_categories=frozenset({"OfficeProducts", "Electronics"}), hours=(0, 6)),
              Rule(exclude_categories=frozenset({"OfficeProducts"}), days=frozenset({"weekend"})),

@@ -236,6 +236,54 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def committed_and_end(settings: Settings, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offset and the true end offset of every partition of ``topic``."""
+    from kafka import KafkaAdminClient, TopicPartition
+
+    from streamrec.offsets import end_offsets_sync
+
+    parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+    admin = KafkaAdminClient(**settings.kafka_python_config())
+    try:
+        offsets = admin.list_group_offsets({group: parts})[group]  # kafka-python 3: list_consumer_group_offsets
+        committed = {tp.partition: meta.offset for tp, meta in offsets.items()}
+    finally:
+        admin.close()
+    end = {tp.partition: offset for tp, offset in end_offsets_sync(settings.kafka_python_config(), parts).items()}
+    return committed, end
+
+
+def wait_committed_to_end(settings: Settings, group: str, topic: str, timeout: float = 30.0) -> None:
+    """Until ``group`` has committed every partition of ``topic`` up to its end (past every bad record)."""
+    seen: list[tuple[dict[int, int], dict[int, int]]] = []
+
+    def at_end() -> bool:
+        committed, end = committed_and_end(settings, group, topic)
+        seen.append((committed, end))
+        return all(committed.get(p, -1) == offset for p, offset in end.items() if offset > 0)
+
+    try:
+        wait_until(at_end, timeout, f"group {group} to commit {topic} to its end")
+    except BaseException:
+        committed, end = seen[-1] if seen else ({}, {})
+        print(f"committed {committed}, end {end}")
+        raise
+
+
+def wait_caught_up(settings: Settings, worker: Worker, timeout: float) -> None:
+    """Until the features worker has committed every interaction to the end of its partitions, and
+    applied what it committed (figures still for 1 s). "Nothing new for a few seconds" is no proof: a
+    worker may sit out a rebalance with records waiting."""
+    wait_committed_to_end(settings, settings.worker_app_id, "interactions", timeout)
+    seen: list[int] = []
+
+    def still() -> bool:
+        seen.append(worker.figures()["events"])
+        return len(seen) > 4 and seen[-1] == seen[-5]
+
+    wait_until(still, 30, "the worker's figures to settle")
+
+
 FRESHNESS_BACK_WITHIN_MS = 5000  # issue #8: after a failure, freshness is back under its goal within 5 s
 
 

@@ -38,8 +38,8 @@ from streamrec.schemas import RecommendationRequest, encode
 from streamrec.topics import INTERACTIONS, REQUESTS
 from tests.streamrec.test_stack import KAFKA_CACHE, needs_kafka
 
-from .conftest import Worker, free_port, free_ports, wait_until
-from .test_reliability import _differences, _explain, _wait_idle
+from .conftest import Worker, free_port, free_ports, wait_caught_up, wait_until
+from .test_reliability import _differences, _explain
 from .test_worker import N_EVENTS, _events, ground_truth
 
 # kafka-python 3.0.12 leaks the socket of every refused connection (kafka/net/inet.py: KafkaNetSocket.connect
@@ -248,7 +248,7 @@ def test_killing_the_leading_broker_mid_replay_loses_no_event_and_no_request(
     alive = {"worker": worker.proc.poll() is None, "recommender": recommender.proc.poll() is None}
     assert all(alive.values()), f"{alive}\n--- worker:\n{worker.tail()}\n--- recommender:\n{recommender.tail()}"
 
-    _wait_idle(worker, 120)
+    wait_caught_up(settings, worker, 120)
     idle_at = time.monotonic()
     wrong = _differences(settings, truth)
     assert not wrong, _explain(settings, wrong, worker)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_processors.history import HISTORY_LENGTH, apply_event, feature_row
+from stream_processors.history import HISTORY_LENGTH, PURCHASE_MEMORY, apply_event, feature_row, state_from_row
 from streamrec.schemas import INTERACTION_TYPES, Interaction
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -80,3 +80,73 @@ def test_dlq_reason_kinds_stay_bounded() -> None:
     for i in range(500):
         counts[dlq_reason_kind(f"field{i}: bad", counts)] += 1
     assert len(counts) == MAX_REASON_KINDS + 1 and counts["other"] == 500 - MAX_REASON_KINDS
+
+
+def test_a_replayed_offset_is_only_a_replay_on_the_same_partition() -> None:
+    state, _ = apply_event(None, ev(0, "A"), offset=10, partition=1)
+    _, applied = apply_event(state, ev(1, "B"), offset=3, partition=1)
+    assert not applied  # offset 3 of partition 1 came before 10: already in the state
+    moved, applied = apply_event(state, ev(1, "B"), offset=3, partition=7)  # the topic grew: new partition
+    assert applied and moved["items"] == ["B", "A"] and (moved["partition"], moved["offset"]) == (7, 3)
+
+
+def test_purchases_are_kept_beyond_the_recent_history_newest_first_without_repeats() -> None:
+    state = None
+    kinds = ["purchase", "positive_view", "purchase"] + ["positive_view"] * (HISTORY_LENGTH + 5)
+    items = ["P1", "V", "P2"] + [f"V{i}" for i in range(HISTORY_LENGTH + 5)]
+    for i, (item, kind) in enumerate(zip(items, kinds, strict=True)):
+        state, _ = apply_event(state, ev(i, item, kind), offset=i)
+    state, _ = apply_event(state, ev(99, "P1", "purchase"), offset=99)  # bought again: moves to the front
+    assert state["purchased"] == ["P1", "P2"]
+    assert "P2" not in state["items"]  # long out of the recent history, still never recommended again
+    for i in range(PURCHASE_MEMORY + 10):
+        state, _ = apply_event(state, ev(100 + i, f"B{i}", "purchase"), offset=100 + i)
+    assert len(state["purchased"]) == PURCHASE_MEMORY and state["purchased"][0] == f"B{PURCHASE_MEMORY + 9}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(st.sampled_from(INTERACTION_TYPES), min_size=1, max_size=40),
+       seconds=st.lists(st.integers(0, 10_000), min_size=40, max_size=40))
+def test_the_online_row_carries_the_whole_state(kinds: list[str], seconds: list[int]) -> None:
+    """What the next owner of the partition reads back is what was written: applying the same further
+    events to either gives the same state (a replay stays a no-op, a new event applies)."""
+    state = None
+    for i, kind in enumerate(kinds):
+        state, _ = apply_event(state, ev(i, f"I{i % 7}", kind, seconds=seconds[i]), offset=i, partition=2)
+    row = feature_row("U1", state, pushed_at_ms=5)
+    # what Feast gives back: UnixTimestamp keeps whole seconds
+    row["last_event_at"] = row["last_event_at"].replace(microsecond=0)
+    restored = state_from_row(row)
+    assert restored == state
+    replay = apply_event(restored, ev(len(kinds) - 1, "X", seconds=1), offset=len(kinds) - 1, partition=2)
+    assert replay == (restored, False)
+    assert apply_event(restored, ev(500, "N"), offset=500, partition=2)[0] == apply_event(state, ev(500, "N"),
+                                                                                      offset=500, partition=2)[0]
+
+
+def test_a_row_without_state_fields_is_adopted_and_no_row_is_no_state() -> None:
+    assert state_from_row(None) is None
+    assert state_from_row({"recent_item_ids": None, "count_cart": None}) is None  # a user with no row
+    old = {"recent_item_ids": ["B", "A"], "recent_interaction_types": ["cart", "purchase"], "count_cart": 1,
+           "count_purchase": 1, "last_event_at": T0}  # written by a version before the state fields
+    state = state_from_row(old)
+    assert state["items"] == ["B", "A"] and state["counts"]["cart"] == 1 and state["offset"] == -1
+    assert state["ts"] == [int(T0.timestamp() * 1000)] * 2
+    state, applied = apply_event(state, ev(5, "C"), offset=0, partition=0)
+    assert applied and state["items"][0] == "C" and state["counts"]["positive_view"] == 1
+
+
+def test_the_state_cache_is_bounded_and_a_batch_from_before_a_rebalance_puts_nothing_back() -> None:
+    from stream_processors.states import UNKNOWN, StateCache
+
+    cache = StateCache(capacity=2)
+    assert cache.get("a") is UNKNOWN
+    assert cache.put_all(cache.generation, [("a", {"n": 1}), ("b", None)])
+    assert cache.get("b") is None  # held: the user has no row
+    assert cache.get("a") == {"n": 1}  # now the most recently used
+    cache.put_all(cache.generation, [("c", {"n": 3})])
+    assert cache.get("b") is UNKNOWN and len(cache) == 2  # b was the least recently used
+    before = cache.generation
+    cache.drop_all()
+    assert cache.get("a") is UNKNOWN and len(cache) == 0
+    assert not cache.put_all(before, [("a", {"n": 0})]) and cache.get("a") is UNKNOWN

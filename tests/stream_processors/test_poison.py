@@ -39,7 +39,7 @@ from streamrec.offsets import end_offsets_sync
 from streamrec.schemas import DLQRecord, ModelUpdate, RecommendationRequest, RecommendationResponse
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUESTS, dlq
 
-from .conftest import Worker, wait_until
+from .conftest import Worker, wait_committed_to_end, wait_until
 from .test_worker import ground_truth, online_state
 
 DLQ_RECORD_MAX_BYTES = 20_000  # STREAMREC_DLQ_MAX_RAW_BYTES (16 KiB of raw text) plus the reason and fields
@@ -120,38 +120,6 @@ def _check_dead_letters(settings: Settings, topic: str, bad: dict[tuple[int, int
             assert record.raw_sha256 == hashlib.sha256(value).hexdigest()
         records[where] = record
     return records
-
-
-def _committed_and_end(settings: Settings, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """The group's committed offset and the true end offset of every partition of ``topic``."""
-    from kafka import KafkaAdminClient, TopicPartition
-
-    parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-    admin = KafkaAdminClient(**settings.kafka_python_config())
-    try:
-        offsets = admin.list_group_offsets({group: parts})[group]  # kafka-python 3: list_consumer_group_offsets
-        committed = {tp.partition: meta.offset for tp, meta in offsets.items()}
-    finally:
-        admin.close()
-    end = {tp.partition: offset for tp, offset in end_offsets_sync(settings.kafka_python_config(), parts).items()}
-    return committed, end
-
-
-def _wait_committed_to_end(settings: Settings, group: str, topic: str, timeout: float = 30.0) -> None:
-    """Until ``group`` has committed every partition of ``topic`` up to its end (past every bad record)."""
-    seen: list[tuple[dict[int, int], dict[int, int]]] = []
-
-    def at_end() -> bool:
-        committed, end = _committed_and_end(settings, group, topic)
-        seen.append((committed, end))
-        return all(committed.get(p, -1) == offset for p, offset in end.items() if offset > 0)
-
-    try:
-        wait_until(at_end, timeout, f"group {group} to commit {topic} to its end")
-    except BaseException:
-        committed, end = seen[-1] if seen else ({}, {})
-        print(f"committed {committed}, end {end}")
-        raise
 
 
 def _listening_addresses(port: int) -> list[str]:
@@ -236,7 +204,7 @@ def test_poison_interactions_among_valid_ones_are_dead_lettered_alone_and_sigter
     assert sum(figures["dlq"].values()) == len(poison) and "tombstone" in figures["dlq"], figures["dlq"]
     _check_dead_letters(env_stack, INTERACTIONS, bad)
     _alive(worker)
-    _wait_committed_to_end(env_stack, env_stack.worker_app_id, INTERACTIONS)
+    wait_committed_to_end(env_stack, env_stack.worker_app_id, INTERACTIONS)
     figures = worker.figures()
     assert figures["ready"] is True and figures["stalled"] == [], figures
 
@@ -300,7 +268,7 @@ def test_a_far_dated_item_update_or_a_tombstone_does_not_hide_later_real_updates
         raise
     _check_dead_letters(env_stack, ITEM_UPDATES, bad)
     _alive(worker)
-    _wait_committed_to_end(env_stack, env_stack.worker_app_id, ITEM_UPDATES)
+    wait_committed_to_end(env_stack, env_stack.worker_app_id, ITEM_UPDATES)
     figures = worker.figures()
     assert figures["ready"] is True and figures["stalled"] == [] and figures["dlq_total"] == 2, figures
 
@@ -379,7 +347,7 @@ def test_poison_requests_among_valid_ones_get_one_error_each_and_the_rest_are_an
     assert positions[expired_at] not in bad
     _check_dead_letters(env_stack, REQUESTS, bad)  # the expired one is answered, not dead-lettered
     _alive(recommender)
-    _wait_committed_to_end(env_stack, f"{env_stack.recommender_app_id}-requests", REQUESTS)
+    wait_committed_to_end(env_stack, f"{env_stack.recommender_app_id}-requests", REQUESTS)
     status = recommender.status()
     assert status["errors"] == len(poison) and status["expired"] == 1, status
     assert status["ready"] is True and status["stalled"] == [], status

@@ -28,22 +28,10 @@ from streamrec.config import Settings
 from streamrec.schemas import INTERACTION_TYPES, DLQRecord
 from streamrec.topics import INTERACTIONS, dlq
 
-from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, free_port, fresh_burst_lag_ms, wait_until
+from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, free_port, fresh_burst_lag_ms, wait_caught_up, wait_until
 from .test_worker import N_EVENTS, _events, ground_truth, online_state
 
 INTERACTIONS_PATH = "recommendation_interactions.parquet"
-
-
-def _wait_idle(worker: Worker, timeout: float, quiet_s: float = 3.0) -> None:
-    """Until the worker has consumed something and then nothing new for ``quiet_s``."""
-    seen: list[int] = []
-    polls = int(quiet_s / 0.25)
-
-    def idle() -> bool:
-        seen.append(worker.figures()["events"])
-        return len(seen) > polls and seen[-1] == seen[-1 - polls] and seen[-1] > 0
-
-    wait_until(idle, timeout, "the worker to be idle")
 
 
 def _differences(settings: Settings, truth: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
@@ -74,14 +62,9 @@ def _explain(settings: Settings, wrong: dict[str, tuple[dict, dict]], *workers: 
 
 
 # ---- 1. rebalance ------------------------------------------------------------------------------
-# On Apache Kafka 4.1.2 the survivor lost the killed worker's users in 5 of 9 runs here (2026-12-01: ~140
-# users of the two taken-over partitions far behind the ground truth; the same test passes on Tansu). The
-# cause is not found yet: see the issue #13 note. It runs on Kafka as a known failure, not hidden, and on
-# a Tansu broker of its own, where it must pass.
-TAKEOVER_ON_KAFKA = pytest.mark.xfail(strict=False, reason="issue #13: takeover loses state on Apache Kafka")
-
-
-@pytest.mark.parametrize("env_stack", ["tansu", pytest.param("kafka", marks=TAKEOVER_ON_KAFKA)], indirect=True)
+# On both brokers: on Apache Kafka this lost the killed worker's users in 5 of 9 runs while the state
+# lived in a Faust table recovered from its changelog (issue #13); the state now lives in the online rows.
+@pytest.mark.parametrize("env_stack", ["tansu", "kafka"], indirect=True)
 def test_two_workers_one_killed_the_survivor_takes_over_without_loss(
         env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
     first = worker_factory(env_stack)
@@ -99,7 +82,7 @@ def test_two_workers_one_killed_the_survivor_takes_over_without_loss(
     assert not sender.is_alive()
     wait_until(lambda: second.figures()["assigned_partitions"] == every_partition, 90,
                "the survivor to own every partition")
-    _wait_idle(second, 120)
+    wait_caught_up(env_stack, second, 120)
     wrong = _differences(env_stack, ground_truth(_events(env_stack)))
     assert not wrong, _explain(env_stack, wrong, second, first)
     assert second.proc.poll() is None and second.figures()["dlq_total"] == 0
@@ -137,7 +120,7 @@ def test_redis_down_10s_under_load_then_the_worker_catches_up(
     assert during["push_retries"] > 0, f"no push was retried while Redis was down: {during}"
     sender.join(60)
     assert not sender.is_alive()
-    _wait_idle(worker, 120)
+    wait_caught_up(env_stack, worker, 120)
     wrong = _differences(env_stack, ground_truth(_events(env_stack)))
     assert not wrong, _explain(env_stack, wrong, worker)
     assert "retrying" in worker.log.read_text(errors="replace")
@@ -320,7 +303,7 @@ def test_10k_fuzzed_malformed_events_are_dead_lettered_and_the_valid_ones_apply(
     total = len(valid) + n_bad
     wait_until(lambda: worker.figures()["events"] >= total, 150,
                "the worker to read every message")
-    _wait_idle(worker, 60)
+    wait_caught_up(env_stack, worker, 60)
     assert worker.proc.poll() is None, worker.tail()
     figures = worker.figures()
     wrong = _differences(env_stack, ground_truth(_events(env_stack)))

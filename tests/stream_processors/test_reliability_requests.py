@@ -27,8 +27,7 @@ from streamrec.config import Settings
 from streamrec.schemas import MAX_MESSAGE_BYTES, DLQRecord, RecommendationRequest, RecommendationResponse, encode
 from streamrec.topics import RECOMMENDATIONS, REQUESTS, dlq
 
-from .conftest import Worker, wait_until
-from .test_poison import _wait_committed_to_end
+from .conftest import Worker, wait_committed_to_end, wait_until
 from .test_reliability import (
     DEEP,
     DLQ_RECORD_MAX_BYTES,
@@ -203,7 +202,7 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
     assert set(got) == sent and all(r.topic == REQUESTS and r.reason for r in records)
     status = recommender.status()
     assert status["errors"] == n_bad and status["expired"] == 0, status
-    _wait_committed_to_end(env_stack, f"{env_stack.recommender_app_id}-requests", REQUESTS)
+    wait_committed_to_end(env_stack, f"{env_stack.recommender_app_id}-requests", REQUESTS)
     status = recommender.status()
     assert status["ready"] and not status["stalled"], status
 

@@ -16,7 +16,7 @@ from streamrec.features import FeatureClient
 from streamrec.schemas import INTERACTION_TYPES, DLQRecord
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
-from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, fresh_burst_lag_ms, wait_until
+from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, fresh_burst_lag_ms, wait_caught_up, wait_until
 
 N_EVENTS = 5000
 
@@ -142,13 +142,7 @@ def test_kill_9_mid_replay_still_equals_the_ground_truth(env_stack: Settings,
     assert not sender.is_alive()
     restarted = worker_factory(env_stack)
     truth = ground_truth(_events(env_stack))
-    seen: list[int] = []
-
-    def idle() -> bool:  # caught up: nothing new for 3 s
-        seen.append(restarted.figures()["events"])
-        return len(seen) > 12 and seen[-1] == seen[-13] and seen[-1] > 0
-
-    wait_until(idle, 120, "the restarted worker to catch up")
+    wait_caught_up(env_stack, restarted, 120)
     figures = restarted.figures()
     got = online_state(env_stack, list(truth))
     wrong = {u: (truth[u], got[u]) for u in truth if truth[u] != got[u]}
