@@ -27,7 +27,7 @@ from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
 from .batching import Guard, ack_all, isolated, retry_infrastructure
 from .faust_app import GUARDED_TOPICS, create_app
-from .history import State, apply_event, feature_row, state_from_row
+from .history import State, apply_event, feature_row, stamped, state_from_row
 from .items import merge_item_updates
 from .metrics import FreshnessTracker, StallWatch
 from .states import UNKNOWN, StateCache
@@ -127,18 +127,21 @@ async def _states(user_ids: list[str]) -> dict[str, State | None]:
 
 
 async def _push_users(states: dict[str, Any], newest_record_ts: dict[str, float]) -> list[float]:
-    """One Feast push with a row per user; returns each row's freshness lag in ms."""
+    """One Feast push with a row per user in ``newest_record_ts``; their ``states`` are stamped with the
+    write time (history.stamped). Returns each row's freshness lag in ms."""
     client = await features()
     loop = asyncio.get_running_loop()
 
     async def push() -> float:
-        pushed_ms = int(time.time() * 1000)
-        frame = history_frame([feature_row(u, states[u], pushed_ms) for u in newest_record_ts])
+        now_ms = int(time.time() * 1000)
+        written = {u: stamped(states[u], now_ms) for u in newest_record_ts}
+        frame = history_frame([feature_row(u, state) for u, state in written.items()])
         await loop.run_in_executor(None, client.push_history, frame)
+        states.update(written)
         return time.time()
 
-    written = await _with_retry("feast push", push)
-    return [(written - ts) * 1000.0 for ts in newest_record_ts.values()]
+    written_at = await _with_retry("feast push", push)
+    return [(written_at - ts) * 1000.0 for ts in newest_record_ts.values()]
 
 
 def _owned(events: Sequence[Any]) -> Sequence[Any]:
@@ -173,7 +176,8 @@ async def process_history_batch(events: Sequence[Any]) -> None:
     applied = 0
     for event, interaction in valid:
         user_id = interaction.user_id
-        state, changed = apply_event(states[user_id], interaction, event.message.offset, event.message.partition)
+        state, changed = apply_event(states[user_id], interaction, event.message.offset, event.message.partition,
+                                     settings.purchase_memory)
         if changed:
             states[user_id] = state
             applied += 1

@@ -37,6 +37,13 @@ def worker(which: str, loglevel: str, faust_args: tuple[str, ...]) -> None:
 
     settings = get_settings()
     if which == "features":
+        from streamrec.features import FeatureClient
+
+        client = FeatureClient(settings)  # the state lives in the rows: their schema must be this version's
+        try:
+            client.check_history_view()
+        finally:
+            client.close()
         from stream_processors.app import app
 
         port, logger = settings.worker_port, "streamrec.worker"

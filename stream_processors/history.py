@@ -4,10 +4,11 @@ The state is a JSON-able dict:
 
     {"items": [...], "types": [...], "ts": [...ms],   # newest first, at most HISTORY_LENGTH
      "counts": {type: n}, "last_event_ms": int,
-     "purchased": [...],     # items the user bought, newest first, at most PURCHASE_MEMORY, no repeats
+     "purchased": [...],     # items the user bought, newest first, at most purchase_memory, no repeats
      "partition": int,       # source partition of the newest applied event (keyed by user: one partition)
      "offset": int,          # its offset
-     "event_ids": [...]}     # recent event ids, to drop a producer's retried duplicate
+     "event_ids": [...],     # recent event ids, to drop a producer's retried duplicate
+     "pushed_ms": int}       # when its row was last written (epoch ms; -1: never)
 
 The whole state is written into the user's `user_recent_history` row (:func:`feature_row`) and read back
 from it (:func:`state_from_row`): the online store is the durable copy, so whichever worker owns the
@@ -25,22 +26,23 @@ from typing import Any
 
 from streamrec.schemas import INTERACTION_TYPES, Interaction
 
-__all__ = ["HISTORY_LENGTH", "EVENT_ID_MEMORY", "PURCHASE_MEMORY", "empty_state", "apply_event", "feature_row",
-           "state_from_row"]
+__all__ = ["HISTORY_LENGTH", "EVENT_ID_MEMORY", "PURCHASE_MEMORY", "empty_state", "apply_event", "stamped",
+           "feature_row", "state_from_row"]
 
 HISTORY_LENGTH = 20
 EVENT_ID_MEMORY = 64  # duplicates from producer retries arrive close together
-PURCHASE_MEMORY = 100  # the history filter never recommends these again
+PURCHASE_MEMORY = 500  # default; the history filter never recommends these again
 
 State = dict[str, Any]
 
 
 def empty_state() -> State:
     return {"items": [], "types": [], "ts": [], "counts": dict.fromkeys(INTERACTION_TYPES, 0),
-            "last_event_ms": 0, "purchased": [], "partition": -1, "offset": -1, "event_ids": []}
+            "last_event_ms": 0, "purchased": [], "partition": -1, "offset": -1, "event_ids": [], "pushed_ms": -1}
 
 
-def apply_event(state: State | None, event: Interaction, offset: int, partition: int = 0) -> tuple[State, bool]:
+def apply_event(state: State | None, event: Interaction, offset: int, partition: int = 0,
+                purchase_memory: int = PURCHASE_MEMORY) -> tuple[State, bool]:
     """Return ``(new_state, applied)``; ``applied`` is False for a replayed or duplicate event.
 
     ``offset`` and ``partition`` locate the event in its topic. An offset orders events only within its
@@ -62,14 +64,25 @@ def apply_event(state: State | None, event: Interaction, offset: int, partition:
     counts[event.interaction_type] = counts.get(event.interaction_type, 0) + 1
     purchased = list(state["purchased"])
     if event.interaction_type == "purchase":
-        purchased = [event.item_id, *(i for i in purchased if i != event.item_id)][:PURCHASE_MEMORY]
+        purchased = [event.item_id, *(i for i in purchased if i != event.item_id)][:purchase_memory]
     new_state = {
         "items": items[:HISTORY_LENGTH], "types": types[:HISTORY_LENGTH], "ts": times[:HISTORY_LENGTH],
         "counts": counts, "last_event_ms": max(state["last_event_ms"], ts_ms), "purchased": purchased,
         "partition": partition, "offset": offset,
         "event_ids": ([event.event_id] + state["event_ids"])[:EVENT_ID_MEMORY],
+        "pushed_ms": state["pushed_ms"],
     }
     return new_state, True
+
+
+def stamped(state: State, now_ms: int) -> State:
+    """``state`` about to be written at ``now_ms``: its write time, strictly after the previous one.
+
+    The row's event timestamp is this write time, not the newest event's time. Feast's Redis store
+    silently skips a row whose event timestamp is not newer than the stored one, so a late event (older
+    than the user's newest) or a second write within the same instant would otherwise never reach the row.
+    """
+    return {**state, "pushed_ms": max(int(now_ms), state["pushed_ms"] + 1)}
 
 
 def _insert_position(times_newest_first: list[int], ts_ms: int) -> int:
@@ -78,9 +91,11 @@ def _insert_position(times_newest_first: list[int], ts_ms: int) -> int:
     return len(ascending) - bisect_left(ascending, ts_ms + 1) if ascending else 0
 
 
-def feature_row(user_id: str, state: State, pushed_at_ms: int) -> dict[str, Any]:
-    """The `user_recent_history` row for ``state`` (see feature_repo/definitions.py)."""
+def feature_row(user_id: str, state: State, pushed_at_ms: int | None = None) -> dict[str, Any]:
+    """The `user_recent_history` row for ``state`` (see feature_repo/definitions.py), written at
+    ``pushed_at_ms`` (default: the state's :func:`stamped` write time)."""
     counts = state["counts"]
+    pushed_at_ms = state["pushed_ms"] if pushed_at_ms is None else pushed_at_ms
     last_event_at = datetime.fromtimestamp(state["last_event_ms"] / 1000, tz=UTC)
     return {
         "user_id": user_id,
@@ -95,7 +110,7 @@ def feature_row(user_id: str, state: State, pushed_at_ms: int) -> dict[str, Any]
         "recent_event_ids": list(state["event_ids"]),
         "source_partition": int(state["partition"]),
         "source_offset": int(state["offset"]),
-        "event_timestamp": last_event_at,
+        "event_timestamp": datetime.fromtimestamp(pushed_at_ms / 1000, tz=UTC),  # see stamped()
     }
 
 
@@ -119,6 +134,7 @@ def state_from_row(row: dict[str, Any] | None) -> State | None:
         "purchased": list(row.get("purchased_item_ids") or []),
         "partition": -1 if partition is None else int(partition), "offset": -1 if offset is None else int(offset),
         "event_ids": list(row.get("recent_event_ids") or []),
+        "pushed_ms": int(row.get("pushed_at_ms") or -1),
     }
 
 

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # The stream worker: micro-batches of at most `push_batch` events, flushed after `push_max_wait_ms`.
     push_batch: int = Field(1000, ge=1, le=100_000, validation_alias="STREAMREC_PUSH_BATCH")
     push_max_wait_ms: int = Field(50, ge=1, le=60_000, validation_alias="STREAMREC_PUSH_MAX_WAIT_MS")
+    # Purchases remembered per user in the streaming view; the history filter never recommends them.
+    purchase_memory: int = Field(500, ge=0, le=10_000, validation_alias="STREAMREC_PURCHASE_MEMORY")
     # Users' states the worker holds in memory (the rest are read from their online rows when needed).
     state_cache_users: int = Field(50_000, ge=1, le=10_000_000, validation_alias="STREAMREC_STATE_CACHE_USERS")
     worker_port: int = Field(6066, ge=1, le=65535, validation_alias="STREAMREC_WORKER_PORT")

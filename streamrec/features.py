@@ -147,6 +147,19 @@ class FeatureClient:
         rows = self._online(self._profile_refs + self._history_refs, "user_id", user_ids)
         return rows
 
+    def check_history_view(self) -> None:
+        """Raise a clear error unless the registry's `user_recent_history` has every field this version
+        writes (a registry applied by an older version lacks the worker's state fields)."""
+        try:
+            view = self.store.get_feature_view("user_recent_history")
+        except Exception as exc:
+            raise FeatureStoreError(f"the feature registry in {self.data_dir} has no user_recent_history view "
+                                    "(run `streamrec apply`)") from exc
+        missing = [f for f in (*HISTORY_FEATURES, *STATE_FIELDS) if f not in {x.name for x in view.features}]
+        if missing:
+            raise FeatureStoreError(f"user_recent_history in {self.data_dir} lacks {', '.join(missing)}: it was "
+                                    "applied by an older streamrec (run `streamrec apply` again)")
+
     def history_rows(self, user_ids: list[str]) -> list[dict[str, Any]]:
         """Whole `user_recent_history` rows (features and the worker's state fields) in one online read."""
         return self._online(self._state_refs, "user_id", user_ids)

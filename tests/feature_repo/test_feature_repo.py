@@ -94,7 +94,7 @@ def test_pushed_history_reads_back_and_newest_push_wins(client: FeatureClient) -
 
 def test_the_worker_state_round_trips_through_the_online_row(client: FeatureClient) -> None:
     """The stream worker's durable state is the row: what it reads back equals what it wrote."""
-    from stream_processors.history import apply_event, feature_row, state_from_row
+    from stream_processors.history import apply_event, feature_row, stamped, state_from_row
     from streamrec.schemas import Interaction
 
     state = None
@@ -102,12 +102,41 @@ def test_the_worker_state_round_trips_through_the_online_row(client: FeatureClie
         event = Interaction(event_id=f"e{i}", user_id="U000004", item_id=f"I00000{i}", interaction_type=kind,
                             timestamp=pd.Timestamp("2026-11-01T10:00:00.250Z") + pd.Timedelta(seconds=i))
         state, _ = apply_event(state, event, offset=40 + i, partition=3)
+    state = stamped(state, now_ms=1_790_000_000_000)
     nothing_bought = {**state, "purchased": []}  # an empty list column survives too
-    client.push_history(history_frame([feature_row("U000004", state, 1), feature_row("U000005", nothing_bought, 1)]))
+    client.push_history(history_frame([feature_row("U000004", state), feature_row("U000005", nothing_bought)]))
     rows = client.history_rows(["U000004", "U000005", "U000006"])
     assert state_from_row(rows[0]) == state and state_from_row(rows[1]) == nothing_bought
     assert state_from_row(rows[2]) is None  # no row yet
     assert client.user_features("U000004")["purchased_item_ids"] == ["I000000"]
+
+
+def test_the_worker_refuses_a_registry_applied_by_an_older_version(stack: Settings, data_dir: Path) -> None:
+    """The worker's state lives in the history row: a view without the state fields (an older
+    `feast apply`) must stop it with one clear line, not dead-letter every event as unreadable."""
+    from feast import FeatureView
+
+    from streamrec.features import FeatureStoreError
+
+    settings = load_settings(data_dir=data_dir, redis_url=stack.redis_url,
+                             embedded_redis_port=stack.embedded_redis_port)
+    c = FeatureClient(settings, project=f"t{uuid.uuid4().hex[:8]}")
+    try:
+        with pytest.raises(FeatureStoreError, match="no user_recent_history view.*streamrec apply"):
+            c.check_history_view()
+        c.apply()
+        c.check_history_view()  # this version's view
+        import definitions  # feature_repo/, on the path once applied
+
+        old = next(o for o in definitions.build(data_dir) if o.name == "user_recent_history")
+        kept = [f for f in old.schema if not f.name.startswith(("source_", "recent_event"))]
+        older = FeatureView(name=old.name, entities=[definitions.user], ttl=old.ttl, source=old.stream_source,
+                            online=True, schema=kept)
+        c.store.apply([older])
+        with pytest.raises(FeatureStoreError, match="lacks recent_event_times_ms.*streamrec apply"):
+            c.check_history_view()
+    finally:
+        c.close()
 
 
 def test_apply_without_data_is_a_clear_error(stack: Settings, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_processors.history import HISTORY_LENGTH, PURCHASE_MEMORY, apply_event, feature_row, state_from_row
+from stream_processors.history import HISTORY_LENGTH, PURCHASE_MEMORY, apply_event, feature_row, stamped, state_from_row
 from streamrec.schemas import INTERACTION_TYPES, Interaction
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -56,7 +56,7 @@ def test_matches_a_recount_from_scratch(kinds: list[str]) -> None:
     assert state["counts"] == {t: kinds.count(t) for t in INTERACTION_TYPES}
     row = feature_row("U1", state, pushed_at_ms=5)
     assert row["count_purchase"] == kinds.count("purchase") and row["recent_item_ids"] == state["items"]
-    assert row["event_timestamp"] == row["last_event_at"]
+    assert row["event_timestamp"] == datetime.fromtimestamp(0.005, tz=UTC)  # the write time: see stamped()
 
 
 def test_stall_watch_flags_a_partition_only_while_it_lags_and_its_commit_stands_still() -> None:
@@ -102,6 +102,8 @@ def test_purchases_are_kept_beyond_the_recent_history_newest_first_without_repea
     for i in range(PURCHASE_MEMORY + 10):
         state, _ = apply_event(state, ev(100 + i, f"B{i}", "purchase"), offset=100 + i)
     assert len(state["purchased"]) == PURCHASE_MEMORY and state["purchased"][0] == f"B{PURCHASE_MEMORY + 9}"
+    small, _ = apply_event(state, ev(999, "Z", "purchase"), offset=999, purchase_memory=3)  # configured smaller
+    assert small["purchased"] == ["Z", f"B{PURCHASE_MEMORY + 9}", f"B{PURCHASE_MEMORY + 8}"]
 
 
 @settings(max_examples=40, deadline=None)
@@ -113,7 +115,8 @@ def test_the_online_row_carries_the_whole_state(kinds: list[str], seconds: list[
     state = None
     for i, kind in enumerate(kinds):
         state, _ = apply_event(state, ev(i, f"I{i % 7}", kind, seconds=seconds[i]), offset=i, partition=2)
-    row = feature_row("U1", state, pushed_at_ms=5)
+    state = stamped(state, now_ms=5)
+    row = feature_row("U1", state)
     # what Feast gives back: UnixTimestamp keeps whole seconds
     row["last_event_at"] = row["last_event_at"].replace(microsecond=0)
     restored = state_from_row(row)
@@ -122,6 +125,20 @@ def test_the_online_row_carries_the_whole_state(kinds: list[str], seconds: list[
     assert replay == (restored, False)
     assert apply_event(restored, ev(500, "N"), offset=500, partition=2)[0] == apply_event(state, ev(500, "N"),
                                                                                       offset=500, partition=2)[0]
+
+
+def test_every_write_of_a_user_is_stamped_after_the_one_before() -> None:
+    """Feast skips a row whose event timestamp is not newer than the stored one: a late event (older
+    than the user's newest) must still reach the row, and so must two writes within one millisecond."""
+    state, _ = apply_event(None, ev(0, "A", seconds=100), offset=0)
+    first = stamped(state, now_ms=1_000)
+    late, applied = apply_event(first, ev(1, "B", seconds=50), offset=1)
+    assert applied and late["last_event_ms"] == first["last_event_ms"]  # the newest event did not change
+    second = stamped(late, now_ms=1_000)  # same millisecond
+    third = stamped(second, now_ms=900)  # the clock stepped back
+    assert first["pushed_ms"] < second["pushed_ms"] < third["pushed_ms"]
+    stamps = [feature_row("U1", s)["event_timestamp"] for s in (first, second, third)]
+    assert stamps == sorted(set(stamps))
 
 
 def test_a_row_without_state_fields_is_adopted_and_no_row_is_no_state() -> None:

@@ -129,6 +129,51 @@ def test_malformed_events_go_to_the_dlq_and_the_rest_applies(env_stack: Settings
         assert reason in record.reason and record.topic == INTERACTIONS and record.offset >= 0
 
 
+def test_late_events_and_old_purchases_reach_the_row_and_a_restart_carries_on_from_it(
+        env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
+    """Events older than the user's newest (late arrivals) change the row too (Feast skips a write whose
+    event timestamp is not newer than the stored one), purchases stay remembered beyond the recent
+    history, and a new worker carries on from the row: the state lives there, not in the process."""
+    from kafka import KafkaProducer
+
+    user = "U-late-1"
+    worker = worker_factory(env_stack)
+    producer = KafkaProducer(acks="all", **env_stack.kafka_python_config())
+    base = pd.Timestamp("2026-11-20T12:00:00Z")
+    sent: list[tuple[str, str, int]] = []  # (item, type, seconds after base), in arrival order
+
+    def send(item: str, kind: str, seconds: int) -> None:
+        applied = worker.figures()["applied"]
+        event = {"event_id": f"late-{len(sent)}", "user_id": user, "item_id": item, "interaction_type": kind,
+                 "timestamp": (base + pd.Timedelta(seconds=seconds)).isoformat()}
+        producer.send(INTERACTIONS, key=user.encode(), value=json.dumps(event).encode()).get(30)
+        sent.append((item, kind, seconds))
+        # one event per batch: each is its own write of the row
+        wait_until(lambda: worker.figures()["applied"] > applied, 30, f"event {len(sent)} to apply")
+
+    send("A", "purchase", 100)
+    send("B", "positive_view", 300)
+    send("C", "purchase", 200)  # late: older than B
+    send("D", "cart", 50)  # late again
+    row = online_state(env_stack, [user])[user]
+    assert row["recent_item_ids"] == ["B", "C", "A", "D"], row
+    assert (row["count_purchase"], row["count_cart"], row["count_positive_view"]) == (2, 1, 1)
+    worker.stop()
+
+    restarted = worker_factory(env_stack)  # nothing of the first worker's memory survives
+    for i in range(25):  # push A and C out of the last 20 events
+        send(f"V{i}", "positive_view", 400 + i)
+    client = FeatureClient(env_stack)
+    try:
+        got = client.user_features(user)
+    finally:
+        client.close()
+    assert got["count_positive_view"] == 26 and got["count_purchase"] == 2 and len(got["recent_item_ids"]) == 20
+    assert got["purchased_item_ids"] == ["C", "A"]  # newest purchase first
+    assert restarted.figures()["applied"] == 25
+    producer.close()
+
+
 def test_kill_9_mid_replay_still_equals_the_ground_truth(env_stack: Settings,
                                                          worker_factory: Callable[..., Worker]) -> None:
     worker = worker_factory(env_stack)
