@@ -21,7 +21,7 @@ from typing import Any
 
 from streamrec._exceptions import is_infrastructure
 from streamrec.config import get_settings
-from streamrec.features import FeatureClient, history_frame
+from streamrec.features import FeatureClient
 from streamrec.schemas import Interaction, ItemUpdate, SchemaError, bounded_key, dead_letter, decode, encode
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
@@ -135,8 +135,8 @@ async def _push_users(states: dict[str, Any], newest_record_ts: dict[str, float]
     async def push() -> float:
         now_ms = int(time.time() * 1000)
         written = {u: stamped(states[u], now_ms) for u in newest_record_ts}
-        frame = history_frame([feature_row(u, state) for u, state in written.items()])
-        await loop.run_in_executor(None, client.push_history, frame)
+        rows = [feature_row(u, state) for u, state in written.items()]
+        await loop.run_in_executor(None, client.write_history, rows)
         states.update(written)
         return time.time()
 

@@ -4,7 +4,11 @@ code from streamrec's settings.
 - ``FeatureClient.apply()`` registers the repository and ``materialize()`` loads the static views;
 - ``user_features(user_id)`` reads a profile and recent history in one call;
 - ``item_features(item_ids)`` reads many items at once;
-- ``push_history(rows)`` writes a micro-batch to the push source in one call.
+- ``push_history(rows)`` writes a micro-batch to the push source in one call;
+- the stream worker's hot path, ``history_rows(user_ids)`` and ``write_history(rows)``, goes one level
+  down, to the online store's own batch read and write (``Provider.online_read`` /
+  ``online_write_batch``): the same feature view, entity keys and values as a push, without converting
+  every row through pandas and arrow (a push cost ~275 µs a row, a Feast read ~240).
 
 The registry is read once and cached for the client's life (``cache_ttl_seconds=0``): a Feast push
 that refreshes the registry on every call takes seconds (feast#2051). Long-running processes that
@@ -37,6 +41,7 @@ HISTORY_FEATURES = ("recent_item_ids", "recent_interaction_types", "count_positi
                     "last_event_at", "pushed_at_ms", "purchased_item_ids")
 # The rest of the stream worker's per-user state, kept in the same row (read by the worker only).
 STATE_FIELDS = ("recent_event_times_ms", "recent_event_ids", "source_partition", "source_offset")
+HISTORY_FIELDS = (*HISTORY_FEATURES, *STATE_FIELDS)
 ITEM_FEATURES = ("category", "top_category", "discounted_price", "actual_price", "discount_percentage",
                  "rating", "rating_count", "stock", "arrival_date")
 STATIC_VIEWS = ("user_profile", "item_features")
@@ -76,8 +81,10 @@ class FeatureClient:
         self.store = FeatureStore(config=config, repo_path=str(REPO_PATH))
         self._profile_refs = [f"user_profile:{f}" for f in PROFILE_FEATURES]
         self._history_refs = [f"user_recent_history:{f}" for f in HISTORY_FEATURES]
-        self._state_refs = self._history_refs + [f"user_recent_history:{f}" for f in STATE_FIELDS]
         self._item_refs = [f"item_features:{f}" for f in ITEM_FEATURES]
+        self._provider_cache: Any = None
+        self._views: dict[str, Any] = {}
+        self._view_encoders: dict[str, dict[str, Any]] = {}
 
     # ---- set-up -------------------------------------------------------------------------------
     def apply(self) -> list[str]:
@@ -161,8 +168,53 @@ class FeatureClient:
                                     "applied by an older streamrec (run `streamrec apply` again)")
 
     def history_rows(self, user_ids: list[str]) -> list[dict[str, Any]]:
-        """Whole `user_recent_history` rows (features and the worker's state fields) in one online read."""
-        return self._online(self._state_refs, "user_id", user_ids)
+        """Whole `user_recent_history` rows (features and the worker's state fields) in one online read;
+        a user without a row gets a row of None."""
+        view = self._view("user_recent_history")
+        keys = [_entity_key("user_id", u) for u in user_ids]
+        try:
+            found = self._provider().online_read(self.store.config, view, keys, list(HISTORY_FIELDS))
+        except Exception as exc:
+            raise FeatureStoreError(f"online read of user_recent_history failed: {exc}") from exc
+        empty = dict.fromkeys(HISTORY_FIELDS)
+        return [empty.copy() if values is None else {**empty, **{k: _python(v) for k, v in values.items()}}
+                for _, values in found]
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        """Write `user_recent_history` rows (as ``history.feature_row`` makes them: user_id, every field,
+        event_timestamp) in one batch write of the online store."""
+        if not rows:
+            return
+        view = self._view("user_recent_history")
+        encode = self._encoders(view)
+        try:
+            data = [(_entity_key("user_id", row["user_id"]),
+                     {name: to_proto(row[name]) for name, to_proto in encode.items()},
+                     row["event_timestamp"], None) for row in rows]
+            self._provider().online_write_batch(self.store.config, view, data, None)
+        except Exception as exc:
+            raise FeatureStoreError(f"write to user_recent_history failed: {exc}") from exc
+
+    def _provider(self) -> Any:
+        if self._provider_cache is None:
+            from feast.infra.provider import get_provider
+
+            self._provider_cache = get_provider(self.store.config)
+        return self._provider_cache
+
+    def _view(self, name: str) -> Any:
+        if name not in self._views:
+            try:
+                self._views[name] = self.store.get_feature_view(name, allow_registry_cache=True)
+            except Exception as exc:
+                raise FeatureStoreError(f"no {name} view in the registry (run `streamrec apply`): {exc}") from exc
+        return self._views[name]
+
+    def _encoders(self, view: Any) -> dict[str, Any]:
+        """Per field of ``view``, the function from a Python value to its Feast value proto."""
+        if view.name not in self._view_encoders:
+            self._view_encoders[view.name] = {f.name: _encoder(f.dtype.to_value_type()) for f in view.features}
+        return self._view_encoders[view.name]
 
     def item_features(self, item_ids: list[str]) -> pd.DataFrame:
         """Item features for many items in one online read, indexed by item_id."""
@@ -201,6 +253,50 @@ class FeatureClient:
         client = getattr(getattr(online, "online_store", None), "_client", None)
         if client is not None:
             client.close()
+
+
+def _entity_key(join_key: str, value: str) -> Any:
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    return EntityKey(join_keys=[join_key], entity_values=[Value(string_val=value)])
+
+
+def _python(value: Any) -> Any:
+    """A Feast value proto as the Python value ``get_online_features`` gives (lists, ints, UTC datetimes)."""
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    got = getattr(value, kind)
+    if kind == "unix_timestamp_val":
+        return datetime.fromtimestamp(got, tz=UTC)
+    if kind == "unix_timestamp_list_val":
+        return [datetime.fromtimestamp(t, tz=UTC) for t in got.val]
+    return list(got.val) if kind.endswith("_list_val") else got
+
+
+def _encoder(value_type: Any) -> Any:
+    """Python value → Feast value proto for one field type, as a push would write it."""
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.value_type import ValueType
+
+    def seconds(t: Any) -> int:
+        return int(t.timestamp()) if isinstance(t, datetime) else int(t)
+
+    proto_field = {ValueType.STRING_LIST: "string_list_val", ValueType.INT64_LIST: "int64_list_val",
+                   ValueType.DOUBLE_LIST: "double_list_val"}.get(value_type)
+    if proto_field is not None:
+        from feast.protos.feast.types import Value_pb2
+
+        list_type = getattr(Value_pb2, {"string_list_val": "StringList", "int64_list_val": "Int64List",
+                                        "double_list_val": "DoubleList"}[proto_field])
+        return lambda v: Value() if v is None else Value(**{proto_field: list_type(val=v)})
+    scalar = {ValueType.STRING: ("string_val", str), ValueType.INT64: ("int64_val", int),
+              ValueType.DOUBLE: ("double_val", float), ValueType.UNIX_TIMESTAMP: ("unix_timestamp_val", seconds)}
+    if value_type not in scalar:
+        raise FeatureStoreError(f"no writer for feature type {value_type}")
+    name, convert = scalar[value_type]
+    return lambda v: Value() if v is None else Value(**{name: convert(v)})
 
 
 def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

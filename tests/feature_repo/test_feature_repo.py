@@ -15,7 +15,7 @@ import pytest
 from generation.dataset_gen_amazon import GeneratorConfig, generate, write
 from streamrec import load_settings
 from streamrec.config import Settings
-from streamrec.features import REPO_PATH, FeatureClient, history_frame
+from streamrec.features import HISTORY_FEATURES, REPO_PATH, FeatureClient, history_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +109,16 @@ def test_the_worker_state_round_trips_through_the_online_row(client: FeatureClie
     assert state_from_row(rows[0]) == state and state_from_row(rows[1]) == nothing_bought
     assert state_from_row(rows[2]) is None  # no row yet
     assert client.user_features("U000004")["purchased_item_ids"] == ["I000000"]
+
+    # The worker's batch write (the online store's own, no push) stores exactly what the push stored:
+    # Feast's reads, the recommender's included, see the same row.
+    client.write_history([{**feature_row("U000006", state)}])
+    pushed, written = client.users_features(["U000004", "U000006"])
+    assert {k: written[k] for k in HISTORY_FEATURES} == {k: pushed[k] for k in HISTORY_FEATURES}
+    assert state_from_row(client.history_rows(["U000006"])[0]) == state
+    later = stamped(state, now_ms=1_790_000_000_001)
+    client.write_history([feature_row("U000006", {**later, "items": ["I000009"]})])  # a newer write wins
+    assert client.user_features("U000006")["recent_item_ids"] == ["I000009"]
 
 
 def test_the_worker_refuses_a_registry_applied_by_an_older_version(stack: Settings, data_dir: Path) -> None:
