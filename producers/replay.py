@@ -71,23 +71,29 @@ def build_messages(frame: pd.DataFrame, loop_round: int = 0) -> list[tuple[bytes
     suffix = f"~{loop_round}" if loop_round else ""
     stamps = frame["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00").to_numpy()
     columns = {c: frame[c].to_numpy() for c in (*REQUIRED, *OPTIONAL) if c in frame.columns}
+    n = len(frame)
+    # Optional columns resolved once, not per row (a per-row default list made this quadratic: 4.6k rows/s).
+    def present(name: str) -> Any:  # values with None where missing
+        if name not in frame.columns:
+            return [None] * n
+        column = frame[name].astype(object)
+        return column.where(frame[name].notna(), None).to_numpy()
+
+    ratings, quantities = present("rating"), present("quantity")
+    context_columns = [(k, columns[k]) for k in ("device", "session_id") if k in columns]
+    ids, users, items, kinds = (columns[c] for c in ("interaction_id", "user_id", "item_id", "interaction_type"))
     out = []
-    for i in range(len(frame)):
-        body: dict[str, Any] = {
-            "event_id": f"{columns['interaction_id'][i]}{suffix}", "user_id": str(columns["user_id"][i]),
-            "item_id": str(columns["item_id"][i]), "interaction_type": columns["interaction_type"][i],
-            "timestamp": stamps[i],
-        }
-        rating = columns.get("rating", [None] * len(frame))[i]
-        if rating is not None and not pd.isna(rating):
-            body["rating"] = float(rating)
-        quantity = columns.get("quantity", [None] * len(frame))[i]
-        if quantity is not None and not pd.isna(quantity):
-            body["quantity"] = int(quantity)
-        context = {k: str(columns[k][i]) for k in ("device", "session_id") if k in columns}
-        if context:
-            body["context"] = context
-        out.append((body["user_id"].encode(), json.dumps(body, separators=(",", ":")).encode()))
+    for i in range(n):
+        user = str(users[i])
+        body: dict[str, Any] = {"event_id": f"{ids[i]}{suffix}", "user_id": user, "item_id": str(items[i]),
+                                "interaction_type": kinds[i], "timestamp": stamps[i]}
+        if ratings[i] is not None:
+            body["rating"] = float(ratings[i])
+        if quantities[i] is not None:
+            body["quantity"] = int(quantities[i])
+        if context_columns:
+            body["context"] = {k: str(values[i]) for k, values in context_columns}
+        out.append((user.encode(), json.dumps(body, separators=(",", ":")).encode()))
     return out
 
 
