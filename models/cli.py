@@ -154,11 +154,15 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float,
 @click.option("--cold-start", is_flag=True, help="Train from scratch instead of from LATEST's weights.")
 @click.option("--topic", default=None, help="Interactions topic (default: interactions).")
 @click.option("--no-publish", is_flag=True, help="Do not announce promotions on model-updates.")
+@click.option("--threads", default=None, type=click.IntRange(1, 256),
+              help="torch CPU threads (default: half the cores, at least 1): the stream workers keep the rest.")
+@click.option("--nice", "niceness", default=10, show_default=True, type=click.IntRange(0, 19),
+              help="Run at this lower CPU priority, so a retrain never delays the stream workers.")
 @_model_options
 def trainer(every: str | None, after_events: int | None, once: bool, max_runs: int | None, tolerance: float,
-            epochs: int, cold_start: bool, topic: str | None, no_publish: bool, batch_size: int, lr: float,
-            dim: int, temperature: float, seed: int, targets: str, device: str | None, data_dir: Path | None,
-            out: Path | None) -> None:
+            epochs: int, cold_start: bool, topic: str | None, no_publish: bool, threads: int | None, niceness: int,
+            batch_size: int, lr: float, dim: int, temperature: float, seed: int, targets: str, device: str | None,
+            data_dir: Path | None, out: Path | None) -> None:
     """Retrain periodically on the base data plus new events from Kafka; promote if not worse.
 
     New events on the interactions topic are appended to an offline parquet log in the data
@@ -169,10 +173,11 @@ def trainer(every: str | None, after_events: int | None, once: bool, max_runs: i
     from streamrec.topics import INTERACTIONS
 
     from .train import TrainConfig
-    from .trainer import TrainerOptions, parse_duration, run_trainer
+    from .trainer import TrainerOptions, parse_duration, run_trainer, yield_cpu
 
     settings = _settings(data_dir, out)
     err = Console(stderr=True)
+    yield_cpu(threads, niceness)
     opts = TrainerOptions(
         tolerance=tolerance, warm_start=not cold_start, topic=topic or INTERACTIONS, publish=not no_publish,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, targets=targets,  # type: ignore[arg-type]

@@ -162,3 +162,17 @@ def test_parse_duration() -> None:
     for bad in ("", "soon", "0", "-5m"):
         with pytest.raises(Exception, match="--every"):
             parse_duration(bad)
+
+
+def test_the_trainer_yields_the_cpu_to_the_stream_workers() -> None:
+    """Fewer torch threads and a lower priority (in a child process: niceness cannot be raised back)."""
+    import subprocess
+    import sys
+
+    code = ("import os, torch; from models.trainer import yield_cpu; before = os.nice(0); "
+            "threads, now = yield_cpu(None, 7); "
+            "print(threads, torch.get_num_threads(), now - before, max(1, (os.cpu_count() or 2) // 2))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    threads, torch_threads, added, half = map(int, out)
+    assert threads == torch_threads == half and added == 7
