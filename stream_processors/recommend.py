@@ -132,8 +132,8 @@ class Recommender:
         if embedded:
             users = bundle.model.user_embeddings([user_input(user_rows[i]) for i in embedded])  # (B, D)
             depth = max(max(requests[i].k for i in embedded) * CANDIDATE_FACTOR, 50)
-            depth += max(len(user_rows[i].get("recent_item_ids") or []) + len(requests[i].exclude or [])
-                         for i in embedded)
+            depth += max(len(user_rows[i].get("recent_item_ids") or []) + len(requests[i].exclude or []) +
+                         len(user_rows[i].get("purchased_item_ids") or []) for i in embedded)
             sims, rows = bundle.index.search(np.ascontiguousarray(users), min(depth, bundle.index.ntotal))
             for j, i in enumerate(embedded):
                 valid = rows[j] >= 0
@@ -169,7 +169,9 @@ class Recommender:
         if len(items) >= request.k:
             return items, counts, False
         taken = {it.item_id for it in items}
-        pool = list(islice((p for p in self.catalog.popularity if p not in taken), request.k * CANDIDATE_FACTOR + 200))
+        # deep enough that the items the history filter drops (every purchase on record) leave k behind
+        depth = request.k * CANDIDATE_FACTOR + 200 + len(ctx.purchased_item_ids) + len(ctx.exclude)
+        pool = list(islice((p for p in self.catalog.popularity if p not in taken), depth))
         extra, extra_counts = apply_filters(self.catalog.candidates(pool, [0.0] * len(pool)), ctx, self.filters)
         items += [ScoredItem(item_id=str(i), score=0.0) for i in extra.ids[: request.k - len(items)]]
         return items, {k: counts.get(k, 0) + extra_counts.get(k, 0) for k in counts}, True

@@ -74,6 +74,30 @@ def test_in_process_top_k_is_available_unseen_and_scored(generated: Path, catalo
         assert set(response.filtered) == {"availability", "demographic", "history", "contextual"}
 
 
+def test_no_purchase_on_record_is_recommended_again_even_outside_the_recent_history(
+        generated: Path, catalog: Catalog, bundle: ServingBundle) -> None:
+    """Issue 15: a user with 30 purchases, the earliest 10 outside the 20 recent events, gets none of the
+    30 back, neither from the model's candidates nor from the popularity backfill."""
+    rec = Recommender(catalog, load_filter_config())
+    user = "U000003"
+    row = _row(generated, user)
+    ask = _request({"request_id": "r", "user_id": user, "k": 30, "context": {"timestamp": NOON}})
+    (before,) = rec.recommend([ask], [row], bundle)
+    bought = [i.item_id for i in before.items]  # what the model would recommend most: now all bought
+    bought += [p for p in catalog.popularity if p not in bought][: 30 - len(bought)]
+    assert len(bought) == 30
+    row = {**row, "purchased_item_ids": bought[::-1],  # newest first
+           "recent_item_ids": bought[::-1][:20], "recent_interaction_types": ["purchase"] * 20}
+    (after,) = rec.recommend([ask], [row], bundle)
+    got = [i.item_id for i in after.items]
+    assert len(got) == 30 and not set(got) & set(bought), set(got) & set(bought)
+    assert not set(got) & set(bought[:10])  # the ten purchases no longer among the recent events
+    (backfilled,) = Recommender(catalog, FilterConfig(history_last_n=0)).recommend(
+        [RecommendationRequest(request_id="c", user_id="nobody-known", k=30)],
+        [{"age": 30, "purchased_item_ids": list(catalog.popularity[:300])}], None)
+    assert len(backfilled.items) == 30 and not {i.item_id for i in backfilled.items} & set(catalog.popularity[:300])
+
+
 def test_cold_starts_are_flagged(generated: Path, catalog: Catalog, bundle: ServingBundle) -> None:
     rec = Recommender(catalog, FilterConfig())
     row = _row(generated, "U000001")
