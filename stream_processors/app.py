@@ -58,6 +58,7 @@ async def _revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
 async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
     held.drop_all()  # rows of partitions owned elsewhere meanwhile may have moved on
 
+
 _features: FeatureClient | None = None
 _features_lock = asyncio.Lock()
 
@@ -286,6 +287,8 @@ async def freshness_page(web: Any, request: Any) -> Any:
     snap["stalled"] = sorted(f"{tp.topic}/{tp.partition}" for tp in _stalled)
     snap["ready"] = _features is not None and not _stalled
     snap["rewinds"] = guard.order.rewinds  # holes the consumer left that were read again
+    # users' states held in memory; a miss is an online read of the user's row
+    snap["state_cache"] = {"held": len(held), "hits": held.hits, "misses": held.misses}
     if request.query.get("samples"):
         snap["lags_ms"] = tracker.samples()
     return web.json(snap)

@@ -170,7 +170,9 @@ def test_late_events_and_old_purchases_reach_the_row_and_a_restart_carries_on_fr
         client.close()
     assert got["count_positive_view"] == 26 and got["count_purchase"] == 2 and len(got["recent_item_ids"]) == 20
     assert got["purchased_item_ids"] == ["C", "A"]  # newest purchase first
-    assert restarted.figures()["applied"] == 25
+    figures = restarted.figures()
+    assert figures["applied"] == 25
+    assert figures["state_cache"]["misses"] >= 1 and figures["state_cache"]["held"] >= 1  # it read the row
     producer.close()
 
 
