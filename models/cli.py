@@ -173,17 +173,19 @@ def trainer(every: str | None, after_events: int | None, once: bool, max_runs: i
     from streamrec.topics import INTERACTIONS
 
     from .train import TrainConfig
-    from .trainer import TrainerOptions, parse_duration, run_trainer, yield_cpu
+    from .trainer import TrainerError, TrainerOptions, parse_duration, run_trainer, yield_cpu
 
     settings = _settings(data_dir, out)
     err = Console(stderr=True)
-    yield_cpu(threads, niceness)
     opts = TrainerOptions(
         tolerance=tolerance, warm_start=not cold_start, topic=topic or INTERACTIONS, publish=not no_publish,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, targets=targets,  # type: ignore[arg-type]
                           device=device),
         model={"dim": dim, "temperature": temperature})
     every_s = parse_duration(every) if every is not None else None
+    if not once and every_s is None and after_events is None:
+        raise TrainerError("say when to retrain: --every 10m, --after-events N, or --once")
+    yield_cpu(threads, niceness)  # after the arguments are known good: a usage error changes nothing
     with err.status("trainer running (Ctrl-C stops it)…"):
         run_trainer(settings, opts, every_s=every_s, after_events=after_events, once=once, max_runs=max_runs,
                     report=lambda line: err.print(line, highlight=False, soft_wrap=True))

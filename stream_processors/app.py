@@ -32,7 +32,7 @@ from .items import merge_item_updates
 from .metrics import FreshnessTracker, StallWatch
 from .states import UNKNOWN, StateCache
 
-__all__ = ["app", "tracker", "create_app"]
+__all__ = ["app", "tracker", "create_app", "use_features"]
 
 log = logging.getLogger("streamrec.worker")
 
@@ -61,6 +61,12 @@ async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
 
 _features: FeatureClient | None = None
 _features_lock = asyncio.Lock()
+
+
+def use_features(client: FeatureClient) -> None:
+    """Use ``client`` (built and checked by `streamrec worker` before the app starts) as the app's."""
+    global _features
+    _features = client
 
 
 async def features() -> FeatureClient:

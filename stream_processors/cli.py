@@ -42,9 +42,13 @@ def worker(which: str, loglevel: str, faust_args: tuple[str, ...]) -> None:
         client = FeatureClient(settings)  # the state lives in the rows: their schema must be this version's
         try:
             client.check_history_view()
-        finally:
+        except BaseException:
             client.close()
-        from stream_processors.app import app
+            raise
+        from stream_processors import app as features_app
+
+        features_app.use_features(client)  # the app's client: Feast is loaded once per process
+        app = features_app.app
 
         port, logger = settings.worker_port, "streamrec.worker"
     else:

@@ -15,7 +15,7 @@ import pytest
 from generation.dataset_gen_amazon import GeneratorConfig, generate, write
 from streamrec import load_settings
 from streamrec.config import Settings
-from streamrec.features import HISTORY_FEATURES, REPO_PATH, FeatureClient, history_frame
+from streamrec.features import HISTORY_FEATURES, PROFILE_FEATURES, REPO_PATH, FeatureClient, history_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,8 +113,15 @@ def test_the_worker_state_round_trips_through_the_online_row(client: FeatureClie
     # The worker's batch write (the online store's own, no push) stores exactly what the push stored:
     # Feast's reads, the recommender's included, see the same row.
     client.write_history([{**feature_row("U000006", state)}])
-    pushed, written = client.users_features(["U000004", "U000006"])
-    assert {k: written[k] for k in HISTORY_FEATURES} == {k: pushed[k] for k in HISTORY_FEATURES}
+    refs = [f"user_recent_history:{f}" for f in HISTORY_FEATURES] + [f"user_profile:{f}" for f in PROFILE_FEATURES]
+    users = ["U000004", "U000006", "U000199", "nobody"]
+    by_feast = client.store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users]).to_dict()
+    pushed, written = ({k: by_feast[k][i] for k in HISTORY_FEATURES} for i in (0, 1))
+    assert written == pushed
+    # our batch read returns what Feast's own read returns, absent users and values included
+    ours = client.users_features(users)
+    assert ours == [{k: by_feast[k][i] for k in ("user_id", *PROFILE_FEATURES, *HISTORY_FEATURES)}
+                    for i in range(len(users))]
     assert state_from_row(client.history_rows(["U000006"])[0]) == state
     later = stamped(state, now_ms=1_790_000_000_001)
     client.write_history([feature_row("U000006", {**later, "items": ["I000009"]})])  # a newer write wins

@@ -39,10 +39,17 @@ def test_user_errors_are_streamrec_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(train, ["--data-dir", str(tmp_path / "nothing")])
     assert isinstance(result.exception, StreamrecError)
     assert "streamrec generate" in str(result.exception) and "\n" not in str(result.exception)
+    import os
+
+    import torch
+
+    priority, threads = os.nice(0), torch.get_num_threads()
     result = CliRunner().invoke(trainer, ["--every", "soon"])
     assert isinstance(result.exception, StreamrecError) and "--every" in str(result.exception)
     result = CliRunner().invoke(trainer, [])
     assert isinstance(result.exception, StreamrecError) and "--once" in str(result.exception)
+    # a usage error leaves the process as it was (the trainer lowers its priority only to run)
+    assert (os.nice(0), torch.get_num_threads()) == (priority, threads)
 
 
 def test_bad_device_is_one_clear_error(tiny: Dataset, tmp_path: Path) -> None:

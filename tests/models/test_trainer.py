@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -93,7 +94,9 @@ def test_trainer_promotes_refuses_and_announces(stack: Settings, topic_factory: 
     _produce(settings, topic, _new_events(ds, "b", 40))
     result = CliRunner().invoke(trainer_cmd, [
         "--once", "--topic", topic, "--epochs", "3", "--data-dir", str(settings.data_dir),
-        "--out", str(root)], catch_exceptions=False)
+        "--out", str(root),
+        # in this process: leave pytest's own priority and torch threads as they are
+        "--nice", "0", "--threads", str(torch.get_num_threads())], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert latest_version(root) == "v2"
     _, schema2, meta2 = read_checkpoint(root / "v2")
@@ -171,8 +174,12 @@ def test_the_trainer_yields_the_cpu_to_the_stream_workers() -> None:
 
     code = ("import os, torch; from models.trainer import yield_cpu; before = os.nice(0); "
             "threads, now = yield_cpu(None, 7); "
-            "print(threads, torch.get_num_threads(), now - before, max(1, (os.cpu_count() or 2) // 2))")
+            "print(threads, torch.get_num_threads(), now - before, max(1, (os.cpu_count() or 2) // 2), now)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout.split()
-    threads, torch_threads, added, half = map(int, out)
-    assert threads == torch_threads == half and added == 7
+    threads, torch_threads, added, half, now = map(int, out)
+
+    def out_of_room(added: int) -> bool:
+        return now == 19
+    assert threads == torch_threads == half
+    assert added == 7 or (added < 7 and out_of_room(added))  # niceness stops at 19

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
@@ -62,9 +61,8 @@ def _explain(settings: Settings, wrong: dict[str, tuple[dict, dict]], *workers: 
 
 
 # ---- 1. rebalance ------------------------------------------------------------------------------
-# On both brokers: on Apache Kafka this lost the killed worker's users in 5 of 9 runs while the state
-# lived in a Faust table recovered from its changelog (issue #13); the state now lives in the online rows.
-@pytest.mark.parametrize("env_stack", ["tansu", "kafka"], indirect=True)
+# On the suite's broker. On Apache Kafka this lost the killed worker's users in 5 of 9 runs while the
+# state lived in a Faust table recovered from its changelog (issue #13); the state now lives in the rows.
 def test_two_workers_one_killed_the_survivor_takes_over_without_loss(
         env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
     first = worker_factory(env_stack)
