@@ -79,9 +79,6 @@ class FeatureClient:
             repo_path=str(REPO_PATH),
         )
         self.store = FeatureStore(config=config, repo_path=str(REPO_PATH))
-        self._profile_refs = [f"user_profile:{f}" for f in PROFILE_FEATURES]
-        self._history_refs = [f"user_recent_history:{f}" for f in HISTORY_FEATURES]
-        self._item_refs = [f"item_features:{f}" for f in ITEM_FEATURES]
         self._provider_cache: Any = None
         self._views: dict[str, Any] = {}
         self._view_encoders: dict[str, dict[str, Any]] = {}
@@ -115,6 +112,8 @@ class FeatureClient:
 
     def refresh_registry(self) -> None:
         self.store.refresh_registry()
+        self._views.clear()
+        self._view_encoders.clear()
 
     def _latest_static_timestamp(self) -> datetime:
         items = pd.read_parquet(self.data_dir / "recommendation_items.parquet", columns=["updated_at"])
@@ -150,9 +149,10 @@ class FeatureClient:
         return self.users_features([user_id])[0]
 
     def users_features(self, user_ids: list[str]) -> list[dict[str, Any]]:
-        """Profiles and recent histories of many users in one online read."""
-        rows = self._online(self._profile_refs + self._history_refs, "user_id", user_ids)
-        return rows
+        """Profiles and recent histories of many users: one batch read of the online store per view."""
+        profiles = self._read("user_profile", "user_id", PROFILE_FEATURES, user_ids)
+        histories = self._read("user_recent_history", "user_id", HISTORY_FEATURES, user_ids)
+        return [{"user_id": u, **p, **h} for u, p, h in zip(user_ids, profiles, histories, strict=True)]
 
     def check_history_view(self) -> None:
         """Raise a clear error unless the registry's `user_recent_history` has every field this version
@@ -170,15 +170,25 @@ class FeatureClient:
     def history_rows(self, user_ids: list[str]) -> list[dict[str, Any]]:
         """Whole `user_recent_history` rows (features and the worker's state fields) in one online read;
         a user without a row gets a row of None."""
-        view = self._view("user_recent_history")
-        keys = [_entity_key("user_id", u) for u in user_ids]
+        return self._read("user_recent_history", "user_id", HISTORY_FIELDS, user_ids)
+
+    def _read(self, view_name: str, join_key: str, fields: tuple[str, ...], ids: list[str]) -> list[dict[str, Any]]:
+        """``fields`` of ``view_name`` for each id through the online store's batch read (the view's TTL is
+        0, so nothing expires); values as ``get_online_features`` gives them, None where absent."""
+        view = self._view(view_name)
+        keys = [_entity_key(join_key, i) for i in ids]
         try:
-            found = self._provider().online_read(self.store.config, view, keys, list(HISTORY_FIELDS))
+            found = self._provider().online_read(self.store.config, view, keys, list(fields))
         except Exception as exc:
-            raise FeatureStoreError(f"online read of user_recent_history failed: {exc}") from exc
-        empty = dict.fromkeys(HISTORY_FIELDS)
-        return [empty.copy() if values is None else {**empty, **{k: _python(v) for k, v in values.items()}}
-                for _, values in found]
+            raise FeatureStoreError(f"online read of {view_name} failed: {exc}") from exc
+        empty = dict.fromkeys(fields)
+        rows = []
+        for _, values in found:
+            row = empty.copy()
+            if values is not None:
+                row.update((k, _python(v)) for k, v in values.items() if k in row)
+            rows.append(row)
+        return rows
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         """Write `user_recent_history` rows (as ``history.feature_row`` makes them: user_id, every field,
@@ -218,16 +228,9 @@ class FeatureClient:
 
     def item_features(self, item_ids: list[str]) -> pd.DataFrame:
         """Item features for many items in one online read, indexed by item_id."""
-        rows = self._online(self._item_refs, "item_id", item_ids)
-        return pd.DataFrame(rows).set_index("item_id")
-
-    def _online(self, refs: list[str], key: str, ids: list[str]) -> list[dict[str, Any]]:
-        try:
-            result = self.store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids])
-            columns = result.to_dict()
-        except Exception as exc:
-            raise FeatureStoreError(f"online read failed: {exc}") from exc
-        return [{name: values[i] for name, values in columns.items()} for i in range(len(ids))]
+        rows = self._read("item_features", "item_id", ITEM_FEATURES, item_ids)
+        return pd.DataFrame([{"item_id": i, **row} for i, row in zip(item_ids, rows, strict=True)],
+                            columns=["item_id", *ITEM_FEATURES]).set_index("item_id")
 
     # ---- writes -------------------------------------------------------------------------------
     def push_history(self, rows: pd.DataFrame) -> None:
