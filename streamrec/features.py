@@ -280,25 +280,22 @@ def _python(value: Any) -> Any:
 
 def _encoder(value_type: Any) -> Any:
     """Python value → Feast value proto for one field type, as a push would write it."""
-    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.protos.feast.types.Value_pb2 import DoubleList, Int64List, StringList, Value
     from feast.value_type import ValueType
 
     def seconds(t: Any) -> int:
         return int(t.timestamp()) if isinstance(t, datetime) else int(t)
 
-    proto_field = {ValueType.STRING_LIST: "string_list_val", ValueType.INT64_LIST: "int64_list_val",
-                   ValueType.DOUBLE_LIST: "double_list_val"}.get(value_type)
-    if proto_field is not None:
-        from feast.protos.feast.types import Value_pb2
-
-        list_type = getattr(Value_pb2, {"string_list_val": "StringList", "int64_list_val": "Int64List",
-                                        "double_list_val": "DoubleList"}[proto_field])
-        return lambda v: Value() if v is None else Value(**{proto_field: list_type(val=v)})
-    scalar = {ValueType.STRING: ("string_val", str), ValueType.INT64: ("int64_val", int),
-              ValueType.DOUBLE: ("double_val", float), ValueType.UNIX_TIMESTAMP: ("unix_timestamp_val", seconds)}
-    if value_type not in scalar:
+    kinds = {  # value type → (proto field, conversion of the Python value)
+        ValueType.STRING_LIST: ("string_list_val", lambda v: StringList(val=v)),
+        ValueType.INT64_LIST: ("int64_list_val", lambda v: Int64List(val=v)),
+        ValueType.DOUBLE_LIST: ("double_list_val", lambda v: DoubleList(val=v)),
+        ValueType.STRING: ("string_val", str), ValueType.INT64: ("int64_val", int),
+        ValueType.DOUBLE: ("double_val", float), ValueType.UNIX_TIMESTAMP: ("unix_timestamp_val", seconds),
+    }
+    if value_type not in kinds:
         raise FeatureStoreError(f"no writer for feature type {value_type}")
-    name, convert = scalar[value_type]
+    name, convert = kinds[value_type]
     return lambda v: Value() if v is None else Value(**{name: convert(v)})
 
 
