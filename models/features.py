@@ -26,7 +26,7 @@ from streamrec._exceptions import StreamrecError
 from streamrec.schemas import INTERACTION_TYPES
 
 __all__ = ["FeatureError", "FeatureSchema", "POSITIVE_TYPES", "PAD", "OOV", "SCHEMA_VERSION",
-           "text_hashes"]
+           "string_ids", "text_hashes"]
 
 PAD, OOV = 0, 1  # reserved rows of every padded vocabulary
 SCHEMA_VERSION = 1
@@ -50,6 +50,33 @@ def text_hashes(text: str, n_buckets: int, max_tokens: int) -> list[int]:
     grams = [f"u:{w}" for w in words] + [f"b:{a}_{b}" for a, b in zip(words, words[1:], strict=False)]
     # crc32, not hash(): Python's string hash is salted per process, so it would not survive a restart
     return [1 + zlib.crc32(g.encode()) % (n_buckets - 1) for g in grams[:max_tokens]]
+
+
+def string_ids(values: pd.Series) -> pd.Series:
+    """Ids as strings (object dtype), nulls as None: 7 and 7.0 both become "7" (a float column of ids is an
+    integer column that had a null), so ids read from any file match ids typed by hand."""
+    if pd.api.types.is_float_dtype(values.dtype):
+        whole = values.isna() | (values % 1 == 0)
+        if bool(whole.all()):
+            values = values.astype("Int64")
+    text = values.astype("string")
+    return text.astype(object).where(text.notna(), None)
+
+
+def _floats(items: pd.DataFrame, name: str) -> np.ndarray:
+    """A numeric column as float64 with NaN for missing, absent or non-numeric values (imported logs
+    leave prices, ratings and counts empty, as None or a nullable integer column)."""
+    if name not in items.columns:
+        return np.full(len(items), np.nan)
+    return pd.to_numeric(items[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _texts(items: pd.DataFrame, name: str) -> list[str | None]:
+    """A text column as str, with None (not the string "None" or "nan") where it is missing."""
+    if name not in items.columns:
+        return [None] * len(items)
+    return [None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v)
+            for v in items[name]]
 
 
 def _bucket(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
@@ -99,21 +126,26 @@ class FeatureSchema:
     @classmethod
     def build(cls, users: pd.DataFrame, items: pd.DataFrame, interactions: pd.DataFrame,
               n_price_buckets: int = 16, **options: Any) -> FeatureSchema:
-        """A fresh schema over the catalogue plus every item id the interactions mention."""
-        prices = np.log1p(items["discounted_price"].to_numpy(dtype=np.float64)) if len(items) else np.zeros(1)
-        qs = np.quantile(prices, np.linspace(0, 1, n_price_buckets + 1)[1:-1])
+        """A fresh schema over the catalogue plus every item id the interactions mention.
+
+        Price edges are quantiles of the known prices; with none known (an imported log) there are no
+        edges and every item's price bucket is "unknown".
+        """
+        prices = np.log1p(_floats(items, "discounted_price")) if len(items) else np.zeros(1)
+        prices = prices[np.isfinite(prices)]
+        qs = np.quantile(prices, np.linspace(0, 1, n_price_buckets + 1)[1:-1]) if len(prices) else []
         empty = cls((), (), (), (), (), tuple(float(q) for q in np.unique(qs)), **options)
         return empty.extend(users, items, interactions)
 
     def extend(self, users: pd.DataFrame, items: pd.DataFrame, interactions: pd.DataFrame) -> FeatureSchema:
         """This schema with new items, categories, genders and regions appended; edges unchanged."""
-        cats = items["category"].astype(str) if len(items) else pd.Series([], dtype=object)
+        cats = _texts(items, "category")
         prefs = [c for cs in users.get("preferred_categories", pd.Series([], dtype=object))
                  if cs is not None for c in cs]
         return replace(
             self,
             item_ids=_extend(_extend(self.item_ids, items["item_id"]), interactions["item_id"]),
-            top_categories=_extend(self.top_categories, list(items["top_category"]) + prefs),
+            top_categories=_extend(self.top_categories, _texts(items, "top_category") + prefs),
             leaf_categories=_extend(self.leaf_categories, cats),
             genders=_extend(self.genders, users.get("gender", [])),
             regions=_extend(self.regions, users.get("region", [])),
@@ -156,14 +188,14 @@ class FeatureSchema:
         rows = self.item_index(items["item_id"])
         keep = rows >= 2
         items, rows = items[keep], rows[keep]
-        table["top"][rows] = _index(self.top_categories, items["top_category"], 2, OOV)
-        table["leaf"][rows] = _index(self.leaf_categories, items["category"].astype(str), 2, OOV)
-        table["price"][rows] = _bucket(np.log1p(items["discounted_price"].to_numpy(np.float64)),
-                                       self.price_edges)
-        table["rating"][rows] = _bucket(items["rating"].to_numpy(np.float64), self.rating_edges)
-        table["count"][rows] = _bucket(items["rating_count"].to_numpy(np.float64), self.count_edges)
-        for row, name in zip(rows, items["product_name"].astype(str), strict=True):
-            hashes = text_hashes(name, self.text_buckets, self.text_tokens)
+        # any of these may be missing (NaN, None, absent) in an imported catalogue: unknown, never an error
+        table["top"][rows] = _index(self.top_categories, _texts(items, "top_category"), 2, OOV)
+        table["leaf"][rows] = _index(self.leaf_categories, _texts(items, "category"), 2, OOV)
+        table["price"][rows] = _bucket(np.log1p(_floats(items, "discounted_price")), self.price_edges)
+        table["rating"][rows] = _bucket(_floats(items, "rating"), self.rating_edges)
+        table["count"][rows] = _bucket(_floats(items, "rating_count"), self.count_edges)
+        for row, name in zip(rows, _texts(items, "product_name"), strict=True):
+            hashes = text_hashes(name or "", self.text_buckets, self.text_tokens)
             table["text"][row, : len(hashes)] = hashes
         return table
 

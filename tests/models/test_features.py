@@ -73,3 +73,43 @@ def test_text_hashes_are_stable_and_in_range() -> None:
     assert a == text_hashes("acme quiet in-ear headphones", 128, 16)  # case and punctuation do not matter
     assert all(1 <= h < 128 for h in a) and len(a) == 5 + 4
     assert np.unique(text_hashes("a b c d e f g h", 1 << 20, 3)).size == 3
+
+
+def test_an_imported_catalogue_without_prices_ratings_or_names_encodes_as_unknown() -> None:
+    """Imported logs leave prices, ratings, counts and sometimes categories empty (NaN, None, <NA>)."""
+    users = pd.DataFrame({"user_id": ["1"], "gender": [None], "region": [np.nan]})
+    items = pd.DataFrame({"item_id": ["10", "20", "30"], "product_name": ["Heat (1995)", None, np.nan],
+                          "category": ["Action|Crime", None, np.nan], "top_category": ["Action", None, np.nan],
+                          "discounted_price": [np.nan, None, np.nan],
+                          "rating": [None, None, None], "rating_count": pd.array([pd.NA] * 3, dtype="Int64")})
+    schema = FeatureSchema.build(users, items, pd.DataFrame({"item_id": ["10", "40"]}))
+    assert schema.price_edges == ()  # no known price: no edges, every price bucket "unknown"
+    assert schema.top_categories == ("Action",) and schema.leaf_categories == ("Action|Crime",)  # no "None"/"nan"
+    assert schema.genders == () and schema.regions == ()
+    table = schema.item_table(items)
+    rows = schema.item_index(["10", "20", "30"])
+    assert table["top"][rows].tolist() == [2, OOV, OOV]
+    for column in ("price", "rating", "count"):
+        assert (table[column][rows] == 0).all(), column
+    assert (table["text"][rows[0]] > 0).any() and (table["text"][rows[1:]] == 0).all()  # no "none" token
+    assert schema.sizes()["n_price"] == 2
+
+
+def test_some_missing_prices_do_not_poison_the_edges() -> None:
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "discounted_price": [1.0, np.nan, 100.0, None],
+                          "category": "X|Y", "top_category": "X", "rating": np.nan, "rating_count": 0,
+                          "product_name": "n"})
+    built = FeatureSchema.build(pd.DataFrame({"user_id": []}), items, pd.DataFrame({"item_id": []}))
+    assert built.price_edges and all(np.isfinite(built.price_edges))
+    buckets = built.item_table(items)["price"][built.item_index(["a", "b", "c", "d"])]
+    assert buckets[1] == buckets[3] == 0 and buckets[0] > 0 and buckets[2] > buckets[0]
+
+
+def test_string_ids_from_any_column_type() -> None:
+    from models.features import string_ids
+
+    assert string_ids(pd.Series([1, 22])).tolist() == ["1", "22"]
+    assert string_ids(pd.Series([1.0, np.nan, 3.0])).tolist() == ["1", None, "3"]  # ints with a null
+    assert string_ids(pd.Series(["007", None, "x"])).tolist() == ["007", None, "x"]
+    assert string_ids(pd.Series([1.5])).tolist() == ["1.5"]
+    assert string_ids(pd.Series(pd.array([4, pd.NA], dtype="Int64"))).tolist() == ["4", None]
