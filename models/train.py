@@ -24,8 +24,9 @@ import torch
 from rich.progress import Progress
 
 from streamrec._exceptions import StreamrecError
+from streamrec.schemas import INTERACTION_TYPES
 
-from .features import POSITIVE_TYPES, FeatureSchema
+from .features import POSITIVE_TYPES, FeatureSchema, string_ids
 from .metrics import ranking_metrics
 from .towers import TowerConfig, TwoTower, UserBatch
 
@@ -67,7 +68,12 @@ class RawData:
 
 
 def load_data(data_dir: Path, extra: pd.DataFrame | None = None) -> RawData:
-    """Read the generator's parquet files (plus ``extra`` interactions, deduplicated by id)."""
+    """Read the three parquet files (plus ``extra`` interactions, deduplicated by id).
+
+    Any data the importer or the generator wrote is accepted: ids become strings, and the item and
+    user columns the model reads are added as null where absent. An interaction type outside the five
+    and a numeric timestamp (Unix time of an unknown unit) are errors that say what to do.
+    """
     frames: dict[str, pd.DataFrame] = {}
     for key, name in _FILES.items():
         path = Path(data_dir) / name
@@ -81,6 +87,26 @@ def load_data(data_dir: Path, extra: pd.DataFrame | None = None) -> RawData:
     missing = set(_EVENT_COLUMNS) - set(inter.columns)
     if missing:
         raise TrainError(f"{_FILES['interactions']} lacks columns {sorted(missing)}")
+    if pd.api.types.is_numeric_dtype(inter["timestamp"].dtype):
+        raise TrainError(f"{_FILES['interactions']}: timestamp is a number ({inter['timestamp'].dtype}), not a "
+                         "time: its unit is unknown; bring the log in with `streamrec import table FILE --user-col "
+                         "... --item-col ... --time-col ... --time-unit s|ms|us|ns`")
+    unknown = set(inter["interaction_type"].unique()) - set(INTERACTION_TYPES)
+    if unknown:
+        shown = ", ".join(sorted(map(repr, unknown))[:10]) + (" …" if len(unknown) > 10 else "")
+        raise TrainError(f"{_FILES['interactions']}: interaction_type values {shown} are not among "
+                         f"{', '.join(INTERACTION_TYPES)} (map them with `streamrec import table ... --type-map "
+                         "raw=type`)")
+    # what the model reads, null where the data has none (an imported log has no prices or regions)
+    for key, columns in (("items", ("discounted_price", "rating", "rating_count", "top_category", "category",
+                                    "product_name")),
+                         ("users", ("age", "gender", "region", "preferred_categories"))):
+        for column in columns:
+            if column not in frames[key].columns:
+                frames[key][column] = None
+    for key in ("users", "items"):
+        frames[key][f"{key[:-1]}_id"] = string_ids(frames[key][f"{key[:-1]}_id"])
+    inter["user_id"], inter["item_id"] = string_ids(inter["user_id"]), string_ids(inter["item_id"])
     if extra is not None and len(extra):
         inter = pd.concat([inter[_EVENT_COLUMNS], extra[_EVENT_COLUMNS]], ignore_index=True)
         inter["timestamp"] = pd.to_datetime(inter["timestamp"], utc=True)
