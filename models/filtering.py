@@ -99,13 +99,15 @@ _RULE_KEYS = {"exclude_categories", "max_price", "age_min", "age_max", "genders"
 _DAYS = {"mon", "tue", "wed", "thu", "fri", "sat", "sun", "weekday", "weekend"}
 
 
-def _rule(raw: Mapping[str, Any], where: str, categories: Iterable[str] | None) -> Rule:
+def _rule(raw: Mapping[str, Any], where: str, categories: Iterable[str] | None, strict: bool = True) -> Rule:
     unknown = set(raw) - _RULE_KEYS
     if unknown:
         raise FilterConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(_RULE_KEYS)}")
     cats = frozenset(raw.get("exclude_categories", ()))
     if categories is not None and not cats <= set(categories):
-        raise FilterConfigError(f"{where}: categories not in the data: {sorted(cats - set(categories))}")
+        if strict:
+            raise FilterConfigError(f"{where}: categories not in the data: {sorted(cats - set(categories))}")
+        cats &= set(categories)
     hours = raw.get("hours")
     if hours is not None and (len(hours) != 2 or not all(0 <= h <= 24 for h in hours)):
         raise FilterConfigError(f"{where}: hours must be [start, end) within 0..24, got {hours}")
@@ -120,10 +122,16 @@ def _rule(raw: Mapping[str, Any], where: str, categories: Iterable[str] | None) 
 
 
 def load_filter_config(path: Path | None = None, categories: Iterable[str] | None = None) -> FilterConfig:
-    """Read the rules; ``categories`` (those in the data) lets a typo in a category fail loudly."""
+    """Read the rules; ``categories`` (those in the data) lets a typo in a category fail loudly.
+
+    The shipped rules name the generator's categories: on other data (an imported log) the ones the
+    data lacks are left out of them, so those rules exclude nothing; a rules file of the user's own
+    must name real categories.
+    """
     import yaml
 
-    path = Path(path or os.environ.get("STREAMREC_FILTERS_CONFIG") or DEFAULT_CONFIG)
+    chosen = path or os.environ.get("STREAMREC_FILTERS_CONFIG")
+    path = Path(chosen or DEFAULT_CONFIG)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -135,9 +143,10 @@ def load_filter_config(path: Path | None = None, categories: Iterable[str] | Non
     return FilterConfig(
         history_last_n=int(raw.get("history", {}).get("last_n", 20)),
         drop_purchased=bool(raw.get("history", {}).get("drop_purchased", True)),
-        demographic=tuple(_rule(r, f"{path}: demographic[{i}]", cats)
+        demographic=tuple(_rule(r, f"{path}: demographic[{i}]", cats, strict=bool(chosen))
                           for i, r in enumerate(raw.get("demographic", []))),
-        contextual=tuple(_rule(r, f"{path}: contextual[{i}]", cats) for i, r in enumerate(raw.get("contextual", []))),
+        contextual=tuple(_rule(r, f"{path}: contextual[{i}]", cats, strict=bool(chosen))
+                         for i, r in enumerate(raw.get("contextual", []))),
         enabled=tuple(f for f in FILTER_ORDER if f in enabled),
     )
 
@@ -146,10 +155,19 @@ def load_filter_config(path: Path | None = None, categories: Iterable[str] | Non
 _NAT = np.iinfo(np.int64).min  # NaT as int64: an unknown arrival date counts as arrived
 
 
+def _numbers(values: np.ndarray) -> np.ndarray:
+    """float64, NaN where unknown (an imported catalogue has no stock or prices: None in the online store)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "biuf":  # the usual case, and the cheap one
+        return values.astype(np.float64, copy=False)
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+
+
 def availability(cands: Candidates, ctx: FilterContext) -> np.ndarray:
-    """In stock, and available from a date that has come."""
+    """In stock, and available from a date that has come. Unknown stock or arrival: available."""
     arrival = cands["arrival_ns"]
-    return (cands["stock"] > 0) & ((arrival == _NAT) | (arrival <= pd.Timestamp(ctx.now).value))
+    out_of_stock = _numbers(cands["stock"]) <= 0  # NaN compares False: unknown stock is not "none left"
+    return ~out_of_stock & ((arrival == _NAT) | (arrival <= pd.Timestamp(ctx.now).value))
 
 
 def _excluded(cands: Candidates, rules: Iterable[Rule]) -> np.ndarray:
@@ -158,18 +176,26 @@ def _excluded(cands: Candidates, rules: Iterable[Rule]) -> np.ndarray:
         if rule.exclude_categories:
             out |= np.isin(cands["top_category"], list(rule.exclude_categories))
         if rule.max_price is not None:
-            out |= cands["discounted_price"] > rule.max_price
+            out |= _numbers(cands["discounted_price"]) > rule.max_price  # an unknown price is never above
     return out
 
 
+def _known(value: Any) -> Any:
+    """None for a missing profile value, whichever way it is missing (None, NaN, pd.NA)."""
+    return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else value
+
+
 def demographic(cands: Candidates, ctx: FilterContext, rules: Sequence[Rule]) -> np.ndarray:
-    """Drop the categories a rule excludes for the user's age band and gender."""
+    """Drop the categories a rule excludes for the user's age band and gender; an unknown age or
+    gender matches no rule that asks for one."""
+    age, gender = _known(ctx.age), _known(ctx.gender)
+
     def applies(rule: Rule) -> bool:
-        if rule.age_min is not None and (ctx.age is None or ctx.age < rule.age_min):
+        if rule.age_min is not None and (age is None or age < rule.age_min):
             return False
-        if rule.age_max is not None and (ctx.age is None or ctx.age > rule.age_max):
+        if rule.age_max is not None and (age is None or age > rule.age_max):
             return False
-        return rule.genders is None or ctx.gender in rule.genders
+        return rule.genders is None or gender in rule.genders
 
     return ~_excluded(cands, [r for r in rules if applies(r)])
 

@@ -40,9 +40,11 @@ class Catalog:
         arrival = pd.to_datetime(items["arrival_date"], utc=True)
         self._columns = {
             "top_category": items["top_category"].to_numpy(dtype=object),
-            "stock": items["stock"].fillna(0).to_numpy(dtype=np.int64),
+            # float with NaN: an item whose stock or price is unknown (an imported catalogue) is not
+            # "out of stock" nor "too expensive"; the filters let it through
+            "stock": _floats(items["stock"]),
             "arrival_ns": arrival.to_numpy(dtype="datetime64[ns]").view("int64"),
-            "discounted_price": items["discounted_price"].to_numpy(dtype=np.float64),
+            "discounted_price": _floats(items["discounted_price"]),
         }
         self._ids = items.index.to_numpy(dtype=object)
         self._lock = threading.Lock()
@@ -72,8 +74,14 @@ class Catalog:
                 self._columns["discounted_price"][row] = price
         return True
 
-    def stock(self, item_id: str) -> int:
-        return int(self._columns["stock"][self._pos[item_id]])
+    def stock(self, item_id: str) -> int | None:
+        """The item's stock; None when unknown."""
+        value = self._columns["stock"][self._pos[item_id]]
+        return None if np.isnan(value) else int(value)
+
+
+def _floats(column: pd.Series) -> np.ndarray:
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,42 @@ def test_bad_rules_are_one_clear_error(tmp_path: Path, text: str, message: str) 
     path.write_text(text)
     with pytest.raises(FilterConfigError, match=message):
         load_filter_config(path, categories=CATEGORIES)
+
+
+# ---- unknown values (an imported catalogue or profile): no rule applies -------------------------------------
+def unknowns() -> Candidates:
+    """Items as the online store returns an imported catalogue: stock, price and arrival are None."""
+    return Candidates(np.array(["K", "S", "N"], dtype=object), {
+        "score": np.array([0.9, 0.8, 0.7]), "top_category": np.array(["Drama", "Drama", None], dtype=object),
+        "stock": np.array([None, 0, None], dtype=object),
+        "arrival_ns": pd.to_datetime(pd.Series([None, None, None]), utc=True).to_numpy("datetime64[ns]").view("int64"),
+        "discounted_price": np.array([None, None, None], dtype=object),
+    })
+
+
+def test_unknown_stock_and_arrival_count_as_available() -> None:
+    assert list(unknowns().ids[availability(unknowns(), FilterContext(now=NOW))]) == ["K", "N"]  # S: known 0
+    as_floats = Candidates.from_frame(pd.DataFrame({
+        "item_id": ["K", "S"], "score": [0.9, 0.8], "top_category": ["Drama", "Drama"], "stock": [np.nan, 0.0],
+        "arrival_date": [pd.NaT, pd.NaT], "discounted_price": [np.nan, np.nan]}).set_index("item_id"))
+    assert list(as_floats.ids[availability(as_floats, FilterContext(now=NOW))]) == ["K"]
+
+
+def test_an_unknown_price_is_never_above_a_limit_and_an_unknown_age_or_gender_matches_no_rule() -> None:
+    rules = (Rule(max_price=10), Rule(exclude_categories=frozenset({"Drama"}), age_max=24),
+             Rule(exclude_categories=frozenset({"Drama"}), genders=frozenset({"M"})))
+    for age, gender in ((None, None), (float("nan"), float("nan")), (pd.NA, pd.NA)):
+        keep = demographic(unknowns(), FilterContext(now=NOW, age=age, gender=gender), rules)
+        assert keep.all(), (age, gender)
+    assert kept(demographic(frame(), FilterContext(now=NOW, age=float("nan")), (Rule(max_price=100),))) == \
+        ["B", "C", "D", "F"]  # the rule without conditions still applies to known prices
+
+
+def test_the_shipped_rules_on_other_categories_exclude_nothing_but_a_users_file_must_match(tmp_path: Path) -> None:
+    config = load_filter_config(categories=["Drama", "Comedy", None])  # an imported log's genres
+    assert all(not r.exclude_categories for r in config.demographic + config.contextual)
+    assert any(r.max_price for r in config.demographic)  # the rest of each rule stays
+    mine = tmp_path / "rules.yaml"
+    mine.write_text("demographic: [{age_max: 24, exclude_categories: [Beauty]}]")
+    with pytest.raises(FilterConfigError, match="not in the data"):
+        load_filter_config(mine, categories=["Drama"])

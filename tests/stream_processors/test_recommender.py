@@ -125,6 +125,21 @@ def test_backfill_from_popularity_when_filters_leave_too_few(generated: Path, ca
     assert {i.item_id for i in response.items} <= books
 
 
+def test_an_imported_catalogue_with_unknown_stock_and_prices_is_recommendable() -> None:
+    """Items as the online store returns an imported log's catalogue (stock, price, arrival all None):
+    unknown is not "sold out", so popularity still answers with them."""
+    items = pd.DataFrame({"item_id": ["1", "2", "3"], "top_category": ["Drama", "Comedy", "unknown"],
+                          "stock": [None, 0, None], "arrival_date": [None, None, None],
+                          "discounted_price": [None, None, None]}).set_index("item_id")
+    catalog = Catalog(items, ["2", "1", "3"])
+    assert catalog.stock("1") is None and catalog.stock("2") == 0
+    rec = Recommender(catalog, load_filter_config(categories=set(items["top_category"])))
+    (response,) = rec.recommend([RecommendationRequest(request_id="r", user_id="5", k=3)], [None], None)
+    assert [i.item_id for i in response.items] == ["1", "3"] and response.filtered["availability"] == 1
+    catalog.update("1", stock=0)
+    assert catalog.stock("1") == 0
+
+
 def _start_both(env_stack: Settings, worker_factory: Callable[..., Worker], checkpoint: Path) -> Worker:
     shutil.copytree(checkpoint, env_stack.checkpoint_dir)
     worker_factory(env_stack)
