@@ -271,11 +271,15 @@ def _python(value: Any) -> Any:
     if kind is None or kind == "null_val":
         return None
     got = getattr(value, kind)
+    # materialize stores a null time (NaT: an imported item without a release date) as int64's minimum
     if kind == "unix_timestamp_val":
-        return datetime.fromtimestamp(got, tz=UTC)
+        return None if got == _NULL_TIMESTAMP else datetime.fromtimestamp(got, tz=UTC)
     if kind == "unix_timestamp_list_val":
-        return [datetime.fromtimestamp(t, tz=UTC) for t in got.val]
+        return [None if t == _NULL_TIMESTAMP else datetime.fromtimestamp(t, tz=UTC) for t in got.val]
     return list(got.val) if kind.endswith("_list_val") else got
+
+
+_NULL_TIMESTAMP = -(2**63)  # feast.type_map.NULL_TIMESTAMP_INT_VALUE, without importing feast here
 
 
 def _encoder(value_type: Any) -> Any:
