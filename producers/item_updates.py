@@ -24,10 +24,14 @@ KIND_P = (0.25, 0.35, 0.3, 0.1)
 
 
 def make_updates(items: pd.DataFrame, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` updates over ``items`` (item_id, stock, discounted_price), consistent with each other."""
+    """``n`` updates over ``items`` (item_id, stock, discounted_price), consistent with each other.
+
+    An unknown stock (an imported catalogue) counts as 0 once an update changes it; an item without a
+    price gets a restock where a price change was drawn."""
     rng = np.random.default_rng(seed)
-    stock = dict(zip(items["item_id"], items["stock"].astype(int), strict=True))
-    price = dict(zip(items["item_id"], items["discounted_price"].astype(float), strict=True))
+    known = lambda column: column.astype(object).where(column.notna(), None)  # noqa: E731 - NaN/NA -> None
+    stock = dict(zip(items["item_id"], known(items["stock"]), strict=True))
+    price = dict(zip(items["item_id"], known(items["discounted_price"]), strict=True))
     ids = items["item_id"].to_numpy()
     picks = rng.choice(len(ids), n)
     kinds = rng.choice(len(KINDS), n, p=KIND_P)
@@ -35,14 +39,15 @@ def make_updates(items: pd.DataFrame, n: int, seed: int = 0) -> list[dict[str, A
     for pick, kind in zip(picks, kinds, strict=True):
         item_id = str(ids[pick])
         update: dict[str, Any] = {"item_id": item_id}
-        if KINDS[kind] == "sell_out":
+        draw = "restock" if KINDS[kind] == "price" and price[item_id] is None else KINDS[kind]
+        if draw == "sell_out":
             stock[item_id] = update["stock"] = 0
-        elif KINDS[kind] == "restock":
-            stock[item_id] = update["stock"] = stock[item_id] + int(rng.integers(10, 200))
-        elif KINDS[kind] == "sale":
-            stock[item_id] = update["stock"] = max(0, stock[item_id] - int(rng.integers(1, 4)))
+        elif draw == "restock":
+            stock[item_id] = update["stock"] = int(stock[item_id] or 0) + int(rng.integers(10, 200))
+        elif draw == "sale":
+            stock[item_id] = update["stock"] = max(0, int(stock[item_id] or 0) - int(rng.integers(1, 4)))
         else:
-            price[item_id] = update["price"] = round(price[item_id] * float(rng.uniform(0.8, 1.15)), 2)
+            price[item_id] = update["price"] = round(float(price[item_id]) * float(rng.uniform(0.8, 1.15)), 2)
         out.append(update)
     return out
 

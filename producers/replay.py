@@ -80,7 +80,7 @@ def build_messages(frame: pd.DataFrame, loop_round: int = 0) -> list[tuple[bytes
         return column.where(frame[name].notna(), None).to_numpy()
 
     ratings, quantities = present("rating"), present("quantity")
-    context_columns = [(k, columns[k]) for k in ("device", "session_id") if k in columns]
+    context_columns = [(k, present(k)) for k in ("device", "session_id") if k in columns]
     ids, users, items, kinds = (columns[c] for c in ("interaction_id", "user_id", "item_id", "interaction_type"))
     out = []
     for i in range(n):
@@ -91,8 +91,9 @@ def build_messages(frame: pd.DataFrame, loop_round: int = 0) -> list[tuple[bytes
             body["rating"] = float(ratings[i])
         if quantities[i] is not None:
             body["quantity"] = int(quantities[i])
-        if context_columns:
-            body["context"] = {k: str(values[i]) for k, values in context_columns}
+        context = {k: str(values[i]) for k, values in context_columns if values[i] is not None}
+        if context:  # an imported log has no device or session: no context, not "None"
+            body["context"] = context
         out.append((user.encode(), json.dumps(body, separators=(",", ":")).encode()))
     return out
 
