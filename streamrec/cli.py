@@ -241,11 +241,12 @@ def demo(keep_stack: bool, users: int, items: int, events: int, n_requests: int)
 def _register() -> None:
     """Commands that live with their stage."""
     from generation.generate_images import images
+    from generation.importers import import_
     from models.cli import train, trainer
     from producers.cli import replay, request
     from stream_processors.cli import freshness, worker
 
-    for command in (worker, replay, freshness, images, request, train, trainer):
+    for command in (import_, worker, replay, freshness, images, request, train, trainer):
         cli.add_command(command)
 
 

@@ -33,7 +33,7 @@ def test_every_command_has_help(path: list[str]) -> None:
 
 
 def test_the_contract_commands_all_exist() -> None:
-    expected = {"stack", "generate", "images", "apply", "train", "trainer", "worker", "replay", "request",
+    expected = {"stack", "generate", "import", "images", "apply", "train", "trainer", "worker", "replay", "request",
                 "freshness", "demo", "bench"}
     assert expected <= set(cli.commands)
 
