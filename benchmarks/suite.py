@@ -286,8 +286,14 @@ def run_suite(names: Sequence[str], mode: str = "full", console: Any = None,
 
 def write_report(outcomes: list[Outcome], out: Path, mode: str, command: str,
                  brokers: Sequence[str] = ()) -> None:
-    """Render and write atomically, so an interrupted run never leaves half a file."""
+    """Render and write atomically, so an interrupted run never leaves half a file. The quality sections
+    that `streamrec bench quality --report` wrote into the old file are kept (they need data of their own)."""
+    from .bench_quality import HEADING, sections
+
     text = render(machine_info(brokers), outcomes, mode=mode, command=command)
+    kept = sections(out.read_text()) if out.is_file() else []
+    if kept:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n" + "\n".join(kept)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(out)

@@ -333,18 +333,22 @@ def evaluate(scorer: Scorer, es: EvalSet, ks: Sequence[int] = (10, 20), chunk: i
 
 
 @torch.inference_mode()
-def model_scorer(model: TwoTower, enc: Encoded, es: EvalSet, columns: torch.Tensor | None = None) -> Scorer:
+def model_scorer(model: TwoTower, enc: Encoded, es: EvalSet, columns: torch.Tensor | None = None,
+                 history_rows: torch.Tensor | None = None) -> Scorer:
     """Scores of ``model`` (encoded by its own ``enc``). ``columns`` maps the eval catalogue to the
-    model's item rows (-1 = unknown to it, never recommended); default: the same catalogue."""
+    model's item rows (-1 = unknown to it, never recommended); default: the same catalogue.
+    ``history_rows`` (E,): the user's history is read as of these event rows instead of ``es.rows``
+    (an older snapshot of the same users, for the freshness lift)."""
     model.eval()
     dev = enc.ev_item.device
     rows = columns if columns is not None else torch.arange(2, enc.schema.n_item_rows, device=dev)
     item = model.items(rows.clamp(min=0)) * (rows >= 0).unsqueeze(1)  # (C, D)
     unknown = rows < 0
+    hist = es.rows if history_rows is None else history_rows
 
     @torch.inference_mode()
     def score(idx: torch.Tensor) -> torch.Tensor:
-        s = model.users(user_batch(enc, es.rows[idx])) @ item.T  # (b, C)
+        s = model.users(user_batch(enc, hist[idx])) @ item.T  # (b, C)
         return s.masked_fill(unknown, float("-inf"))
 
     return score
@@ -390,8 +394,10 @@ def _optimizers(model: TwoTower, cfg: TrainConfig) -> list[torch.optim.Optimizer
             torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
 
 
-def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | None = None) -> FitResult:
-    """Train on ``p.split.train``; after each epoch score the validation set and keep the best."""
+def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | None = None,
+        val: EvalSet | None = None) -> FitResult:
+    """Train on ``p.split.train``; after each epoch score the validation set (``val``, else one built
+    from ``p.split.val``) and keep the best."""
     dev = p.enc.ev_item.device
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -399,7 +405,8 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
     counts = torch.bincount(p.enc.ev_item[rows], minlength=p.enc.schema.n_item_rows).double()
     log_q = torch.log((counts / counts.sum()).clamp(min=1e-12)).float() if cfg.logq else None
     opts = _optimizers(model, cfg)
-    val = eval_set(p.enc, p.split.val) if len(p.split.val) else None
+    if val is None and len(p.split.val):
+        val = eval_set(p.enc, p.split.val)
     result, best, t0 = FitResult(model), -1.0, time.perf_counter()
     n_batches = max(1, -(-len(rows) // cfg.batch_size))
     ep_task = progress.add_task("epochs", total=cfg.epochs) if progress else None

@@ -155,6 +155,8 @@ BENCHMARKS = {
     "stream": ("bench_stream", "Worker events/s, freshness and RSS vs a raw aiokafka + redis baseline."),
     "train": ("bench_train", "Training time and Recall@10 vs popularity and the oracle."),
     "recommend": ("bench_recommend", "recommend() in process and over Kafka vs Feast read + forward and a bare echo."),
+    "quality": ("bench_quality", "Two-tower vs popularity, ALS and EASE on any imported log (--data DIR), "
+                "with bootstrap intervals, and the freshness lift."),
 }
 
 

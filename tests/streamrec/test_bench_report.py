@@ -303,3 +303,17 @@ def test_without_java_or_maven_the_default_is_tansu_alone(tmp_path: Path, monkey
     (tmp_path / "bin" / "java").symlink_to(java)  # Java, but neither Maven nor cached jars
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     assert "Maven" in (kafka_unavailable() or "") and default_brokers() == ["tansu"]
+
+
+def test_rewriting_the_report_keeps_the_quality_sections(tmp_path: Path) -> None:
+    """`streamrec bench quality --report` sections need data the suite does not have: a suite run keeps them."""
+    from benchmarks.bench_quality import HEADING, put_section
+    from benchmarks.suite import write_report
+
+    out = tmp_path / "BENCHMARKS.md"
+    write_report([], out, "quick", "streamrec bench --quick")
+    out.write_text(put_section(put_section(out.read_text(), "ml-100k", "EASE 0.16"), "synthetic", "EASE 0.1"))
+    write_report([], out, "quick", "streamrec bench --quick")
+    text = out.read_text()
+    assert text.count(HEADING) == 1 and text.count("<!-- quality:ml-100k -->") == 1
+    assert text.index("EASE 0.16") < text.index("EASE 0.1\n")
