@@ -31,7 +31,7 @@ REFERENCE = "two-tower"
 
 
 def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: bool = True,
-        report: Any = print) -> dict[str, Any]:
+        report: Any = print, history: int = 20) -> dict[str, Any]:
     """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict."""
     import torch
 
@@ -41,14 +41,16 @@ def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: boo
 
     raw = load_data(data)
     t0 = time.perf_counter()
-    ctx = context(raw)
+    ctx = context(raw, max_history=history)
     ev = ctx.ev
     out: dict[str, Any] = {
-        "data": {"name": Path(data).resolve().name, "events": len(ev.frame),
+        "data": {"name": Path(data).resolve().name + ("" if history == 20 else f"-history{history}"),
+                 "events": len(ev.frame),
                  "users": len(ev.user_ids), "items": ctx.n_items, "positive_events": int(ctx.positive.sum()),
                  "window": [str(np.datetime64(int(ev.ts.min()), "ns"))[:19],
                             str(np.datetime64(int(ev.ts.max()), "ns"))[:19]]},
-        "settings": {"epochs": epochs, "seed": seed, "threads": torch.get_num_threads()}, "splits": {}}
+        "settings": {"epochs": epochs, "seed": seed, "history": history, "threads": torch.get_num_threads()},
+        "splits": {}}
     for name in splits:
         protocol = PROTOCOLS[name](ctx)
         rankers = [Popularity(), EASE(), *([ALS(seed=seed)] if als else []),
@@ -85,7 +87,9 @@ def _ci(t: Any) -> str:
 
 def markdown(r: dict[str, Any], command: str) -> str:
     d = r["data"]
-    lines = [f"### Quality on `{d['name']}`", "",
+    h = r["settings"].get("history", 20)
+    what_if = "" if h == 20 else f" (what-if: the two-tower reads {h} recent events; the stream keeps 20)"
+    lines = [f"### Quality on `{d['name']}`{what_if}", "",
              f"Produced by `{command}`: {d['events']:,} events ({d['positive_events']:,} positive), "
              f"{d['users']:,} users, {d['items']:,} items, {d['window'][0]} to {d['window'][1]}. Each baseline's "
              "difference to the two-tower is its mean minus the two-tower's over the same requests, with a paired "
@@ -180,19 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=["temporal", "leave-last-out", "both"], default="both")
     ap.add_argument("--epochs", type=int, default=10, help="two-tower epochs at most (early stopping on validation)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--history", type=int, default=20,
+                    help="recent events the two-tower reads (the stream keeps 20: more is a what-if, not what serves)")
     ap.add_argument("--no-als", action="store_true", help="leave ALS out")
     ap.add_argument("--out-dir", type=Path, default=Path("quality"), help="where quality.json and quality.png go")
     ap.add_argument("--report", type=Path, default=None,
                     help="Markdown file whose quality section for this data is written (e.g. BENCHMARKS.md)")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
-    if args.epochs < 1:
-        ap.error("--epochs must be at least 1")
+    if args.epochs < 1 or args.history < 1:
+        ap.error("--epochs and --history must be at least 1")
     err = Console(stderr=True)
     data = args.data or get_settings().data_dir
     splits = ["temporal", "leave-last-out"] if args.split == "both" else [args.split]
     with err.status("quality benchmark…") as status:
-        r = run(data, splits, epochs=args.epochs, seed=args.seed, als=not args.no_als,
+        r = run(data, splits, epochs=args.epochs, seed=args.seed, als=not args.no_als, history=args.history,
                 report=lambda line: (status.update(line), err.print(line, highlight=False)))
     command = "streamrec bench quality " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(r, command.strip())

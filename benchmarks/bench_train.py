@@ -4,8 +4,8 @@
 
 1. The seed's size (1000 users, 5000 items, 20000 interactions): wall time of ``epochs`` epochs
    (goal ≤ 20 s on CPU), and test Recall@10 beside the popularity and oracle baselines of the same
-   run (goals: ≥ 2x popularity, ≥ 0.8x oracle). For scale it also prints a "ceiling": the
-   generator's own mixture (preferred share x affinity, else catalogue share) times item
+   run (goals: ≥ 0.8x oracle, ≥ 0.95x the ceiling below; issue 16 retired ≥ 2x popularity). The "ceiling" is
+   the generator's own mixture (preferred share x affinity, else catalogue share) times item
    popularity counted on *all* events. It peeks at the answers, so it is an upper-bound estimate,
    not a fair baseline.
 2. ``--big`` interactions (10k users, 50k items per 1M, as bench_generate): seconds per epoch,
@@ -42,7 +42,7 @@ from models.train import (
     train_and_evaluate,
 )
 
-TIME_GOAL_S, POP_GOAL, ORACLE_GOAL = 20.0, 2.0, 0.8
+TIME_GOAL_S, ORACLE_GOAL, CEILING_GOAL = 20.0, 0.8, 0.95
 PREFERENCE_SHARE = 0.7  # the generator's default: share of events in the preferred categories
 
 
@@ -128,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['cpu_s']:.1f} CPU-s), goal <= {TIME_GOAL_S:.0f}s: {'met' if s['time_goal_met'] else 'NOT met'}"
           f"  (best epoch {s['best_epoch']})")
     print(f"  recall@10 two-tower {r10['two-tower']:.4f} | popularity {r10['popularity']:.4f} "
-          f"ratio {s['ratio_popularity']:.2f}x (goal {POP_GOAL:.1f}x: "
-          f"{'met' if s['ratio_popularity'] >= POP_GOAL else 'NOT met'})")
+          f"ratio {s['ratio_popularity']:.2f}x")
     print(f"            oracle {r10['oracle']:.4f} ratio {s['ratio_oracle']:.2f}x (goal {ORACLE_GOAL:.1f}x: "
           f"{'met' if s['ratio_oracle'] >= ORACLE_GOAL else 'NOT met'}) | random {r10['random']:.4f}")
     print(f"            ceiling (leaky estimate) {s['ceiling_recall@10']:.4f} = "
           f"{s['ceiling_recall@10'] / r10['popularity']:.2f}x popularity; "
-          f"the model reaches {r10['two-tower'] / s['ceiling_recall@10']:.0%} of it")
+          f"the model reaches {r10['two-tower'] / s['ceiling_recall@10']:.0%} of it (goal {CEILING_GOAL:.0%}: "
+          f"{'met' if r10['two-tower'] >= CEILING_GOAL * s['ceiling_recall@10'] else 'NOT met'})")
     if "big" in r:
         b = r["big"]
         print(f"big        {b['n_interactions']:,} interactions, {b['n_users']:,} users, {b['n_items']:,} items, "

@@ -103,7 +103,8 @@ def _both(*checks: bool | None) -> bool | None:
 GENERATE_TIME_S, GENERATE_RSS_MB, GENERATE_AT = 10.0, 2048.0, 1_000_000
 STREAM_EVENTS_PER_S, STREAM_RATIO, STREAM_P99_MS, STREAM_RATE, STREAM_RSS_MB, STREAM_USERS = (
     10_000.0, 0.5, 250.0, 1000.0, 1024.0, 100_000)
-TRAIN_TIME_S, TRAIN_EPOCHS, TRAIN_POPULARITY, TRAIN_ORACLE = 20.0, 10, 2.0, 0.8
+# issue 16 retired "≥ 2× popularity": the generator's own leaky ceiling is only ~1.4× popularity
+TRAIN_TIME_S, TRAIN_EPOCHS, TRAIN_ORACLE, TRAIN_CEILING = 20.0, 10, 0.8, 0.95
 RECOMMEND_P99_MS, RECOMMEND_ITEMS, KAFKA_P99_MS, KAFKA_RATE = 3.0, 5000, 15.0, 500.0
 
 
@@ -168,12 +169,11 @@ def _train(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
         Row(f"train 20k interactions × {epochs} epochs, s", dig(s, "train_s"), goal=f"≤ {TRAIN_TIME_S:.0f} s",
             met=None if na else _at_most(dig(s, "train_s"), TRAIN_TIME_S), why_na=na),
         Row("train, CPU seconds", dig(s, "cpu_s")),
-        Row("Recall@10 vs popularity", tt, dig(s, "recall@10", "popularity"), "popularity",
-            goal=f"≥ {TRAIN_POPULARITY:g}×",
-            met=_at_least(ratio(tt, dig(s, "recall@10", "popularity")), TRAIN_POPULARITY)),
+        Row("Recall@10 vs popularity", tt, dig(s, "recall@10", "popularity"), "popularity"),
         Row("Recall@10 vs oracle", tt, dig(s, "recall@10", "oracle"), "oracle", goal=f"≥ {TRAIN_ORACLE:g}×",
             met=_at_least(ratio(tt, dig(s, "recall@10", "oracle")), TRAIN_ORACLE)),
-        Row("Recall@10 vs leaky ceiling (peeks at answers)", tt, dig(s, "ceiling_recall@10"), "ceiling"),
+        Row("Recall@10 vs leaky ceiling (peeks at answers)", tt, dig(s, "ceiling_recall@10"), "ceiling",
+            goal=f"≥ {TRAIN_CEILING:g}×", met=_at_least(ratio(tt, dig(s, "ceiling_recall@10")), TRAIN_CEILING)),
     ]
     big = dig(r, "big")
     if isinstance(big, Mapping):

@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .features import POSITIVE_TYPES, FeatureSchema
+from .features import FeatureSchema
 from .metrics import per_row_metrics
 from .train import (
     EvalSet,
