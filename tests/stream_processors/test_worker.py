@@ -259,6 +259,10 @@ def test_freshness_cli_reads_the_worker_and_plots(env_stack: Settings, worker_fa
                            env=env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "freshness p99" in shown.stdout and "feature age (ms)" in shown.stdout
+    nobody = subprocess.run([sys.executable, "-m", "streamrec", "freshness", "--user", "NOPE"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert nobody.returncode == 1 and nobody.stderr.startswith("error: user 'NOPE' is not in the feature store")
+    assert len(nobody.stderr.strip().splitlines()) == 1
     png = tmp_path / "fresh.png"
     plotted = subprocess.run([sys.executable, "-m", "streamrec", "freshness", "--plot", str(png)], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=120)
