@@ -56,22 +56,8 @@ class UserBatch(NamedTuple):
     hist_types: Tensor  # (B, H) interaction type codes, 0 = padding
 
 
-class _Dropout(nn.Module):
-    """Inverted dropout from a uniform draw: nn.Dropout's per-element bernoulli_ took 15% of a training
-    step on the CPU (1.7 ms for a 256 x 448 input, 0.6 ms this way); same expectation, no parameters."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p <= 0:
-            return x
-        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
-
-
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(_Dropout(dropout), nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
 
 
 class ItemTower(nn.Module):
