@@ -35,7 +35,17 @@ def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: boo
     """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict."""
     import torch
 
-    from models.quality import ALS, EASE, PROTOCOLS, Oracle, Popularity, TwoTowerRanker, context, freshness_lift
+    from models.quality import (
+        ALS,
+        EASE,
+        PROTOCOLS,
+        Oracle,
+        Popularity,
+        TwoTowerRanker,
+        context,
+        freshness_lift,
+        run_protocol,
+    )
     from models.quality import paired_interval as interval
     from models.train import TrainConfig, load_data
 
@@ -71,12 +81,6 @@ def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: boo
             out["freshness_lift"] = lift
     out["seconds"] = time.perf_counter() - t0
     return out
-
-
-def run_protocol(ctx: Any, protocol: Any, rankers: list[Any], report: Any) -> dict[str, Any]:
-    from models.quality import run_protocol as _run
-
-    return _run(ctx, protocol, rankers, report)
 
 
 # ---- presentation -----------------------------------------------------------------------------
