@@ -47,6 +47,7 @@ interactions_topic = app.topic(INTERACTIONS, **raw)
 item_updates_topic = app.topic(ITEM_UPDATES, **raw)
 dlq_topics = {t: app.topic(dlq(t), **raw) for t in (INTERACTIONS, ITEM_UPDATES)}
 held = StateCache(settings.state_cache_users)
+_rebalances = [0]  # assignments after the first: shown on /freshness, a rebalance is where redelivery starts
 
 
 @app.on_partitions_revoked.connect
@@ -57,6 +58,8 @@ async def _revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
 @app.on_partitions_assigned.connect
 async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
     held.drop_all()  # rows of partitions owned elsewhere meanwhile may have moved on
+    _rebalances[0] += 1
+    log.info("assigned %d partitions (assignment %d)", len(assigned), _rebalances[0])
 
 
 _features: FeatureClient | None = None
@@ -293,6 +296,7 @@ async def freshness_page(web: Any, request: Any) -> Any:
     snap["stalled"] = sorted(f"{tp.topic}/{tp.partition}" for tp in _stalled)
     snap["ready"] = _features is not None and not _stalled
     snap["rewinds"] = guard.order.rewinds  # holes the consumer left that were read again
+    snap["rebalances"] = max(0, _rebalances[0] - 1)  # assignments after the first
     # users' states held in memory; a miss is an online read of the user's row
     snap["state_cache"] = {"held": len(held), "hits": held.hits, "misses": held.misses}
     if request.query.get("samples"):
