@@ -126,17 +126,25 @@ class UserTower(nn.Module):
                            region=u.region.masked_fill(hide, 0), pref=u.pref.masked_fill(hide.unsqueeze(1), 0))
         prof = torch.cat([self.age(u.age), self.gender(u.gender), self.region(u.region),
                           self.pref(u.pref)], dim=-1)  # (B, 4D)
-        h = hist + self.kind(u.hist_types)  # (B, H, D)
+        # Each slot's vector is h = hist + kind[type]; both poolings below are linear in h, so the kind
+        # part is pooled through the few type rows instead of materializing h (B x H x D, and its
+        # gradient): the same numbers (tests/models/test_towers.py), ~12% less time per training step at
+        # H=50 on ML-100k (interleaved A/B, 2 CPU cores).
+        types, kinds = u.hist_types, self.kind.weight  # (B, H), (T, D); row 0 (padding) stays zero
         valid = u.hist_items > 0  # (B, H)
-        n_hist = h.size(1)
-        logits = (h @ self.query(prof).unsqueeze(-1)).squeeze(-1) / math.sqrt(h.size(-1))  # (B, H)
-        logits = logits + self.pos_bias[:n_hist] + self.kind_bias(u.hist_types).squeeze(-1)
+        n_hist = hist.size(1)
+        q = self.query(prof)  # (B, D)
+        content = (hist @ q.unsqueeze(-1)).squeeze(-1) + (q @ kinds.T).gather(1, types)  # h . q: (B, H)
+        logits = content / math.sqrt(hist.size(-1)) + self.pos_bias[:n_hist] + self.kind_bias(types).squeeze(-1)
         logits = logits.masked_fill(~valid, -1e9)
         # an empty history pools to zeros instead of a NaN softmax over nothing
         w = torch.softmax(logits, dim=-1) * valid.any(dim=-1, keepdim=True)  # (B, H)
-        pooled = (w.unsqueeze(-1) * h).sum(dim=1)  # (B, D)
-        mean = (h * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (B, D)
-        x = torch.cat([prof, pooled, mean], dim=-1)  # (B, 6D)
+        share = valid / valid.sum(1, keepdim=True).clamp(min=1)  # the plain mean's weights
+        weights = torch.stack([w, share.to(w.dtype)], dim=1)  # (B, 2, H): attention, mean
+        per_type = torch.zeros(*weights.shape[:2], kinds.size(0), dtype=w.dtype, device=w.device)
+        per_type.scatter_add_(2, types.unsqueeze(1).expand_as(weights), weights)  # (B, 2, T)
+        pools = weights @ hist + per_type @ kinds  # (B, 2, D)
+        x = torch.cat([prof, pools[:, 0], pools[:, 1]], dim=-1)  # (B, 6D)
         return F.normalize(self.mlp(x), dim=-1)  # (B, D)
 
 
@@ -156,7 +164,10 @@ class TwoTower(nn.Module):
                     module.weight[module.padding_idx].zero_()
 
     def users(self, u: UserBatch) -> Tensor:
-        return self.user_tower(u, self.item_tower.history_vectors(u.hist_items))  # (B, D)
+        # A batch's B x H history slots name far fewer distinct items: embed each once and gather, so the
+        # backward touches U rows per table instead of B x H (~10% of a training step at H=50).
+        uniq, inv = torch.unique(u.hist_items, return_inverse=True)
+        return self.user_tower(u, F.embedding(inv, self.item_tower.history_vectors(uniq)))  # (B, D)
 
     def items(self, idx: Tensor) -> Tensor:
         return self.item_tower(idx)  # (N, D)

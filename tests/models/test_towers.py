@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from models.towers import TowerConfig, TwoTower, UserBatch
 from models.train import TrainConfig, fit, new_model, prepare
@@ -37,6 +40,44 @@ def test_shapes_and_normalisation() -> None:
 def test_empty_history_is_finite() -> None:
     users, _ = TwoTower(CFG).eval()(_batch(4, empty=True))
     assert torch.isfinite(users).all()
+
+
+def _user_vectors_slot_by_slot(model: TwoTower, u: UserBatch) -> torch.Tensor:
+    """The user tower spelled out slot by slot: h = item vector + type vector, attention and mean over h."""
+    t = model.user_tower
+    hist = model.item_tower.history_vectors(u.hist_items)
+    prof = torch.cat([t.age(u.age), t.gender(u.gender), t.region(u.region), t.pref(u.pref)], dim=-1)
+    h = hist + t.kind(u.hist_types)  # (B, H, D)
+    valid = u.hist_items > 0
+    logits = (h @ t.query(prof).unsqueeze(-1)).squeeze(-1) / math.sqrt(h.size(-1))
+    logits = logits + t.pos_bias[:h.size(1)] + t.kind_bias(u.hist_types).squeeze(-1)
+    w = torch.softmax(logits.masked_fill(~valid, -1e9), dim=-1) * valid.any(dim=-1, keepdim=True)
+    pooled = (w.unsqueeze(-1) * h).sum(dim=1)
+    mean = (h * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+    return F.normalize(t.mlp(torch.cat([prof, pooled, mean], dim=-1)), dim=-1)
+
+
+def test_the_pooled_user_tower_equals_the_slot_by_slot_formula_with_its_gradients() -> None:
+    """TwoTower.users embeds each distinct history item once and pools the type vectors through the type
+    table: the values and every gradient must be those of the plain formula."""
+    torch.manual_seed(1)
+    model = TwoTower(CFG).eval()
+    batch = _batch(32)
+    ragged = torch.arange(20) >= torch.randint(0, 21, (32, 1))  # histories of every length, some empty
+    batch = batch._replace(hist_items=batch.hist_items.masked_fill(ragged, 0),
+                           hist_types=batch.hist_types.masked_fill(ragged, 0))
+    got, want = model.users(batch), _user_vectors_slot_by_slot(model, batch)
+    assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+    weights = torch.randn_like(got)
+    grads = []
+    for out in (got, want):
+        model.zero_grad()
+        (out * weights).sum().backward(retain_graph=True)
+        grads.append({n: p.grad.to_dense().clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    assert grads[0]["user_tower.kind.weight"][0].abs().max() == 0  # the padding type learns nothing
 
 
 def test_duplicate_targets_are_not_negatives() -> None:
