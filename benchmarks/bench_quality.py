@@ -26,12 +26,14 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import numpy as np
 
+from streamrec.schemas import HISTORY_LENGTH
+
 METRICS = ("recall@10", "recall@20", "ndcg@10", "coverage@10")
 REFERENCE = "two-tower"
 
 
 def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: bool = True,
-        report: Any = print, history: int = 20) -> dict[str, Any]:
+        report: Any = print, history: int = HISTORY_LENGTH) -> dict[str, Any]:
     """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict."""
     import torch
 
@@ -54,7 +56,7 @@ def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: boo
     ctx = context(raw, max_history=history)
     ev = ctx.ev
     out: dict[str, Any] = {
-        "data": {"name": Path(data).resolve().name + ("" if history == 20 else f"-history{history}"),
+        "data": {"name": Path(data).resolve().name + ("" if history == HISTORY_LENGTH else f"-history{history}"),
                  "events": len(ev.frame),
                  "users": len(ev.user_ids), "items": ctx.n_items, "positive_events": int(ctx.positive.sum()),
                  "window": [str(np.datetime64(int(ev.ts.min()), "ns"))[:19],
@@ -91,8 +93,9 @@ def _ci(t: Any) -> str:
 
 def markdown(r: dict[str, Any], command: str) -> str:
     d = r["data"]
-    h = r["settings"].get("history", 20)
-    what_if = "" if h == 20 else f" (what-if: the two-tower reads {h} recent events; the stream keeps 20)"
+    h = r["settings"].get("history", HISTORY_LENGTH)
+    what_if = (f" (what-if: the two-tower reads {h} recent events; the stream keeps {HISTORY_LENGTH})"
+               if h != HISTORY_LENGTH else "")
     lines = [f"### Quality on `{d['name']}`{what_if}", "",
              f"Produced by `{command}`: {d['events']:,} events ({d['positive_events']:,} positive), "
              f"{d['users']:,} users, {d['items']:,} items, {d['window'][0]} to {d['window'][1]}. Each baseline's "
@@ -188,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=["temporal", "leave-last-out", "both"], default="both")
     ap.add_argument("--epochs", type=int, default=10, help="two-tower epochs at most (early stopping on validation)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--history", type=int, default=20,
-                    help="recent events the two-tower reads (the stream keeps 20: more is a what-if, not what serves)")
+    ap.add_argument("--history", type=int, default=HISTORY_LENGTH,
+                    help=f"recent events the two-tower reads (the stream keeps {HISTORY_LENGTH}: another is a what-if)")
     ap.add_argument("--no-als", action="store_true", help="leave ALS out")
     ap.add_argument("--out-dir", type=Path, default=Path("quality"), help="where quality.json and quality.png go")
     ap.add_argument("--report", type=Path, default=None,

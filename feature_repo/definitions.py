@@ -15,7 +15,6 @@ from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String, UnixTimestamp
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-HISTORY_LENGTH = 20  # last N events kept per user: enough for the user tower, small in Redis
 HISTORY_FILE = "user_recent_history.parquet"  # offline log of pushed rows (schema for the push source)
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,

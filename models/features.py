@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from streamrec._exceptions import StreamrecError
-from streamrec.schemas import INTERACTION_TYPES
+from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 __all__ = ["FeatureError", "FeatureSchema", "POSITIVE_TYPES", "PAD", "OOV", "SCHEMA_VERSION",
            "string_ids", "text_hashes"]
@@ -118,7 +118,7 @@ class FeatureSchema:
     interaction_types: tuple[str, ...] = INTERACTION_TYPES
     text_buckets: int = 2**12
     text_tokens: int = 16
-    max_history: int = 20  # the serving contract: ≤20 recent events, newest first
+    max_history: int = HISTORY_LENGTH  # what the stream keeps: recent events, newest first
     max_preferred: int = 4
     version: int = field(default=SCHEMA_VERSION)
 

@@ -31,7 +31,7 @@ _CHUNK = 1024  # users per forward pass: bounds memory for large batches
 @dataclass(frozen=True)
 class UserInput:
     profile: dict[str, Any] = field(default_factory=dict)  # age, gender, region, preferred_categories
-    recent_item_ids: list[str] = field(default_factory=list)  # newest first, ≤20 used
+    recent_item_ids: list[str] = field(default_factory=list)  # newest first, ≤ the schema's max_history used
     recent_interaction_types: list[str] = field(default_factory=list)  # aligned with recent_item_ids
 
 

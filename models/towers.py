@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from streamrec.schemas import HISTORY_LENGTH
+
 __all__ = ["TowerConfig", "UserBatch", "ItemTower", "UserTower", "TwoTower"]
 
 
@@ -34,7 +36,7 @@ class TowerConfig:
     n_gender: int = 1
     n_region: int = 1
     n_types: int = 7  # PAD, OOV + five interaction types
-    max_history: int = 20
+    max_history: int = HISTORY_LENGTH
     max_preferred: int = 4
     dim: int = 64  # output dimension D; 64 is plenty for ~10^4-10^5 items
     hidden: int = 256

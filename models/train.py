@@ -24,7 +24,7 @@ import torch
 from rich.progress import Progress
 
 from streamrec._exceptions import StreamrecError
-from streamrec.schemas import INTERACTION_TYPES
+from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 from .features import POSITIVE_TYPES, FeatureSchema, string_ids
 from .metrics import ranking_metrics
@@ -155,7 +155,7 @@ class Events:
                    np.maximum.accumulate(np.where(new_grp, rows, 0)),
                    np.maximum.accumulate(np.where(new_user, rows, 0)))
 
-    def history_rows(self, rows: np.ndarray, h: int = 20) -> np.ndarray:
+    def history_rows(self, rows: np.ndarray, h: int = HISTORY_LENGTH) -> np.ndarray:
         return history_positions(torch.from_numpy(self.grp_start[rows]),
                                  torch.from_numpy(self.user_start[rows]), h).numpy()
 

@@ -24,12 +24,11 @@ from bisect import bisect_left
 from datetime import UTC, datetime
 from typing import Any
 
-from streamrec.schemas import INTERACTION_TYPES, Interaction
+from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES, Interaction
 
 __all__ = ["HISTORY_LENGTH", "EVENT_ID_MEMORY", "PURCHASE_MEMORY", "empty_state", "apply_event", "stamped",
            "feature_row", "state_from_row"]
 
-HISTORY_LENGTH = 20
 EVENT_ID_MEMORY = 64  # duplicates from producer retries arrive close together
 PURCHASE_MEMORY = 500  # default; the history filter never recommends these again
 

@@ -44,10 +44,12 @@ def test_unknown_values_map_to_oov(schema: FeatureSchema) -> None:
 
 
 def test_history_encoding_keeps_the_newest(schema: FeatureSchema) -> None:
-    ids = list(schema.item_ids[:25])
-    items, types = schema.encode_history([ids, []], [["cart"] * 25, []])
-    assert items.shape == (2, schema.max_history)
-    assert items[0].tolist() == schema.item_index(ids[:20]).tolist()  # newest first: the head is kept
+    h = schema.max_history
+    ids = list(schema.item_ids[:h + 5])
+    assert len(ids) == h + 5, "the fixture catalogue is too small for this test"
+    items, types = schema.encode_history([ids, []], [["cart"] * len(ids), []])
+    assert items.shape == (2, h)
+    assert items[0].tolist() == schema.item_index(ids[:h]).tolist()  # newest first: the head is kept
     assert (items[1] == 0).all() and (types[1] == 0).all()
     with pytest.raises(FeatureError, match="aligned"):
         schema.encode_history([["a", "b"]], [["cart"]])

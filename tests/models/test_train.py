@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from models.features import POSITIVE_TYPES, FeatureSchema
 from models.train import Events, Report, TrainError, encode, load_data, split_by_time, user_batch
-from streamrec.schemas import INTERACTION_TYPES
+from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 EVENTS = st.lists(
     st.tuples(st.integers(0, 3), st.integers(0, 8), st.integers(0, 40), st.sampled_from(INTERACTION_TYPES)),
@@ -33,20 +33,20 @@ def test_no_history_reaches_the_target_time(rows: list[tuple[int, int, int, str]
     for part in (split.train, split.val, split.test):
         if len(part) == 0:
             continue
-        hist = ev.history_rows(part, 20)
+        hist = ev.history_rows(part, HISTORY_LENGTH)
         for row, h in zip(part, hist, strict=True):
             h = h[h >= 0]
             assert (ev.ts[h] < ev.ts[row]).all(), "history holds an event at or after the target"
             assert (ev.user[h] == ev.user[row]).all(), "history holds another user's event"
             assert (np.diff(ev.ts[h]) <= 0).all(), "history is not newest first"
             earlier = np.flatnonzero((ev.user == ev.user[row]) & (ev.ts < ev.ts[row]))
-            assert len(h) == min(20, len(earlier)), "history is not the full last-20 window"
+            assert len(h) == min(HISTORY_LENGTH, len(earlier)), "history is not the full recent window"
     # the encoded batch that training feeds the model holds exactly those events
     if len(split.train):
         schema = FeatureSchema.build(pd.DataFrame({"user_id": []}), _no_items(), ev.frame)
         enc = encode(ev, schema, pd.DataFrame({"user_id": []}), _no_items())
         ub = user_batch(enc, torch.as_tensor(split.train))
-        hist = ev.history_rows(split.train, 20)
+        hist = ev.history_rows(split.train, HISTORY_LENGTH)
         expect = np.where(hist >= 0, enc.ev_item.numpy()[np.maximum(hist, 0)], 0)
         assert (ub.hist_items.numpy() == expect).all()
     # training targets are positive and strictly older than the user's held-out targets

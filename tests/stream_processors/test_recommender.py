@@ -18,7 +18,7 @@ from models.serving import load_latest
 from producers.requests import RequestClient, run_load
 from stream_processors.recommend import Catalog, Recommender, ServingBundle
 from streamrec.config import Settings
-from streamrec.schemas import RecommendationRequest, decode, encode
+from streamrec.schemas import HISTORY_LENGTH, RecommendationRequest, decode, encode
 
 from .conftest import Worker, wait_until
 
@@ -44,7 +44,7 @@ def bundle(trained_checkpoint: Path) -> ServingBundle:
 def _row(generated: Path, user_id: str) -> dict:
     users = pd.read_parquet(generated / "recommendation_users.parquet").set_index("user_id")
     events = pd.read_parquet(generated / "recommendation_interactions.parquet")
-    mine = events[events["user_id"] == user_id].sort_values("timestamp", ascending=False).head(20)
+    mine = events[events["user_id"] == user_id].sort_values("timestamp", ascending=False).head(HISTORY_LENGTH)
     p = users.loc[user_id]
     return {"age": int(p["age"]), "gender": p["gender"], "region": p["region"],
             "preferred_categories": list(p["preferred_categories"]), "recent_item_ids": list(mine["item_id"]),
@@ -196,7 +196,7 @@ def test_a_burst_of_views_moves_a_new_category_into_the_top_10(env_stack: Settin
         before = top10()
         available = items[(items["stock"] > 0) & (items["arrival_date"] < pd.Timestamp(NOON))]
         category = next(c for c in available["top_category"].value_counts().index if c not in before)
-        # a whole history's worth (20) of views in a category the user was not being shown
+        # a burst of 20 views in a category the user was not being shown (older events stay in the history)
         burst = available[available["top_category"] == category].head(20).index
         producer = KafkaProducer(acks="all", **env_stack.kafka_python_config())
         base = features.figures()["events"]

@@ -13,7 +13,7 @@ import pytest
 from producers.replay import replay
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
-from streamrec.schemas import INTERACTION_TYPES, DLQRecord
+from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES, DLQRecord
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
 from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, fresh_burst_lag_ms, wait_caught_up, wait_until
@@ -21,7 +21,7 @@ from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, fresh_burst_lag_ms, wait
 N_EVENTS = 5000
 
 
-def ground_truth(events: pd.DataFrame, n: int = 20) -> dict[str, dict]:
+def ground_truth(events: pd.DataFrame, n: int = HISTORY_LENGTH) -> dict[str, dict]:
     """Per user, straight from the parquet: last n items/types newest first and counts by type."""
     truth = {}
     ordered = events.sort_values("timestamp", ascending=False, kind="stable")
@@ -161,21 +161,23 @@ def test_late_events_and_old_purchases_reach_the_row_and_a_restart_carries_on_fr
     worker.stop()
 
     restarted = worker_factory(env_stack)  # nothing of the first worker's memory survives
-    for i in range(21):  # push A and C out of the last 20 events
+    n_new = HISTORY_LENGTH + 1
+    for i in range(n_new):  # push A and C out of the recent events
         event = {"event_id": f"new-{i}", "user_id": user, "item_id": f"V{i}", "interaction_type": "positive_view",
                  "timestamp": (base + pd.Timedelta(seconds=400 + i)).isoformat()}
         producer.send(INTERACTIONS, key=user.encode(), value=json.dumps(event).encode())
     producer.flush()
-    wait_until(lambda: restarted.figures()["applied"] >= 21, 30, "the restarted worker to apply the new events")
+    wait_until(lambda: restarted.figures()["applied"] >= n_new, 30, "the restarted worker to apply the new events")
     client = FeatureClient(env_stack)
     try:
         got = client.user_features(user)
     finally:
         client.close()
-    assert got["count_positive_view"] == 22 and got["count_purchase"] == 2 and len(got["recent_item_ids"]) == 20
+    assert got["count_positive_view"] == n_new + 1 and got["count_purchase"] == 2
+    assert len(got["recent_item_ids"]) == HISTORY_LENGTH and "A" not in got["recent_item_ids"]
     assert got["purchased_item_ids"] == ["C", "A"]  # newest purchase first
     figures = restarted.figures()
-    assert figures["applied"] == 21
+    assert figures["applied"] == n_new
     assert figures["state_cache"]["misses"] >= 1 and figures["state_cache"]["held"] >= 1  # it read the row
     producer.close()
 
