@@ -111,7 +111,7 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
         web_host=settings.web_bind if settings.web_bind not in ("0.0.0.0", "::") else "127.0.0.1",
         web_port=web_port,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_s,
         datadir=str(datadir),
         # Faust's 60 s defaults make the embedded broker take ~30 s to seat a new member; these give
         # ~3-5 s joins and a 10 s failure detection for a killed worker.

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     purchase_memory: int = Field(500, ge=0, le=10_000, validation_alias="STREAMREC_PURCHASE_MEMORY")
     # Users' states the worker holds in memory (the rest are read from their online rows when needed).
     state_cache_users: int = Field(50_000, ge=1, le=10_000_000, validation_alias="STREAMREC_STATE_CACHE_USERS")
+    # How often the workers commit the offsets of what is durable. Longer: fewer commits, more events read
+    # again (and skipped: the rows' offsets dedupe them) after a crash.
+    commit_interval_s: float = Field(1.0, gt=0, le=3600, validation_alias="STREAMREC_COMMIT_INTERVAL_S")
     worker_port: int = Field(6066, ge=1, le=65535, validation_alias="STREAMREC_WORKER_PORT")
     worker_app_id: str = Field("streamrec-features", min_length=1, max_length=100,
                                pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_WORKER_APP_ID")

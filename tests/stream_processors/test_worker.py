@@ -184,7 +184,10 @@ def test_late_events_and_old_purchases_reach_the_row_and_a_restart_carries_on_fr
 
 def test_kill_9_mid_replay_still_equals_the_ground_truth(env_stack: Settings,
                                                          worker_factory: Callable[..., Worker]) -> None:
-    worker = worker_factory(env_stack)
+    # Commits an hour apart: the kill lands with every applied event still uncommitted, so the restarted
+    # worker is surely handed events the rows already hold (with 1 s commits a kill right after a commit
+    # could leave none, and the test would not exercise the dedupe it is about).
+    worker = worker_factory(env_stack, STREAMREC_COMMIT_INTERVAL_S="3600")
     sender = threading.Thread(target=replay, args=(env_stack, env_stack.data_dir /
                                                    "recommendation_interactions.parquet"),
                               kwargs={"limit": N_EVENTS, "rate": 2500})
