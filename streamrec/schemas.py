@@ -41,7 +41,7 @@ InteractionType = Literal["positive_view", "negative_view", "cart", "purchase", 
 # The recent events the stream keeps per user (newest first) and the two-tower reads: one fact for the
 # worker's row, the model's schema and the tests. 50, not 20: on MovieLens-100k the two-tower reading 50
 # beat it reading 20 on both splits (NDCG@10 temporal 0.1687 vs 0.1571, leave-last-out 0.1070 vs 0.1057;
-# BENCHMARKS.md "Quality"), for a row of ~1.5 KB instead of ~0.6 KB.
+# BENCHMARKS.md "Quality"), for ~1.5 KB of history fields per row instead of ~0.6 KB (protobuf, synthetic ids).
 HISTORY_LENGTH = 50
 
 # A recommender message is a few hundred bytes; anything near a megabyte is an attack or a bug.
