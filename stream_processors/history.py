@@ -26,7 +26,7 @@ from typing import Any
 
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES, Interaction
 
-__all__ = ["HISTORY_LENGTH", "EVENT_ID_MEMORY", "PURCHASE_MEMORY", "empty_state", "apply_event", "stamped",
+__all__ = ["EVENT_ID_MEMORY", "PURCHASE_MEMORY", "empty_state", "apply_event", "stamped",
            "feature_row", "state_from_row"]
 
 EVENT_ID_MEMORY = 64  # duplicates from producer retries arrive close together

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_processors.history import HISTORY_LENGTH, PURCHASE_MEMORY, apply_event, feature_row, stamped, state_from_row
-from streamrec.schemas import INTERACTION_TYPES, Interaction
+from stream_processors.history import PURCHASE_MEMORY, apply_event, feature_row, stamped, state_from_row
+from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES, Interaction
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
