@@ -1,16 +1,18 @@
-"""The four rule filters of the recommender, as small pure functions over candidates.
+"""The four rule filters of the recommender, as small pure functions over a whole batch of requests.
 
-:class:`Candidates` holds item ids and aligned numpy columns: ``score``, ``top_category``, ``stock``,
-``arrival_ns`` (UTC epoch nanoseconds) and ``discounted_price`` (numpy, not pandas: the whole request
-has a 3 ms budget). Each filter returns a boolean mask of the candidates to KEEP; :func:`apply_filters`
-runs them in order and counts what each removed (the response's ``filtered``). Rules come from one YAML
-file (``models/filters.yaml`` or STREAMREC_FILTERS_CONFIG).
+The recommender answers requests in micro-batches, so the filters are batch-native: a
+:class:`CandidateBatch` holds B requests × M candidate slots as (B, M) numpy arrays (item keys, stock,
+arrival, price, category codes), each filter returns the (B, M) mask of the candidates to KEEP, and
+:func:`filter_batch` runs them in order and counts, per request, what each removed (the response's
+``filtered``). Per-request work is only deciding which rules apply to whom. :class:`Candidates` (one
+request's item ids and columns) and the one-request functions (:func:`availability`, ..., :func:`apply_filters`)
+are the batch of one. Rules come from one YAML file (``models/filters.yaml`` or STREAMREC_FILTERS_CONFIG).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +23,9 @@ import pandas as pd
 
 from streamrec._exceptions import StreamrecError
 
-__all__ = ["Candidates", "FilterConfig", "FilterContext", "FilterConfigError", "load_filter_config", "availability",
-           "demographic", "history", "contextual", "apply_filters", "FILTER_ORDER", "day_part"]
+__all__ = ["Candidates", "CandidateBatch", "FilterConfig", "FilterContext", "FilterConfigError", "load_filter_config",
+           "seen_items", "filter_batch", "rows_isin", "availability", "demographic", "history", "contextual",
+           "apply_filters", "FILTER_ORDER", "day_part"]
 
 FILTER_ORDER = ("availability", "demographic", "history", "contextual")
 COLUMNS = ("score", "top_category", "stock", "arrival_ns", "discounted_price")
@@ -151,33 +154,42 @@ def load_filter_config(path: Path | None = None, categories: Iterable[str] | Non
     )
 
 
-# ---- the filters --------------------------------------------------------------------------------
+# ---- the filters: batch-native ------------------------------------------------------------------
 _NAT = np.iinfo(np.int64).min  # NaT as int64: an unknown arrival date counts as arrived
 
 
-def _numbers(values: np.ndarray) -> np.ndarray:
-    """float64, NaN where unknown (an imported catalogue has no stock or prices: None in the online store)."""
-    values = np.asarray(values)
-    if values.dtype.kind in "biuf":  # the usual case, and the cheap one
-        return values.astype(np.float64, copy=False)
-    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+@dataclass(frozen=True)
+class CandidateBatch:
+    """The candidates of B requests at once: M slots per request, every array (B, M) and aligned.
+
+    ``keys`` name items by their row in an item table (-1: an empty slot, never kept), so the history
+    filter compares integers; ``category`` holds codes into ``categories`` (-1: unknown).
+    """
+
+    keys: np.ndarray  # int64
+    stock: np.ndarray  # float64, NaN where unknown
+    arrival_ns: np.ndarray  # int64 UTC epoch ns, _NAT where unknown
+    price: np.ndarray  # float64, NaN where unknown
+    category: np.ndarray  # int64 codes
+    categories: Mapping[str, int]
 
 
-def availability(cands: Candidates, ctx: FilterContext) -> np.ndarray:
+def seen_items(ctx: FilterContext, last_n: int, drop_purchased: bool = True) -> set[str]:
+    """The items the history filter drops for this request: seen in its last ``last_n`` events, excluded
+    by the request, and (``drop_purchased``) every purchase on record, recent or not."""
+    seen = set(ctx.recent_item_ids[:last_n]) | set(ctx.exclude)
+    if drop_purchased:
+        seen |= set(ctx.purchased_item_ids)
+        seen |= {i for i, t in zip(ctx.recent_item_ids, ctx.recent_interaction_types, strict=False)
+                 if t == "purchase"}
+    return seen
+
+
+def availability_mask(batch: CandidateBatch, contexts: Sequence[FilterContext]) -> np.ndarray:
     """In stock, and available from a date that has come. Unknown stock or arrival: available."""
-    arrival = cands["arrival_ns"]
-    out_of_stock = _numbers(cands["stock"]) <= 0  # NaN compares False: unknown stock is not "none left"
-    return ~out_of_stock & ((arrival == _NAT) | (arrival <= pd.Timestamp(ctx.now).value))
-
-
-def _excluded(cands: Candidates, rules: Iterable[Rule]) -> np.ndarray:
-    out = np.zeros(len(cands), dtype=bool)
-    for rule in rules:
-        if rule.exclude_categories:
-            out |= np.isin(cands["top_category"], list(rule.exclude_categories))
-        if rule.max_price is not None:
-            out |= _numbers(cands["discounted_price"]) > rule.max_price  # an unknown price is never above
-    return out
+    now_ns = np.fromiter((pd.Timestamp(c.now).value for c in contexts), dtype=np.int64, count=len(contexts))
+    out_of_stock = batch.stock <= 0  # NaN compares False: unknown stock is not "none left"
+    return ~out_of_stock & ((batch.arrival_ns == _NAT) | (batch.arrival_ns <= now_ns[:, None]))
 
 
 def _known(value: Any) -> Any:
@@ -185,29 +197,15 @@ def _known(value: Any) -> Any:
     return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else value
 
 
-def demographic(cands: Candidates, ctx: FilterContext, rules: Sequence[Rule]) -> np.ndarray:
-    """Drop the categories a rule excludes for the user's age band and gender; an unknown age or
-    gender matches no rule that asks for one."""
+def demographic_applies(rule: Rule, ctx: FilterContext) -> bool:
+    """The rule is for the user's age band and gender; an unknown age or gender matches no rule that
+    asks for one."""
     age, gender = _known(ctx.age), _known(ctx.gender)
-
-    def applies(rule: Rule) -> bool:
-        if rule.age_min is not None and (age is None or age < rule.age_min):
-            return False
-        if rule.age_max is not None and (age is None or age > rule.age_max):
-            return False
-        return rule.genders is None or gender in rule.genders
-
-    return ~_excluded(cands, [r for r in rules if applies(r)])
-
-
-def history(cands: Candidates, ctx: FilterContext, last_n: int, drop_purchased: bool = True) -> np.ndarray:
-    """Drop items already purchased, seen in the last ``last_n`` events, or excluded by the request."""
-    seen = set(ctx.recent_item_ids[:last_n]) | set(ctx.exclude)
-    if drop_purchased:
-        seen |= set(ctx.purchased_item_ids)
-        seen |= {i for i, t in zip(ctx.recent_item_ids, ctx.recent_interaction_types, strict=False)
-                 if t == "purchase"}
-    return np.fromiter((i not in seen for i in cands.ids), dtype=bool, count=len(cands))
+    if rule.age_min is not None and (age is None or age < rule.age_min):
+        return False
+    if rule.age_max is not None and (age is None or age > rule.age_max):
+        return False
+    return rule.genders is None or gender in rule.genders
 
 
 def day_part(now: datetime) -> tuple[int, str, str]:
@@ -216,35 +214,121 @@ def day_part(now: datetime) -> tuple[int, str, str]:
     return now.hour, day, "weekend" if now.weekday() >= 5 else "weekday"
 
 
-def contextual(cands: Candidates, ctx: FilterContext, rules: Sequence[Rule]) -> np.ndarray:
-    """Time of day, weekday/weekend and device rules, from the request's context or the request time."""
+def contextual_applies(rule: Rule, ctx: FilterContext) -> bool:
+    """Time of day, weekday/weekend and device, from the request's context or the request time."""
     hour, day, kind = day_part(ctx.now)
-
-    def applies(rule: Rule) -> bool:
-        if rule.hours is not None:
-            start, end = rule.hours
-            inside = start <= hour < end if start <= end else (hour >= start or hour < end)
-            if not inside:
-                return False
-        if rule.days is not None and not ({day, kind} & rule.days):
+    if rule.hours is not None:
+        start, end = rule.hours
+        inside = start <= hour < end if start <= end else (hour >= start or hour < end)
+        if not inside:
             return False
-        return rule.devices is None or ctx.device in rule.devices
+    if rule.days is not None and not ({day, kind} & rule.days):
+        return False
+    return rule.devices is None or ctx.device in rule.devices
 
-    return ~_excluded(cands, [r for r in rules if applies(r)])
+
+def rules_mask(batch: CandidateBatch, contexts: Sequence[FilterContext], rules: Sequence[Rule],
+               applies: Callable[[Rule, FilterContext], bool]) -> np.ndarray:
+    """Drop what each rule excludes (its categories; items above its max price, an unknown price never
+    is) from the requests it applies to."""
+    out = np.zeros(batch.keys.shape, dtype=bool)
+    for rule in rules:
+        rows = np.fromiter((applies(rule, c) for c in contexts), dtype=bool, count=len(contexts))
+        if not rows.any():
+            continue
+        excluded = np.zeros((int(rows.sum()), batch.keys.shape[1]), dtype=bool)
+        codes = [batch.categories[c] for c in rule.exclude_categories if c in batch.categories]
+        if codes:
+            excluded |= np.isin(batch.category[rows], codes)
+        if rule.max_price is not None:
+            excluded |= batch.price[rows] > rule.max_price
+        out[rows] |= excluded
+    return ~out
+
+
+def rows_isin(keys: np.ndarray, per_row: Sequence[np.ndarray]) -> np.ndarray:
+    """(B, M) mask: ``keys[b, j]`` is one of ``per_row[b]`` (keys ≥ -1), in one vectorized lookup."""
+    rows = keys.shape[0]
+    lengths = np.fromiter((len(s) for s in per_row), dtype=np.int64, count=rows)
+    if not lengths.any():
+        return np.zeros(keys.shape, dtype=bool)
+    wanted = np.concatenate([np.asarray(s, dtype=np.int64) for s in per_row])
+    stride = int(max(keys.max(initial=0), wanted.max(initial=0))) + 2  # keys ≥ -1: +1 keeps rows apart
+    offsets = np.arange(rows, dtype=np.int64) * stride
+    return np.isin(offsets[:, None] + keys + 1, np.repeat(offsets, lengths) + wanted + 1)
+
+
+def history_mask(batch: CandidateBatch, seen_keys: Sequence[np.ndarray]) -> np.ndarray:
+    """Drop each request's ``seen_keys`` (item keys, see :func:`seen_items`)."""
+    return ~rows_isin(batch.keys, seen_keys)
+
+
+def filter_batch(batch: CandidateBatch, contexts: Sequence[FilterContext], seen_keys: Sequence[np.ndarray],
+                 config: FilterConfig, alive: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run the enabled filters in order over every request at once. Returns the (B, M) mask of the
+    survivors and, per filter, how many candidates it removed from each request (among those still
+    alive when it ran). ``alive``: the slots to consider (default: every non-empty slot)."""
+    keep = batch.keys >= 0 if alive is None else alive & (batch.keys >= 0)
+    counts: dict[str, np.ndarray] = {}
+    for name in config.enabled:
+        if name == "availability":
+            mask = availability_mask(batch, contexts)
+        elif name == "demographic":
+            mask = rules_mask(batch, contexts, config.demographic, demographic_applies)
+        elif name == "history":
+            mask = history_mask(batch, seen_keys)
+        else:
+            mask = rules_mask(batch, contexts, config.contextual, contextual_applies)
+        counts[name] = (keep & ~mask).sum(axis=1)
+        keep &= mask
+    return keep, counts
+
+
+# ---- one request's candidates: the batch of one ------------------------------------------------------------
+def _numbers(values: np.ndarray) -> np.ndarray:
+    """float64, NaN where unknown (an imported catalogue has no stock or prices: None in the online store)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "biuf":  # the usual case, and the cheap one
+        return values.astype(np.float64, copy=False)
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+
+
+def _one(cands: Candidates, seen: Iterable[str] = ()) -> tuple[CandidateBatch, list[np.ndarray]]:
+    """``cands`` as a batch of one, and ``seen`` as its keys: item ids become codes, so a seen id drops
+    every slot that holds it."""
+    n = len(cands)
+    codes, _ = pd.factorize(pd.Series([*cands.ids, *seen], dtype=object), use_na_sentinel=False)
+    category, names = pd.factorize(pd.Series(cands["top_category"], dtype=object))  # unknown: -1
+    batch = CandidateBatch(keys=codes[:n].astype(np.int64)[None], stock=_numbers(cands["stock"])[None],
+                           arrival_ns=np.asarray(cands["arrival_ns"], dtype=np.int64)[None],
+                           price=_numbers(cands["discounted_price"])[None], category=category.astype(np.int64)[None],
+                           categories={c: i for i, c in enumerate(names)})
+    return batch, [codes[n:].astype(np.int64)]
+
+
+def availability(cands: Candidates, ctx: FilterContext) -> np.ndarray:
+    """The mask of ``cands`` to keep (see :func:`availability_mask`)."""
+    return availability_mask(_one(cands)[0], [ctx])[0]
+
+
+def demographic(cands: Candidates, ctx: FilterContext, rules: Sequence[Rule]) -> np.ndarray:
+    """The mask of ``cands`` to keep under the demographic ``rules`` (see :func:`demographic_applies`)."""
+    return rules_mask(_one(cands)[0], [ctx], rules, demographic_applies)[0]
+
+
+def history(cands: Candidates, ctx: FilterContext, last_n: int, drop_purchased: bool = True) -> np.ndarray:
+    """The mask of ``cands`` to keep: none of :func:`seen_items`."""
+    batch, seen = _one(cands, seen_items(ctx, last_n, drop_purchased))
+    return history_mask(batch, seen)[0]
+
+
+def contextual(cands: Candidates, ctx: FilterContext, rules: Sequence[Rule]) -> np.ndarray:
+    """The mask of ``cands`` to keep under the contextual ``rules`` (see :func:`contextual_applies`)."""
+    return rules_mask(_one(cands)[0], [ctx], rules, contextual_applies)[0]
 
 
 def apply_filters(cands: Candidates, ctx: FilterContext, config: FilterConfig) -> tuple[Candidates, dict[str, int]]:
     """Run the enabled filters in order; returns the survivors (order kept) and removals per filter."""
-    counts: dict[str, int] = {}
-    for name in config.enabled:
-        if name == "availability":
-            keep = availability(cands, ctx)
-        elif name == "demographic":
-            keep = demographic(cands, ctx, config.demographic)
-        elif name == "history":
-            keep = history(cands, ctx, config.history_last_n, config.drop_purchased)
-        else:
-            keep = contextual(cands, ctx, config.contextual)
-        counts[name] = int(len(keep) - keep.sum())
-        cands = cands.take(keep)
-    return cands, counts
+    batch, seen = _one(cands, seen_items(ctx, config.history_last_n, config.drop_purchased))
+    keep, counts = filter_batch(batch, [ctx], seen, config)
+    return cands.take(keep[0]), {name: int(n[0]) for name, n in counts.items()}

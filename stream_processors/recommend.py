@@ -16,13 +16,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.filtering import Candidates, FilterConfig, FilterContext, apply_filters
+from models.filtering import (
+    CandidateBatch,
+    Candidates,
+    FilterConfig,
+    FilterContext,
+    filter_batch,
+    rows_isin,
+    seen_items,
+)
 from models.serving import LoadedModel, UserInput
 from streamrec.schemas import RecommendationRequest, RecommendationResponse, ScoredItem
 
@@ -33,50 +40,83 @@ CANDIDATE_FACTOR = 5  # retrieve k × this (at least 50): enough left after the 
 
 
 class Catalog:
-    """Item columns the filters need, in memory as numpy arrays, kept current from item updates."""
+    """Item columns the filters need, in memory as numpy arrays, kept current from item updates.
+
+    An item's key is its row here; the filters see a batch's candidates by key (:meth:`batch`)."""
 
     def __init__(self, items: pd.DataFrame, popularity: Sequence[str]) -> None:
-        self._pos = {item_id: i for i, item_id in enumerate(items.index)}
+        items = items[~items.index.duplicated()]
+        self._key = {item_id: key for key, item_id in enumerate(items.index)}
         arrival = pd.to_datetime(items["arrival_date"], utc=True)
-        self._columns = {
-            "top_category": items["top_category"].to_numpy(dtype=object),
-            # float with NaN: an item whose stock or price is unknown (an imported catalogue) is not
-            # "out of stock" nor "too expensive"; the filters let it through
-            "stock": _floats(items["stock"]),
-            "arrival_ns": arrival.to_numpy(dtype="datetime64[ns]").view("int64"),
-            "discounted_price": _floats(items["discounted_price"]),
-        }
+        category, names = pd.factorize(pd.Series(items["top_category"].to_numpy(dtype=object), dtype=object))
+        self._categories = {c: i for i, c in enumerate(names)}
+        self._category = category.astype(np.int64)
+        self._arrival_ns = arrival.to_numpy(dtype="datetime64[ns]").view("int64")
+        # float with NaN: an item whose stock or price is unknown (an imported catalogue) is not
+        # "out of stock" nor "too expensive"; the filters let it through
+        self._stock = _floats(items["stock"])
+        self._price = _floats(items["discounted_price"])
         self._ids = items.index.to_numpy(dtype=object)
         self._lock = threading.Lock()
-        self.popularity = [i for i in popularity if i in self._pos]
+        keys = self.keys(list(popularity))
+        self.popularity_keys = keys[keys >= 0]
 
     def __len__(self) -> int:
         return len(self._ids)
 
+    @property
+    def ids(self) -> np.ndarray:
+        """key → item_id (read-only)."""
+        return self._ids
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self._categories)
+
+    @property
+    def popularity(self) -> list[str]:
+        return list(self._ids[self.popularity_keys])
+
+    def keys(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The key of each id, -1 for an item the catalog does not know."""
+        key = self._key.get
+        return np.fromiter((key(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def batch(self, keys: np.ndarray) -> CandidateBatch:
+        """The candidates at ``keys`` (B, M; -1: an empty slot) with their current columns."""
+        at = np.maximum(keys, 0)  # an empty slot reads row 0; the filters never keep it
+        with self._lock:  # fancy indexing copies: the batch never sees a later update
+            stock, price = self._stock[at], self._price[at]
+        return CandidateBatch(keys=keys, stock=stock, arrival_ns=self._arrival_ns[at], price=price,
+                              category=self._category[at], categories=self._categories)
+
     def candidates(self, item_ids: Sequence[str], scores: Sequence[float]) -> Candidates:
         """The known items among ``item_ids`` with their columns and scores, order kept."""
-        pairs = [(self._pos[i], s) for i, s in zip(item_ids, scores, strict=True) if i in self._pos]
-        rows = np.fromiter((p for p, _ in pairs), dtype=np.int64, count=len(pairs))
-        with self._lock:  # fancy indexing copies: the candidates never see a later update
-            columns = {name: values[rows] for name, values in self._columns.items()}
-        columns["score"] = np.fromiter((s for _, s in pairs), dtype=np.float64, count=len(pairs))
-        return Candidates(self._ids[rows], columns)
+        keys = self.keys(item_ids)
+        known = keys >= 0
+        keys = keys[known]
+        with self._lock:
+            stock, price = self._stock[keys], self._price[keys]
+        names = np.asarray(list(self._categories) + [None], dtype=object)
+        return Candidates(self._ids[keys], {
+            "score": np.asarray(scores, dtype=np.float64)[known], "top_category": names[self._category[keys]],
+            "stock": stock, "arrival_ns": self._arrival_ns[keys], "discounted_price": price})
 
     def update(self, item_id: str, stock: int | None = None, price: float | None = None) -> bool:
         """Apply an item update; False for an item the catalog does not know."""
-        row = self._pos.get(item_id)
+        row = self._key.get(item_id)
         if row is None:
             return False
         with self._lock:
             if stock is not None:
-                self._columns["stock"][row] = stock
+                self._stock[row] = stock
             if price is not None:
-                self._columns["discounted_price"][row] = price
+                self._price[row] = price
         return True
 
     def stock(self, item_id: str) -> int | None:
         """The item's stock; None when unknown."""
-        value = self._columns["stock"][self._pos[item_id]]
+        value = self._stock[self._key[item_id]]
         return None if np.isnan(value) else int(value)
 
 
@@ -123,40 +163,62 @@ def _known(row: dict[str, Any] | None) -> bool:
 
 
 class Recommender:
-    """Answers requests with a bundle, a catalog and the filter rules."""
+    """Answers requests with a bundle, a catalog and the filter rules, a whole micro-batch at once."""
 
     def __init__(self, catalog: Catalog, filters: FilterConfig) -> None:
         self.catalog = catalog
         self.filters = filters
+        self._bundle_keys: tuple[ServingBundle, np.ndarray] | None = None
 
     def recommend(self, requests: Sequence[RecommendationRequest], user_rows: Sequence[dict[str, Any] | None],
                   bundle: ServingBundle | None, received: Sequence[float] | None = None,
                   now_ms: float | None = None) -> list[RecommendationResponse]:
-        """One response per request, in order. ``received``: epoch seconds each request entered Kafka."""
+        """One response per request, in order. ``received``: epoch seconds each request entered Kafka.
+
+        One user-tower pass and one index search for the batch; the filters run over the batch's
+        candidates × requests matrix (:func:`models.filtering.filter_batch`); requests left with fewer than
+        k are backfilled from popularity under the same filters, again all at once."""
         now_ms = now_ms if now_ms is not None else time.time() * 1000
+        rows = [r or {} for r in user_rows]
         known = [_known(r) for r in user_rows]
+        contexts = [self._context(q, r) for q, r in zip(requests, rows, strict=True)]
+        seen = self._seen_keys(contexts)
+        ks = np.fromiter((q.k for q in requests), dtype=np.int64, count=len(requests))
         embedded = [i for i, k in enumerate(known) if k and bundle is not None]
-        scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if embedded:
-            users = bundle.model.user_embeddings([user_input(user_rows[i]) for i in embedded])  # (B, D)
-            depth = max(max(requests[i].k for i in embedded) * CANDIDATE_FACTOR, 50)
-            depth += max(len(user_rows[i].get("recent_item_ids") or []) + len(requests[i].exclude or []) +
-                         len(user_rows[i].get("purchased_item_ids") or []) for i in embedded)
-            sims, rows = bundle.index.search(np.ascontiguousarray(users), min(depth, bundle.index.ntotal))
-            for j, i in enumerate(embedded):
-                valid = rows[j] >= 0
-                scores[i] = (bundle.item_ids[rows[j][valid]], sims[j][valid])
+        keys = np.full((len(requests), 0), -1, dtype=np.int64)
+        sims = np.zeros(keys.shape, dtype=np.float32)
+        if embedded and bundle is not None:
+            users = bundle.model.user_embeddings([user_input(rows[i]) for i in embedded])  # (E, D)
+            # each request's own depth (the batch searches the deepest): an answer never depends on
+            # what else was in its batch
+            depth = np.zeros(len(requests), dtype=np.int64)
+            depth[embedded] = [max(int(ks[i]) * CANDIDATE_FACTOR, 50) + len(rows[i].get("recent_item_ids") or []) +
+                               len(requests[i].exclude or []) + len(rows[i].get("purchased_item_ids") or [])
+                               for i in embedded]
+            found_sims, found = bundle.index.search(np.ascontiguousarray(users),
+                                                    min(int(depth.max()), bundle.index.ntotal))
+            keys = np.full((len(requests), found.shape[1]), -1, dtype=np.int64)
+            sims = np.zeros(keys.shape, dtype=np.float32)
+            keys[embedded] = np.where(found >= 0, self._keys_of(bundle)[found], -1)
+            sims[embedded] = found_sims
+            keys[np.arange(keys.shape[1])[None, :] >= depth[:, None]] = -1
+        keep, counts = filter_batch(self.catalog.batch(keys), contexts, seen, self.filters)
+        chosen = keep & (np.cumsum(keep, axis=1) <= ks[:, None])
+        picked = [(keys[i][chosen[i]], sims[i][chosen[i]]) for i in range(len(requests))]
+        short = [i for i, (got, _) in enumerate(picked) if len(got) < ks[i]]
+        extra = self._backfill(short, picked, contexts, seen, ks, counts) if short else {}
         out = []
         for i, request in enumerate(requests):
-            row = user_rows[i] or {}
-            if i in scores:
-                ids, sims = scores[i]
+            row = rows[i]
+            if i in embedded:
                 fallback = None if row.get("recent_item_ids") else "no_history"
             else:
-                ids, sims = np.array([], dtype=object), np.array([], dtype=np.float32)
                 fallback = "unknown_user" if not known[i] else "no_model"
-            items, counts, backfilled = self._rank(request, row, ids, sims)
-            if backfilled:
+            got, scores = picked[i]
+            items = [ScoredItem(item_id=str(item), score=float(score))
+                     for item, score in zip(self.catalog.ids[got], scores, strict=True)]
+            if i in extra:
+                items += [ScoredItem(item_id=str(item), score=0.0) for item in self.catalog.ids[extra[i]]]
                 fallback = f"{fallback}+popularity" if fallback else "popularity_backfill"
             pushed = row.get("pushed_at_ms")
             latency = (time.time() - received[i]) * 1000 if received else None
@@ -164,25 +226,44 @@ class Recommender:
                 request_id=request.request_id, user_id=request.user_id, items=items,
                 model_version=bundle.version if bundle else None,
                 feature_age_ms=float(now_ms - pushed) if pushed is not None else None,
-                latency_ms=latency, fallback=fallback, filtered=counts))
+                latency_ms=latency, fallback=fallback, filtered={n: int(c[i]) for n, c in counts.items()}))
         return out
 
-    def _rank(self, request: RecommendationRequest, row: dict[str, Any], ids: np.ndarray,
-              sims: np.ndarray) -> tuple[list[ScoredItem], dict[str, int], bool]:
-        ctx = self._context(request, row)
-        kept, counts = apply_filters(self.catalog.candidates(ids, sims), ctx, self.filters)
-        top = slice(0, request.k)
-        items = [ScoredItem(item_id=str(i), score=float(s)) for i, s in zip(kept.ids[top], kept["score"][top],
-                                                                              strict=True)]
-        if len(items) >= request.k:
-            return items, counts, False
-        taken = {it.item_id for it in items}
-        # deep enough that the items the history filter drops (every purchase on record) leave k behind
-        depth = request.k * CANDIDATE_FACTOR + 200 + len(ctx.purchased_item_ids) + len(ctx.exclude)
-        pool = list(islice((p for p in self.catalog.popularity if p not in taken), depth))
-        extra, extra_counts = apply_filters(self.catalog.candidates(pool, [0.0] * len(pool)), ctx, self.filters)
-        items += [ScoredItem(item_id=str(i), score=0.0) for i in extra.ids[: request.k - len(items)]]
-        return items, {k: counts.get(k, 0) + extra_counts.get(k, 0) for k in counts}, True
+    def _backfill(self, short: list[int], picked: list[tuple[np.ndarray, np.ndarray]],
+                  contexts: list[FilterContext], seen: list[np.ndarray], ks: np.ndarray,
+                  counts: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+        """Popular items for the ``short`` requests, none already picked, under the same filters; their
+        removals are added to ``counts``. Each request's pool is deep enough that the items the history
+        filter drops (every purchase on record) leave k behind."""
+        depth = np.array([ks[i] * CANDIDATE_FACTOR + 200 + len(contexts[i].purchased_item_ids) +
+                          len(contexts[i].exclude) for i in short], dtype=np.int64)
+        taken = [picked[i][0] for i in short]
+        width = min(len(self.catalog.popularity_keys), int(depth.max()) + max(len(t) for t in taken))
+        pool = np.broadcast_to(self.catalog.popularity_keys[:width], (len(short), width))
+        fresh = ~rows_isin(pool, taken)  # not picked already
+        alive = fresh & (np.cumsum(fresh, axis=1) <= depth[:, None])
+        keep, more = filter_batch(self.catalog.batch(pool), [contexts[i] for i in short], [seen[i] for i in short],
+                                  self.filters, alive=alive)
+        need = ks[short] - np.fromiter((len(t) for t in taken), dtype=np.int64, count=len(short))
+        keep &= np.cumsum(keep, axis=1) <= need[:, None]
+        for name, removed in more.items():
+            counts[name][short] += removed
+        return {i: pool[j][keep[j]] for j, i in enumerate(short)}
+
+    def _keys_of(self, bundle: ServingBundle) -> np.ndarray:
+        """The catalog key of each of the bundle's items (its rows), -1 for one the catalog lacks."""
+        cached = self._bundle_keys
+        if cached is None or cached[0] is not bundle:
+            cached = (bundle, self.catalog.keys(list(bundle.item_ids)))
+            self._bundle_keys = cached  # one assignment: a concurrent batch sees the old pair or the new
+        return cached[1]
+
+    def _seen_keys(self, contexts: Sequence[FilterContext]) -> list[np.ndarray]:
+        """Each request's :func:`seen_items` as catalog keys, through one lookup for the batch."""
+        seen = [list(seen_items(c, self.filters.history_last_n, self.filters.drop_purchased)) for c in contexts]
+        keys = self.catalog.keys([i for s in seen for i in s])
+        parts = np.split(keys, np.cumsum([len(s) for s in seen])[:-1])
+        return [p[p >= 0] for p in parts]
 
     @staticmethod
     def _context(request: RecommendationRequest, row: dict[str, Any]) -> FilterContext:

@@ -208,7 +208,7 @@ async def _start_serving() -> None:
     model_consumer = await consumer_at_end(settings.aiokafka_config(), MODEL_UPDATES, **at_end)
     serving.features = await loop.run_in_executor(None, FeatureClient, settings)
     catalog = await loop.run_in_executor(None, _load_catalog, serving.features)
-    serving.recommender = Recommender(catalog, load_filter_config(categories=set(catalog._columns["top_category"])))
+    serving.recommender = Recommender(catalog, load_filter_config(categories=catalog.categories))
     version = latest_version(settings.checkpoint_dir)
     if version is not None:
         await serving.swap_to(version)

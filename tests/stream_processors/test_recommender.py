@@ -18,7 +18,7 @@ from models.serving import load_latest
 from producers.requests import RequestClient, run_load
 from stream_processors.recommend import Catalog, Recommender, ServingBundle
 from streamrec.config import Settings
-from streamrec.schemas import HISTORY_LENGTH, RecommendationRequest, decode, encode
+from streamrec.schemas import HISTORY_LENGTH, RecommendationRequest, RecommendationResponse, decode, encode
 
 from .conftest import Worker, wait_until
 
@@ -98,6 +98,47 @@ def test_no_purchase_on_record_is_recommended_again_even_outside_the_recent_hist
     assert len(backfilled.items) == 30 and not {i.item_id for i in backfilled.items} & set(catalog.popularity[:300])
 
 
+def test_a_mixed_batch_answers_each_request_as_it_would_alone(generated: Path, catalog: Catalog,
+                                                             bundle: ServingBundle) -> None:
+    """The filters run over the whole batch's candidates × requests matrix: no request's history, excludes,
+    context, k or backfill may leak into another's answer. Every kind of request at once (known users,
+    an unknown one, heavy purchasers that need the backfill, other times, devices, excludes and k)
+    must equal the same request answered on its own."""
+    rec = Recommender(catalog, load_filter_config())
+    users = ["U000001", "U000002", "U000003", "U000004", "U000005", "U000006"]
+    rows: list[dict | None] = [_row(generated, u) for u in users]
+    rows[2] = {"purchased_item_ids": catalog.popularity[:400]}  # no profile: popularity, skipping 400
+    rows[3] = {k: rows[3][k] for k in ("age", "gender", "region", "preferred_categories")}  # no history
+    rows[4] = None  # unknown
+    asks = [{"k": 10, "context": {"timestamp": NOON}},
+            {"k": 1, "context": {"timestamp": "2026-11-07T02:00:00+00:00", "device": "mobile"}},  # Sat night
+            {"k": 50},
+            {"k": 10, "exclude": [i.item_id for i in rec.recommend(
+                [RecommendationRequest(request_id="p", user_id=users[3])], [rows[3]], bundle)[0].items[:5]]},
+            {"k": 100, "context": {"device": "tablet"}},
+            {"k": 10, "exclude": rows[5]["recent_item_ids"][20:], "context": {"timestamp": NOON}}]
+    requests = [_request({"request_id": f"r{i}", "user_id": u, **a})
+                for i, (u, a) in enumerate(zip(users, asks, strict=True))]
+    together = rec.recommend(requests, rows, bundle, now_ms=1.0)
+    alone = [rec.recommend([q], [r], bundle, now_ms=1.0)[0] for q, r in zip(requests, rows, strict=True)]
+    for i, (a, b) in enumerate(zip(together, alone, strict=True)):
+        assert _answer(a) == _answer(b), i
+        # the user tower over a batch of 6 or of 1: the same vectors to float32 rounding
+        assert [x.score for x in a.items] == pytest.approx([x.score for x in b.items], abs=1e-5), i
+        assert len(a.items) == requests[i].k, (i, a.fallback, a.filtered)
+    assert "popularity" in together[2].fallback and together[4].fallback.startswith("unknown_user")
+    assert not {i.item_id for i in together[3].items} & set(requests[3].exclude)
+    assert not {i.item_id for i in together[2].items} & set(catalog.popularity[:400])
+    # and in the reverse order, the batch still answers each request the same
+    backwards = rec.recommend(requests[::-1], rows[::-1], bundle, now_ms=1.0)[::-1]
+    assert [_answer(r) for r in backwards] == [_answer(r) for r in together]
+
+
+def _answer(response: RecommendationResponse) -> tuple:
+    return (response.request_id, [i.item_id for i in response.items], response.fallback, response.filtered,
+            response.model_version)
+
+
 def test_cold_starts_are_flagged(generated: Path, catalog: Catalog, bundle: ServingBundle) -> None:
     rec = Recommender(catalog, FilterConfig())
     row = _row(generated, "U000001")
@@ -114,7 +155,7 @@ def test_cold_starts_are_flagged(generated: Path, catalog: Catalog, bundle: Serv
 def test_backfill_from_popularity_when_filters_leave_too_few(generated: Path, catalog: Catalog,
                                                              bundle: ServingBundle) -> None:
     rules = load_filter_config()
-    every = frozenset(catalog._columns["top_category"]) - {"Books"}
+    every = frozenset(catalog.categories) - {"Books"}
     strict = FilterConfig(contextual=(type(rules.contextual[0])(exclude_categories=every),))
     rec = Recommender(catalog, strict)
     request = RecommendationRequest(request_id="r", user_id="U000002", k=10)
