@@ -69,3 +69,46 @@ def test_fresh_events_move_the_user_toward_their_category(loaded: LoadedModel, m
     assert closer == len(users), "a burst of views in C must move every user toward C's items"
     assert (gains_ > 0).mean() >= 0.6 and gains_.mean() >= 1.0, f"top-10 gains of C items: {gains}"
     assert (gains_ >= 0).all(), f"a burst in C must never push C out of the top-10: {gains}"
+
+
+def test_the_numpy_user_tower_equals_the_torch_one() -> None:
+    """Serving embeds users with NumpyUserTower; it must give TwoTower.users' vectors: random weights
+    everywhere (biases, recency and type priors too), random and empty histories, OOV and padding codes,
+    a batch of one and of many."""
+    import torch
+
+    from models.serving import NumpyUserTower
+    from models.towers import TwoTower
+
+    from .test_towers import CFG, _batch
+
+    torch.manual_seed(3)
+    model = TwoTower(CFG).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+        model.item_tower.set_features({"top": torch.randint(0, CFG.n_top, (CFG.n_items,)),
+                                       "leaf": torch.randint(0, CFG.n_leaf, (CFG.n_items,))})
+    fast = NumpyUserTower(model)
+    for batch in (_batch(1), _batch(33), _batch(5, empty=True), _batch(9, h=CFG.max_history)):
+        with torch.inference_mode():
+            want = model.users(batch).numpy()
+        got = fast(*(t.numpy() for t in batch))
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.allclose(got, want, atol=2e-5), np.abs(got - want).max()
+
+
+def test_serving_embeds_users_as_the_trained_torch_model_does(loaded: LoadedModel, medium: Dataset) -> None:
+    import torch
+
+    from models.towers import UserBatch
+
+    users = [_user(medium, u) for u in medium.users.user_id[:40]] + [UserInput({}, [], [])]
+    prof = loaded.schema.profile_table([u.profile for u in users])
+    items, types = loaded.schema.encode_history([u.recent_item_ids for u in users],
+                                                [u.recent_interaction_types for u in users])
+    t = torch.from_numpy
+    with torch.inference_mode():
+        want = loaded._model.users(UserBatch(t(prof["age"]), t(prof["gender"]), t(prof["region"]), t(prof["pref"]),
+                                             t(items), t(types))).numpy()
+    assert np.allclose(loaded.user_embeddings(users), want, atol=2e-5)
