@@ -95,7 +95,7 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
     _guard_acks()  # Faust's own bugs: on every broker
     datadir = settings.data_dir / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=_credentials(settings),
@@ -124,3 +124,17 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
         producer_linger_ms=linger_ms,
         web_in_thread=False,
     )
+    app.task(_restore_root_log_level)
+    return app
+
+
+async def _restore_root_log_level() -> None:
+    """faust-streaming 0.15.3's Worker sets the ROOT logger to DEBUG for its terminal spinner whenever the
+    log level is warn or above (Worker._setup_spinner_handler; it leaves its own handler at the level
+    asked for), tty or not. Every debug call of aiokafka and Faust then built a LogRecord only for the
+    handler to drop it: ~3% of the recommender's CPU under load (py-spy). An app task runs after the
+    worker set up logging: the root logger goes back to the level its handler was given."""
+    import logging
+
+    if logging.root.handlers:  # [0]: the handler Faust gave the level asked for (the spinner's is DEBUG)
+        logging.root.setLevel(logging.root.handlers[0].level or logging.WARNING)

@@ -490,6 +490,7 @@ async def status_page(web: Any, request: Any) -> Any:
         "requests": serving.requests, "errors": serving.errors, "expired": serving.expired,
         "assigned_partitions": request_agent.assigned(),
         "stages_ms": serving.stages.snapshot(), "time": time.time(),
+        "log_level": logging.getLevelName(logging.root.level),  # see faust_app._restore_root_log_level
     })
 
 
