@@ -16,7 +16,7 @@ import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -91,8 +91,13 @@ def _number(value: Any) -> float:
     return float(value) if ok else np.nan
 
 
+@lru_cache(maxsize=64)
+def _lookup(vocab: tuple[str, ...], offset: int) -> dict[str, int]:
+    return {v: i + offset for i, v in enumerate(vocab)}
+
+
 def _index(vocab: Sequence[str], values: Iterable[Any], offset: int, unknown: int) -> np.ndarray:
-    lookup = {v: i + offset for i, v in enumerate(vocab)}
+    lookup = _lookup(tuple(vocab), offset)  # built once per vocabulary: serving encodes every batch
     return np.fromiter((lookup.get(v, unknown) if isinstance(v, str) else unknown for v in values),
                        dtype=np.int64)
 
@@ -225,15 +230,21 @@ class FeatureSchema:
                        types: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """(B, H) item rows and type codes from newest-first lists; longer lists keep the newest H."""
         h = self.max_history
-        items = np.zeros((len(item_ids), h), np.int64)
-        codes = np.zeros((len(item_ids), h), np.int64)
+        flat_ids: list[Any] = []
+        flat_types: list[Any] = []
+        lengths = np.zeros(len(item_ids), np.int64)
         for b, (ids, ts) in enumerate(zip(item_ids, types, strict=True)):
             if len(ids) != len(ts):
                 raise FeatureError(f"recent_item_ids has {len(ids)} entries but recent_interaction_types "
                                    f"has {len(ts)}: they must be aligned")
-            ids, ts = list(ids)[:h], list(ts)[:h]
-            items[b, : len(ids)] = self.item_index(ids)
-            codes[b, : len(ts)] = self.type_index(ts)
+            flat_ids += list(ids)[:h]
+            flat_types += list(ts)[:h]
+            lengths[b] = min(len(ids), h)
+        filled = np.arange(h) < lengths[:, None]  # row-major: each row's slots in order
+        items = np.zeros((len(item_ids), h), np.int64)
+        codes = np.zeros((len(item_ids), h), np.int64)
+        items[filled] = self.item_index(flat_ids)  # one lookup pass for the whole batch
+        codes[filled] = self.type_index(flat_types)
         return items, codes
 
     # ---- persistence ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ that started on the old model finishes on it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import TypeAdapter, ValidationError
 
 from models.filtering import (
     CandidateBatch,
@@ -31,9 +33,11 @@ from models.filtering import (
     seen_items,
 )
 from models.serving import LoadedModel, UserInput
-from streamrec.schemas import RecommendationRequest, RecommendationResponse, ScoredItem
+from streamrec.schemas import Id, RecommendationRequest, RecommendationResponse, ScoredItem
 
 __all__ = ["ANN_THRESHOLD", "Catalog", "ServingBundle", "Recommender", "user_input"]
+
+log = logging.getLogger("streamrec.recommender")
 
 ANN_THRESHOLD = 50_000  # exact search is a few ms up to here; above it HNSW keeps p99 flat
 CANDIDATE_FACTOR = 5  # retrieve k × this (at least 50): enough left after the filters
@@ -45,7 +49,12 @@ class Catalog:
     An item's key is its row here; the filters see a batch's candidates by key (:meth:`batch`)."""
 
     def __init__(self, items: pd.DataFrame, popularity: Sequence[str]) -> None:
-        items = items[~items.index.duplicated()]
+        valid = np.fromiter((_valid_id(i) for i in items.index), dtype=bool, count=len(items))
+        if not valid.all():
+            log.warning("catalog: %d item ids are not valid ids (empty, over 128 characters or control "
+                        "characters) and are never recommended, e.g. %r", int((~valid).sum()),
+                        items.index[~valid][:3].tolist())
+        items = items[valid & ~items.index.duplicated()]
         self._key = {item_id: key for key, item_id in enumerate(items.index)}
         arrival = pd.to_datetime(items["arrival_date"], utc=True)
         category, names = pd.factorize(pd.Series(items["top_category"].to_numpy(dtype=object), dtype=object))
@@ -118,6 +127,17 @@ class Catalog:
         """The item's stock; None when unknown."""
         value = self._stock[self._key[item_id]]
         return None if np.isnan(value) else int(value)
+
+
+_ID = TypeAdapter(Id)
+
+
+def _valid_id(item_id: Any) -> bool:
+    try:
+        _ID.validate_python(item_id, strict=True)
+        return True
+    except ValidationError:
+        return False
 
 
 def _floats(column: pd.Series) -> np.ndarray:
@@ -215,10 +235,14 @@ class Recommender:
             else:
                 fallback = "unknown_user" if not known[i] else "no_model"
             got, scores = picked[i]
-            items = [ScoredItem(item_id=str(item), score=float(score))
-                     for item, score in zip(self.catalog.ids[got], scores, strict=True)]
+            if not np.isfinite(scores).all():
+                raise ValueError(f"non-finite scores for {request.request_id}: {scores[~np.isfinite(scores)][:3]}")
+            # unvalidated: the catalog admits only valid item ids (Catalog.__init__) and the scores are finite
+            items = [ScoredItem.model_construct(item_id=item, score=score)
+                     for item, score in zip(self.catalog.ids[got].tolist(), scores.tolist(), strict=True)]
             if i in extra:
-                items += [ScoredItem(item_id=str(item), score=0.0) for item in self.catalog.ids[extra[i]]]
+                items += [ScoredItem.model_construct(item_id=item, score=0.0)
+                          for item in self.catalog.ids[extra[i]].tolist()]
                 fallback = f"{fallback}+popularity" if fallback else "popularity_backfill"
             pushed = row.get("pushed_at_ms")
             latency = (time.time() - received[i]) * 1000 if received else None
