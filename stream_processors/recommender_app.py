@@ -27,7 +27,7 @@ from models.filtering import load_filter_config
 from models.serving import load_checkpoint
 from streamrec._exceptions import is_infrastructure
 from streamrec.config import get_settings
-from streamrec.features import FeatureClient
+from streamrec.features import SERVING_FEATURES, FeatureClient
 from streamrec.offsets import consumer_at_end
 from streamrec.schemas import (
     DLQRecord,
@@ -386,7 +386,7 @@ async def _serve(good: Sequence[tuple[Any, RecommendationRequest]]) -> list[Reco
 
     async def once() -> list[RecommendationResponse]:
         t1 = time.perf_counter()
-        rows = await loop.run_in_executor(None, serving.features.users_features, users)
+        rows = await loop.run_in_executor(None, serving.features.users_features, users, SERVING_FEATURES)
         t2 = time.perf_counter()
         serving.stages.record("feature_read_per_batch", (t2 - t1) * 1000)
         by_user = dict(zip(users, rows, strict=True))

@@ -15,7 +15,14 @@ import pytest
 from generation.dataset_gen_amazon import GeneratorConfig, generate, write
 from streamrec import load_settings
 from streamrec.config import Settings
-from streamrec.features import HISTORY_FEATURES, PROFILE_FEATURES, REPO_PATH, FeatureClient, history_frame
+from streamrec.features import (
+    HISTORY_FEATURES,
+    PROFILE_FEATURES,
+    REPO_PATH,
+    SERVING_FEATURES,
+    FeatureClient,
+    history_frame,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,6 +90,9 @@ def test_pushed_history_reads_back_and_newest_push_wins(client: FeatureClient) -
     assert got[0]["pushed_at_ms"] == 1_000 and got[1]["count_purchase"] == 1
     assert got[0]["age"] is not None  # profile and history come back in the same read
     assert got[2]["recent_item_ids"] is None
+    served = client.users_features(["U000001", "U000003"], only=SERVING_FEATURES)  # what the recommender reads
+    assert [set(r) for r in served] == [{"user_id", *SERVING_FEATURES}] * 2
+    assert served[0] == {k: v for k, v in got[0].items() if k in served[0]}
 
     client.push_history(history_frame([
         _row("U000001", ["I000003", "I000002", "I000001"], ["purchase", "cart", "positive_view"],
