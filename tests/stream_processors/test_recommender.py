@@ -181,6 +181,21 @@ def test_an_imported_catalogue_with_unknown_stock_and_prices_is_recommendable() 
     assert catalog.stock("1") == 0
 
 
+def test_item_ids_no_answer_could_carry_never_enter_the_catalog(caplog: pytest.LogCaptureFixture) -> None:
+    """An id a response cannot hold (empty, over 128 characters, a control character) would fail every
+    answer it appeared in: the catalog leaves it out, with a warning, and serves the rest."""
+    bad = ["", "x" * 129, "a\nb"]
+    items = pd.DataFrame({"item_id": ["ok", *bad, "ok"], "top_category": ["A"] * 5, "stock": [1] * 5,
+                          "arrival_date": [None] * 5, "discounted_price": [1.0] * 5}).set_index("item_id")
+    with caplog.at_level("WARNING", logger="streamrec.recommender"):
+        catalog = Catalog(items, [*bad, "ok"])
+    assert len(catalog) == 1 and list(catalog.ids) == ["ok"] and catalog.popularity == ["ok"]
+    assert "3 item ids are not valid ids" in caplog.text
+    (response,) = Recommender(catalog, FilterConfig()).recommend(
+        [RecommendationRequest(request_id="r", user_id="u", k=5)], [None], None)
+    assert [i.item_id for i in response.items] == ["ok"] and response.error is None
+
+
 def _start_both(env_stack: Settings, worker_factory: Callable[..., Worker], checkpoint: Path) -> Worker:
     shutil.copytree(checkpoint, env_stack.checkpoint_dir)
     worker_factory(env_stack)
