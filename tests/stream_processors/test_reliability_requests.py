@@ -217,3 +217,57 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
     assert during.error is not None and during.error.code == "internal" and not during.items
     assert back.error is None and len(back.items) == 10
     assert recommender.proc.poll() is None and recommender.status()["errors"] == n_bad + 1
+
+
+def test_two_recommenders_one_killed_under_load_leave_no_request_unanswered(
+        env_stack: Settings, trained_checkpoint: Path, worker_factory: Callable[..., Worker]) -> None:
+    """Issue 15: two recommenders share the request partitions; one is killed -9 while 200 requests/s
+    flow. Every request is answered: exactly once, or (those the killed one had read but not committed)
+    at least once, and none waits forever on the dead member's partitions."""
+    import threading
+    import time
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    shutil.copytree(trained_checkpoint, env_stack.checkpoint_dir)
+    patient = {"STREAMREC_REQUEST_DEADLINE_S": "120"}  # answered late after the rebalance, not `expired`
+    with ThreadPoolExecutor(2) as pool:  # no features worker: answers need the model, not fresh rows
+        survivor, victim = pool.map(lambda _: worker_factory(env_stack, app="recommender", **patient), range(2))
+    shared = lambda: survivor.status()["assigned_partitions"] + victim.status()["assigned_partitions"]  # noqa: E731
+    wait_until(lambda: shared() == env_stack.topic_partitions and victim.status()["assigned_partitions"] > 0, 60,
+               "the two recommenders to share the request partitions")
+    client = RequestClient(env_stack)
+    answers: Counter[str] = Counter()
+    errors: list[RecommendationResponse] = []
+    done = threading.Event()
+
+    def receive() -> None:
+        while not done.is_set():
+            for response, _ in client.poll(50):
+                answers[response.request_id] += 1
+                if response.error is not None:
+                    errors.append(response)
+
+    n, rate = 2_000, 200.0
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+    ids = [f"kill-{i:05d}" for i in range(n)]
+    started = time.perf_counter()
+    try:
+        for i, rid in enumerate(ids):
+            if i == n // 3:
+                victim.kill9()  # mid-load: it holds read, unanswered or uncommitted requests
+            time.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            client.send(RecommendationRequest(request_id=rid, user_id=f"U{i % 300 + 1:06d}", k=5))
+        client.producer.flush()
+        wait_until(lambda: all(answers[r] for r in ids), 60, "an answer to every request")
+        time.sleep(2)  # a late second answer still counts as a duplicate
+    finally:
+        done.set()
+        receiver.join(10)
+        client.close()
+    duplicates = sum(c - 1 for r, c in answers.items() if r in set(ids) and c > 1)
+    print(f"two recommenders, one killed at request {n // 3}: {n} answered, {duplicates} more than once")
+    assert not errors, [e.error for e in errors[:3]]
+    assert survivor.status()["assigned_partitions"] == env_stack.topic_partitions
+    assert duplicates < n // 3, duplicates  # only what the killed member had in flight, never everything
