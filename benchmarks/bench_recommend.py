@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 try:
-    from ._harness import ROOT, broker_kind, own_stack, start_worker, stop
+    from ._harness import ROOT, broker_kind, free_port, own_stack, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import ROOT, broker_kind, own_stack, start_worker, stop
+    from _harness import ROOT, broker_kind, free_port, own_stack, start_worker, stop
 
 
 def _pct(samples: list[float]) -> dict[str, float]:
@@ -108,17 +109,24 @@ def _in_process(settings: Any, data: Path, rounds: int, users: list[str]) -> dic
             "ratio_p99_full_vs_baseline": f["p99_ms"] / b["p99_ms"], "index": type(bundle.index).__name__}
 
 
-def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float, broker: str) -> dict[str, Any]:
-    """``run_load`` against ``benchmarks/echo.py`` on a fresh stack of the same broker (Tansu slows as
-    partitions grow)."""
+def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float, broker: str,
+                   faust: bool = False) -> dict[str, Any]:
+    """``run_load`` against ``benchmarks/echo.py`` (``faust``: ``benchmarks/echo_faust.py``, the same echo
+    from a Faust agent) on a fresh stack of the same broker (Tansu slows as partitions grow)."""
     from producers.requests import run_load
 
-    with own_stack(tmp / "echo", data, broker=broker, feature_repo=False) as (settings, env):
-        echo = subprocess.Popen([sys.executable, "-m", "benchmarks.echo", "--bootstrap", settings.bootstrap_servers],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    name = "echo_faust" if faust else "echo"
+    with own_stack(tmp / name, data, broker=broker, feature_repo=False) as (settings, env):
+        command = ["--web-port", str(free_port())] if faust else ["--bootstrap", settings.bootstrap_servers]
+        echo = subprocess.Popen([sys.executable, "-m", f"benchmarks.{name}", *command],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            if echo.stdout is None or echo.stdout.readline().strip() != "ready":
-                raise RuntimeError("the echo baseline did not start")
+            lines = iter(echo.stdout.readline, "") if echo.stdout else iter(())
+            # Faust prints its banner first, and its worker logs what is printed (to stderr): the line ends
+            # with "ready"
+            if not any(line.rstrip().endswith("ready") for line in lines):
+                raise RuntimeError(f"the {name} baseline did not start")
+            threading.Thread(target=lambda: all(lines), daemon=True).start()  # a full pipe would stall Faust's logs
             run_load(settings, users, 200, 100.0)  # warm-up, as for the recommender
             return {"rate": rate, **run_load(settings, users, n, rate).summary()}
         finally:
@@ -126,7 +134,8 @@ def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float,
 
 
 def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, seconds: float = 10.0,
-        rounds: int = 500, broker: str | None = None, in_process: bool = True) -> dict[str, Any]:
+        rounds: int = 500, broker: str | None = None, in_process: bool = True,
+        faust_echo: bool = True) -> dict[str, Any]:
     """In process at each of ``item_counts`` (unless ``in_process`` is False) and over ``broker`` at the first."""
     from generation.dataset_gen_amazon import GeneratorConfig, generate, write
     from producers.requests import run_load
@@ -157,6 +166,12 @@ def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, sec
                 stop(features)
             if n_items == item_counts[0]:
                 result["kafka_echo"] = _echo_baseline(tmp_path, data, users, int(rate * seconds), rate, broker)
+                if faust_echo:  # a question asked beside the benchmark: its failure is reported, not fatal
+                    try:
+                        result["kafka_echo_faust"] = _echo_baseline(tmp_path, data, users, int(rate * seconds),
+                                                                    rate, broker, faust=True)
+                    except Exception as exc:  # noqa: BLE001
+                        result["kafka_echo_faust"] = {"error": repr(exc)}
             shutil.rmtree(data, ignore_errors=True)
     return result
 
@@ -189,10 +204,12 @@ def main() -> None:
         print(f"over Kafka at {k['rate']:.0f} req/s ({k['sent']} sent, {k['answered']} answered, {k['errors']} errors):"
               f" server p50 {k['server_latency_ms']['p50']:.1f} / p99 {k['server_latency_ms']['p99']:.1f} ms, round "
               f"trip p50 {k['round_trip_ms']['p50']:.1f} / p99 {k['round_trip_ms']['p99']:.1f} ms")
-    e = r.get("kafka_echo")
-    if e:
-        print(f"raw baseline, a bare aiokafka echo at {e['rate']:.0f} req/s ({e['answered']} of {e['sent']} answered):"
-              f" round trip p50 {e['round_trip_ms']['p50']:.1f} / p99 {e['round_trip_ms']['p99']:.1f} ms")
+    echoes = (("kafka_echo", "raw baseline, a bare aiokafka echo"), ("kafka_echo_faust", "a bare Faust agent echo"))
+    for key, what in echoes:
+        e = r.get(key)
+        if e:
+            print(f"{what} at {e['rate']:.0f} req/s ({e['answered']} of {e['sent']} answered): round trip p50 "
+                  f"{e['round_trip_ms']['p50']:.1f} / p99 {e['round_trip_ms']['p99']:.1f} ms")
 
 
 if __name__ == "__main__":

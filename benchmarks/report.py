@@ -236,6 +236,12 @@ def _recommend(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
             rows.append(Row(f"raw baseline alone (bare echo) at {at}: round trip p99, ms", e99,
                             goal=f"≤ {KAFKA_P99_MS:g} ms at {KAFKA_RATE:,.0f} req/s",
                             met=None if na else _at_most(e99, KAFKA_P99_MS), why_na=na))
+        faust = dig(r, "kafka_echo_faust")
+        if isinstance(faust, Mapping):  # issue 15: could the request path be a Faust agent?
+            rows += [Row(f"bare Faust agent echo at {at}: round trip p50, ms", dig(faust, "round_trip_ms", "p50"), e50,
+                         "bare aiokafka echo, same load"),
+                     Row(f"bare Faust agent echo at {at}: round trip p99, ms", dig(faust, "round_trip_ms", "p99"), e99,
+                         "bare aiokafka echo, same load")]
     return rows
 
 
