@@ -229,9 +229,10 @@ class Recommender:
         short = [i for i, (got, _) in enumerate(picked) if len(got) < ks[i]]
         extra = self._backfill(short, picked, contexts, seen, ks, counts) if short else {}
         out = []
+        served = set(embedded)
         for i, request in enumerate(requests):
             row = rows[i]
-            if i in embedded:
+            if i in served:
                 fallback = None if row.get("recent_item_ids") else "no_history"
             else:
                 fallback = "unknown_user" if not known[i] else "no_model"
