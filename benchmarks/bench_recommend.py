@@ -17,6 +17,7 @@ over-Kafka figures are those of the full run), as `streamrec bench --broker both
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import shutil
 import subprocess
@@ -126,7 +127,8 @@ def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float,
             # with "ready"
             if not any(line.rstrip().endswith("ready") for line in lines):
                 raise RuntimeError(f"the {name} baseline did not start")
-            threading.Thread(target=lambda: all(lines), daemon=True).start()  # a full pipe would stall Faust's logs
+            # keep reading what it prints: a full pipe would stall the Faust echo's logging, and so the echo
+            threading.Thread(target=collections.deque, args=(lines, 0), daemon=True).start()
             run_load(settings, users, 200, 100.0)  # warm-up, as for the recommender
             return {"rate": rate, **run_load(settings, users, n, rate).summary()}
         finally:

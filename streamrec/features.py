@@ -156,7 +156,9 @@ class FeatureClient:
     def users_features(self, user_ids: list[str], only: Collection[str] | None = None) -> list[dict[str, Any]]:
         """Profiles and recent histories of many users: one batch read of the online store per view.
         ``only``: read just these features (e.g. SERVING_FEATURES); each value read costs a proto parse."""
-        wanted = (lambda names: names) if only is None else (lambda names: tuple(n for n in names if n in only))
+        def wanted(names: tuple[str, ...]) -> tuple[str, ...]:
+            return names if only is None else tuple(n for n in names if n in only)
+
         profiles = self._read("user_profile", "user_id", wanted(PROFILE_FEATURES), user_ids)
         histories = self._read("user_recent_history", "user_id", wanted(HISTORY_FEATURES), user_ids)
         return [{"user_id": u, **p, **h} for u, p, h in zip(user_ids, profiles, histories, strict=True)]
