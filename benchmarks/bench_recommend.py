@@ -44,11 +44,13 @@ def _pct(samples: list[float]) -> dict[str, float]:
 
 def _train(data: Path, checkpoints: Path, epochs: int) -> None:
     from models.checkpoints import promote, save_checkpoint
+    from models.features import popularity_ranking
     from models.train import TrainConfig, load_data, train_and_evaluate
 
     report = train_and_evaluate(load_data(data), TrainConfig(epochs=epochs, seed=0))
     path = save_checkpoint(checkpoints, report.fit.model, report.prepared.enc.schema,
-                           metrics=report.test["two-tower"], data_window={})
+                           metrics=report.test["two-tower"], data_window={},
+                           popularity=popularity_ranking(report.prepared.raw.interactions))
     promote(checkpoints, path.name)
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,8 +116,10 @@ def promote(checkpoint_dir: Path, version: str) -> None:
 
 def save_checkpoint(checkpoint_dir: Path, model: TwoTower, schema: FeatureSchema, *,
                     metrics: dict[str, float], data_window: dict[str, Any],
-                    train: dict[str, Any] | None = None, parent: str | None = None) -> Path:
-    """Write the next ``v<N>`` (not promoted) and return its path."""
+                    train: dict[str, Any] | None = None, parent: str | None = None,
+                    popularity: Sequence[str] = ()) -> Path:
+    """Write the next ``v<N>`` (not promoted) and return its path. ``popularity``: item ids, most wanted
+    first, over the training data (:func:`models.features.popularity_ranking`); serving backfills from it."""
     root = Path(checkpoint_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -135,6 +138,7 @@ def save_checkpoint(checkpoint_dir: Path, model: TwoTower, schema: FeatureSchema
                 "data_window": data_window, "metrics": {k: float(v) for k, v in metrics.items()},
                 "config": asdict(model.cfg), "train": train or {}, "feature_schema": schema.to_json(),
                 "weights": {"file": WEIGHTS, "sha256": _sha256(tmp / WEIGHTS)},
+                "popularity": [str(i) for i in popularity],
             }
             with (tmp / META).open("w", encoding="utf-8") as f:
                 json.dump(meta, f, allow_nan=False)
@@ -178,6 +182,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta["metrics"], dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta["metrics"].values()):
         raise CheckpointError(f"{meta_path}: metrics must map names to numbers")
+    popularity = meta.setdefault("popularity", [])  # absent in checkpoints written before it existed
+    if not isinstance(popularity, list) or not all(isinstance(i, str) for i in popularity):
+        raise CheckpointError(f"{meta_path}: popularity must be a list of item ids")
     weights = meta["weights"]
     if not isinstance(weights, dict) or weights.get("file") != WEIGHTS or not isinstance(weights.get("sha256"), str):
         raise CheckpointError(f"{meta_path}: weights must be {{'file': '{WEIGHTS}', 'sha256': ...}}")

@@ -109,6 +109,7 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float,
     and oracle baselines, save v<N> under the checkpoint folder and promote it (LATEST).
     """
     from .checkpoints import promote, save_checkpoint
+    from .features import popularity_ranking
     from .train import TrainConfig, load_data, train_and_evaluate
 
     settings = _settings(data_dir, out)
@@ -132,7 +133,8 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float,
     path = save_checkpoint(settings.checkpoint_dir, fitted.model.cpu(), p.enc.schema,
                            metrics=report.test["two-tower"], data_window=window,
                            train={**vars(cfg), "history": fitted.history, "best_epoch": fitted.best_epoch,
-                                  "baselines": {k: v for k, v in report.test.items() if k != "two-tower"}})
+                                  "baselines": {k: v for k, v in report.test.items() if k != "two-tower"}},
+                           popularity=popularity_ranking(p.raw.interactions))
     if not no_promote:
         promote(settings.checkpoint_dir, path.name)
     console.print(f"checkpoint {path}{'' if no_promote else ' (promoted: LATEST)'}", highlight=False)

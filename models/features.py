@@ -26,11 +26,13 @@ from streamrec._exceptions import StreamrecError
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 __all__ = ["FeatureError", "FeatureSchema", "POSITIVE_TYPES", "PAD", "OOV", "SCHEMA_VERSION",
-           "string_ids", "text_hashes"]
+           "popularity_ranking", "string_ids", "text_hashes"]
 
 PAD, OOV = 0, 1  # reserved rows of every padded vocabulary
 SCHEMA_VERSION = 1
 POSITIVE_TYPES = ("positive_view", "cart", "purchase", "rate")  # negative_view is history only
+# how much one event says an item is wanted; what serving backfills from (a checkpoint's `popularity`)
+POPULARITY_WEIGHTS = {"purchase": 3.0, "cart": 2.0, "rate": 2.0, "positive_view": 1.0}
 
 # Fixed edges: the generator's ratings live in [1, 5] and ages in [18, 80]; fixed edges keep the
 # buckets' meaning stable across retrains, so a warm start never reinterprets an embedding row.
@@ -61,6 +63,18 @@ def string_ids(values: pd.Series) -> pd.Series:
             values = values.astype("Int64")
     text = values.astype("string")
     return text.astype(object).where(text.notna(), None)
+
+
+def popularity_ranking(interactions: pd.DataFrame, limit: int = 5000) -> list[str]:
+    """The ``limit`` most wanted item ids of an interaction log (item_id, interaction_type), most wanted
+    first: each event weighs :data:`POPULARITY_WEIGHTS` (negative views and unknown types nothing), ties
+    broken by id so the ranking is the same on every run. Items never wanted are left out."""
+    weights = interactions["interaction_type"].map(POPULARITY_WEIGHTS).fillna(0.0)
+    ids = string_ids(interactions["item_id"])
+    totals = weights.groupby(ids.to_numpy()).sum()
+    totals = totals[totals > 0]
+    order = np.lexsort((totals.index.to_numpy(dtype=str), -totals.to_numpy()))
+    return [str(i) for i in totals.index.to_numpy()[order][:limit]]
 
 
 def _floats(items: pd.DataFrame, name: str) -> np.ndarray:

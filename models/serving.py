@@ -92,13 +92,15 @@ class NumpyUserTower:
 class LoadedModel:
     """A validated checkpoint ready to embed; immutable after load (safe to share across threads)."""
 
-    __slots__ = ("_model", "_users", "_schema", "_meta", "_items", "_item_ids", "version", "path")
+    __slots__ = ("_model", "_users", "_schema", "_meta", "_items", "_item_ids", "_popularity", "version", "path")
 
     def __init__(self, model: TwoTower, schema: FeatureSchema, meta: dict[str, Any], path: Path) -> None:
         self._model = model.eval()
         self._schema = schema
-        # the schema (with its full vocabulary) is reachable through .schema; meta stays small
-        self._meta = {k: v for k, v in meta.items() if k != "feature_schema"}
+        # the schema (with its full vocabulary) and the popularity ranking have their own properties;
+        # meta stays small
+        self._meta = {k: v for k, v in meta.items() if k not in ("feature_schema", "popularity")}
+        self._popularity = tuple(meta.get("popularity", ()))
         self._item_ids = list(schema.item_ids)
         self.version: str = meta["version"]
         self.path = path
@@ -119,6 +121,11 @@ class LoadedModel:
     @property
     def item_ids(self) -> list[str]:
         return list(self._item_ids)
+
+    @property
+    def popularity(self) -> tuple[str, ...]:
+        """Item ids, most wanted first, over the data it was trained on (empty in older checkpoints)."""
+        return self._popularity
 
     @property
     def schema(self) -> FeatureSchema:

@@ -35,7 +35,7 @@ from streamrec.schemas import Interaction, ModelUpdate, decode, encode
 from streamrec.topics import INTERACTIONS, MODEL_UPDATES
 
 from .checkpoints import CheckpointError, latest_version, promote, read_checkpoint, save_checkpoint
-from .features import FeatureSchema
+from .features import FeatureSchema, popularity_ranking
 from .towers import TwoTower
 from .train import (
     EvalSet,
@@ -293,7 +293,8 @@ def run_once(settings: Settings, opts: TrainerOptions, extra: pd.DataFrame | Non
         train_info = {**vars(opts.train), "warm_start": warm is not None, "compared_with": result.current_version,
                       "tolerance": opts.tolerance}
         path = save_checkpoint(root, model.cpu(), p.enc.schema, metrics=result.candidate, data_window=window,
-                               train=train_info, parent=result.current_version)
+                               train=train_info, parent=result.current_version,
+                               popularity=popularity_ranking(p.raw.interactions))
         promote(root, path.name)
         result.version = path.name
         if opts.publish:

@@ -35,12 +35,13 @@ from models.filtering import (
 from models.serving import LoadedModel, UserInput
 from streamrec.schemas import Id, RecommendationRequest, RecommendationResponse, ScoredItem
 
-__all__ = ["ANN_THRESHOLD", "Catalog", "ServingBundle", "Recommender", "user_input"]
+__all__ = ["ANN_THRESHOLD", "Catalog", "ServingBundle", "Recommender", "load_catalog", "user_input"]
 
 log = logging.getLogger("streamrec.recommender")
 
 ANN_THRESHOLD = 50_000  # exact search is a few ms up to here; above it HNSW keeps p99 flat
 CANDIDATE_FACTOR = 5  # retrieve k × this (at least 50): enough left after the filters
+_READ_CHUNK = 2000  # items per online read while the catalogue loads
 
 
 class Catalog:
@@ -129,6 +130,28 @@ class Catalog:
         return None if np.isnan(value) else int(value)
 
 
+def load_catalog(features: Any) -> Catalog:
+    """The catalogue as the feature store knows it (``features``: a :class:`streamrec.features.FeatureClient`).
+
+    Its ids are those of the `item_features` view's source in Feast's registry, its columns the online
+    store's current values; an id the online store has no row for is left out. Without a model (or with a
+    checkpoint older than its `popularity` ranking), popularity is the items' `rating_count`, highest
+    first; a served checkpoint's own ranking comes first (:meth:`Recommender.popularity_keys`). Nothing
+    here reads the generator's files, so any catalogue in the store is served, imported ones included."""
+    ids = features.item_ids()
+    frames = [features.item_features(ids[i:i + _READ_CHUNK]) for i in range(0, len(ids), _READ_CHUNK)]
+    online = pd.concat(frames) if frames else pd.DataFrame(columns=["top_category", "stock", "arrival_date",
+                                                                      "discounted_price", "rating_count"])
+    missing = online.isna().all(axis=1)
+    if missing.any():
+        log.warning("catalog: %d of %d items of item_features have no row in the online store (not "
+                    "materialized?) and are never recommended", int(missing.sum()), len(online))
+    online = online[~missing]
+    counts = _floats(online["rating_count"]) if "rating_count" in online else np.zeros(len(online))
+    order = np.argsort(-np.nan_to_num(counts, nan=-1.0), kind="stable")
+    return Catalog(online, list(online.index[order]))
+
+
 _ID = TypeAdapter(Id)
 _ITEMS = TypeAdapter(list[ScoredItem])
 
@@ -189,7 +212,7 @@ class Recommender:
     def __init__(self, catalog: Catalog, filters: FilterConfig) -> None:
         self.catalog = catalog
         self.filters = filters
-        self._bundle_keys: tuple[ServingBundle, np.ndarray] | None = None
+        self._bundle_keys: tuple[ServingBundle, np.ndarray, np.ndarray] | None = None
 
     def recommend(self, requests: Sequence[RecommendationRequest], user_rows: Sequence[dict[str, Any] | None],
                   bundle: ServingBundle | None, received: Sequence[float] | None = None,
@@ -227,7 +250,7 @@ class Recommender:
         chosen = keep & (np.cumsum(keep, axis=1) <= ks[:, None])
         picked = [(keys[i][chosen[i]], sims[i][chosen[i]]) for i in range(len(requests))]
         short = [i for i, (got, _) in enumerate(picked) if len(got) < ks[i]]
-        extra = self._backfill(short, picked, contexts, seen, ks, counts) if short else {}
+        extra = self._backfill(short, picked, contexts, seen, ks, counts, bundle) if short else {}
         out = []
         served = set(embedded)
         for i, request in enumerate(requests):
@@ -255,15 +278,16 @@ class Recommender:
 
     def _backfill(self, short: list[int], picked: list[tuple[np.ndarray, np.ndarray]],
                   contexts: list[FilterContext], seen: list[np.ndarray], ks: np.ndarray,
-                  counts: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
-        """Popular items for the ``short`` requests, none already picked, under the same filters; their
-        removals are added to ``counts``. Each request's pool is deep enough that the items the history
-        filter drops (every purchase on record) leave k behind."""
+                  counts: dict[str, np.ndarray], bundle: ServingBundle | None) -> dict[int, np.ndarray]:
+        """Popular items (:meth:`popularity_keys`) for the ``short`` requests, none already picked, under
+        the same filters; their removals are added to ``counts``. Each request's pool is deep enough that
+        the items the history filter drops (every purchase on record) leave k behind."""
         depth = np.array([ks[i] * CANDIDATE_FACTOR + 200 + len(contexts[i].purchased_item_ids) +
                           len(contexts[i].exclude) for i in short], dtype=np.int64)
         taken = [picked[i][0] for i in short]
-        width = min(len(self.catalog.popularity_keys), int(depth.max()) + max(len(t) for t in taken))
-        pool = np.broadcast_to(self.catalog.popularity_keys[:width], (len(short), width))
+        popular = self.popularity_keys(bundle)
+        width = min(len(popular), int(depth.max()) + max(len(t) for t in taken))
+        pool = np.broadcast_to(popular[:width], (len(short), width))
         fresh = ~rows_isin(pool, taken)  # not picked already
         alive = fresh & (np.cumsum(fresh, axis=1) <= depth[:, None])
         keep, more = filter_batch(self.catalog.batch(pool), [contexts[i] for i in short], [seen[i] for i in short],
@@ -276,11 +300,22 @@ class Recommender:
 
     def _keys_of(self, bundle: ServingBundle) -> np.ndarray:
         """The catalog key of each of the bundle's items (its rows), -1 for one the catalog lacks."""
+        return self._bundle_cache(bundle)[1]
+
+    def popularity_keys(self, bundle: ServingBundle | None) -> np.ndarray:
+        """Catalog keys, most popular first: the served checkpoint's ranking (its training data) for the
+        items the catalog knows, then the catalog's own order (rating_count) for the rest."""
+        return self.catalog.popularity_keys if bundle is None else self._bundle_cache(bundle)[2]
+
+    def _bundle_cache(self, bundle: ServingBundle) -> tuple[ServingBundle, np.ndarray, np.ndarray]:
         cached = self._bundle_keys
         if cached is None or cached[0] is not bundle:
-            cached = (bundle, self.catalog.keys(list(bundle.item_ids)))
-            self._bundle_keys = cached  # one assignment: a concurrent batch sees the old pair or the new
-        return cached[1]
+            ranked = self.catalog.keys(list(bundle.model.popularity))
+            ranked = ranked[ranked >= 0]
+            rest = self.catalog.popularity_keys[~np.isin(self.catalog.popularity_keys, ranked)]
+            cached = (bundle, self.catalog.keys(list(bundle.item_ids)), np.concatenate([ranked, rest]))
+            self._bundle_keys = cached  # one assignment: a concurrent batch sees the old triple or the new
+        return cached
 
     def _seen_keys(self, contexts: Sequence[FilterContext]) -> list[np.ndarray]:
         """Each request's :func:`seen_items` as catalog keys, through one lookup for the batch."""

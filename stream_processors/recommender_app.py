@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from models.checkpoints import CheckpointError, latest_version, version_folder
 from models.filtering import load_filter_config
 from models.serving import load_checkpoint
@@ -48,7 +46,7 @@ from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUE
 from .faust_app import create_app
 from .live import register_live_pages
 from .metrics import StageTimes, StallWatch, dlq_reason_kind
-from .recommend import Catalog, Recommender, ServingBundle
+from .recommend import Recommender, ServingBundle, load_catalog
 
 __all__ = ["app", "serving"]
 
@@ -182,20 +180,6 @@ async def _apply_model_update(value: bytes | None) -> None:
         raise RefusedUpdate(f"version: {update.version} could not be loaded")
 
 
-def _load_catalog(client: FeatureClient) -> Catalog:
-    """Items from the online store (fresh stock), popularity from the offline interactions."""
-    items = pd.read_parquet(settings.data_dir / "recommendation_items.parquet", columns=["item_id"])
-    ids = list(items["item_id"])
-    frames = [client.item_features(ids[i:i + 2000]) for i in range(0, len(ids), 2000)]
-    online = pd.concat(frames).dropna(subset=["top_category"])
-    interactions = pd.read_parquet(settings.data_dir / "recommendation_interactions.parquet",
-                                   columns=["item_id", "interaction_type"])
-    weights = interactions["interaction_type"].map({"purchase": 3, "cart": 2, "rate": 2, "positive_view": 1}
-                                                   ).fillna(0)
-    popularity = list(weights.groupby(interactions["item_id"]).sum().sort_values(ascending=False).index)
-    return Catalog(online, popularity)
-
-
 @app.task
 async def _start_serving() -> None:
     import torch
@@ -207,7 +191,7 @@ async def _start_serving() -> None:
     item_consumer = await consumer_at_end(settings.aiokafka_config(), ITEM_UPDATES, **at_end)
     model_consumer = await consumer_at_end(settings.aiokafka_config(), MODEL_UPDATES, **at_end)
     serving.features = await loop.run_in_executor(None, FeatureClient, settings)
-    catalog = await loop.run_in_executor(None, _load_catalog, serving.features)
+    catalog = await loop.run_in_executor(None, load_catalog, serving.features)
     serving.recommender = Recommender(catalog, load_filter_config(categories=catalog.categories))
     version = latest_version(settings.checkpoint_dir)
     if version is not None:

@@ -3,7 +3,7 @@ code from streamrec's settings.
 
 - ``FeatureClient.apply()`` registers the repository and ``materialize()`` loads the static views;
 - ``user_features(user_id)`` reads a profile and recent history in one call;
-- ``item_features(item_ids)`` reads many items at once;
+- ``item_features(item_ids)`` reads many items at once; ``item_ids()`` lists the view's source;
 - ``push_history(rows)`` writes a micro-batch to the push source in one call;
 - the stream worker's hot path, ``history_rows(user_ids)`` and ``write_history(rows)``, goes one level
   down, to the online store's own batch read and write (``Provider.online_read`` /
@@ -234,6 +234,21 @@ class FeatureClient:
         if view.name not in self._view_encoders:
             self._view_encoders[view.name] = {f.name: _encoder(f.dtype.to_value_type()) for f in view.features}
         return self._view_encoders[view.name]
+
+    def item_ids(self) -> list[str]:
+        """Every item id of the `item_features` view's source, as the registry names it (not a file this
+        code assumes): the catalogue the online store was materialized from, whatever data it holds."""
+        source = self._view("item_features").batch_source
+        path = Path(getattr(source, "path", "") or "")
+        if not str(path):
+            raise FeatureStoreError(f"item_features reads from {type(source).__name__}, not a file: the "
+                                    "recommender cannot list its items")
+        path = path if path.is_absolute() else REPO_PATH / path
+        try:
+            column = pd.read_parquet(path, columns=["item_id"])["item_id"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise FeatureStoreError(f"cannot list the items of item_features from {path}: {exc}") from exc
+        return [str(i) for i in column.dropna().drop_duplicates()]
 
     def item_features(self, item_ids: list[str]) -> pd.DataFrame:
         """Item features for many items in one online read, indexed by item_id."""

@@ -77,6 +77,23 @@ def _row(user_id: str, items: list[str], types: list[str], when: pd.Timestamp, p
                 last_event_at=when, pushed_at_ms=pushed_ms, event_timestamp=when)
 
 
+def test_the_recommenders_catalog_comes_from_the_registry_and_the_online_store(client: FeatureClient,
+                                                                                data_dir: Path) -> None:
+    """The recommender's catalogue is the `item_features` source the registry names, with the online
+    store's values, ranked by rating_count until a model brings its own popularity; it never reads the
+    generator's interactions file."""
+    from stream_processors.recommend import load_catalog
+
+    items = pd.read_parquet(data_dir / "recommendation_items.parquet").set_index("item_id")
+    assert client.item_ids() == list(items.index)
+    catalog = load_catalog(client)
+    assert set(catalog.ids) == set(items.index)
+    counts = items["rating_count"].loc[catalog.popularity].to_numpy()
+    assert len(catalog.popularity) == len(items) and (counts[:-1] >= counts[1:]).all()
+    first = catalog.popularity[0]
+    assert catalog.stock(first) == items.loc[first, "stock"]
+
+
 def test_pushed_history_reads_back_and_newest_push_wins(client: FeatureClient) -> None:
     t0 = pd.Timestamp("2026-11-01T10:00:00Z")
     client.push_history(history_frame([

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from stream_processors.recommend import load_catalog
 from streamrec import load_settings
 from streamrec.cli import cli
 from streamrec.config import Settings
@@ -45,5 +46,9 @@ def test_apply_materializes_an_imported_log_with_its_gaps(stack: Settings, tmp_p
         user = client.user_features("1")
         assert user["age"] is None and user["gender"] is None and user["preferred_categories"] == []
         assert pd.Timestamp(user["signup_date"]) == pd.Timestamp(1_700_000_000, unit="s", tz="UTC")
+        # the recommender serves this catalogue from the store alone: the log itself is not needed
+        (data / "recommendation_interactions.parquet").unlink()
+        catalog = load_catalog(client)
+        assert sorted(catalog.ids) == ["10", "11"] and catalog.stock("10") is None
     finally:
         client.close()

@@ -8,6 +8,7 @@ import pytest
 
 from generation.dataset_gen_amazon import Dataset, GeneratorConfig, generate
 from models.checkpoints import promote, save_checkpoint
+from models.features import popularity_ranking
 from models.train import RawData, Report, TrainConfig, train_and_evaluate
 
 
@@ -36,6 +37,7 @@ def checkpoint(trained: Report, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """The trained model saved as v1 and promoted (treat as read-only)."""
     root = tmp_path_factory.mktemp("checkpoints")
     path = save_checkpoint(root, trained.fit.model, trained.prepared.enc.schema,
-                           metrics=trained.test["two-tower"], data_window={"n_interactions": 40_000})
+                           metrics=trained.test["two-tower"], data_window={"n_interactions": 40_000},
+                           popularity=popularity_ranking(trained.prepared.raw.interactions))
     promote(root, path.name)
     return path

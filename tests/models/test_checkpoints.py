@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from models import checkpoints
 from models.checkpoints import CheckpointError, latest_version, list_versions, promote, read_checkpoint
+from models.features import popularity_ranking
 from models.serving import load_checkpoint, load_latest
 from models.train import Report
 
@@ -38,7 +39,18 @@ def test_round_trip(trained: Report, checkpoint: Path) -> None:
     assert schema == trained.prepared.enc.schema
     assert meta["version"] == "v1" and meta["metrics"]["recall@10"] == trained.test["two-tower"]["recall@10"]
     assert {"created_at", "data_window", "config", "feature_schema"} <= set(meta)
+    served = load_checkpoint(checkpoint)
+    ranked = tuple(popularity_ranking(trained.prepared.raw.interactions))
+    assert served.popularity == tuple(meta["popularity"]) == ranked
+    assert len(served.popularity) > 100 and "popularity" not in served.meta  # kept out of the small meta
     assert load_latest(checkpoint.parent).version == "v1"
+
+
+def test_a_checkpoint_from_before_popularity_loads_with_none(copy: Path) -> None:
+    meta = json.loads((copy / checkpoints.META).read_text())
+    del meta["popularity"]
+    (copy / checkpoints.META).write_text(json.dumps(meta))
+    assert load_checkpoint(copy).popularity == ()
 
 
 def test_never_unpickles(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,6 +107,8 @@ def test_missing_tensor_and_nan_are_refused(copy: Path) -> None:
     (lambda m: json.dumps({**m, "config": {**m["config"], "n_items": 9}}), "feature schema implies"),
     (lambda m: json.dumps({**m, "feature_schema": {**m["feature_schema"], "item_ids": 3}}), "feature_schema"),
     (lambda m: json.dumps({**m, "metrics": {"recall@10": "high"}}), "metrics"),
+    (lambda m: json.dumps({**m, "popularity": [1, 2]}), "popularity"),
+    (lambda m: json.dumps({**m, "popularity": "I1"}), "popularity"),
 ])
 def test_bad_meta_is_refused(copy: Path, damage, message: str) -> None:  # noqa: ANN001 - lambda
     meta = json.loads((copy / checkpoints.META).read_text())

@@ -30,6 +30,7 @@ def test_train_end_to_end(tiny: Dataset, tmp_path: Path) -> None:
         assert name in result.output
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert latest_version(tmp_path / "ck") == "v1" and load_latest(tmp_path / "ck").dim == 16
+    assert load_latest(tmp_path / "ck").popularity  # serving backfills from it, not from the data folder
     again = CliRunner().invoke(train, [*args[:-2], "--no-plot", "--no-promote"], catch_exceptions=False)
     assert again.exit_code == 0 and list_versions(tmp_path / "ck") == ["v1", "v2"]
     assert latest_version(tmp_path / "ck") == "v1"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.features import OOV, FeatureError, FeatureSchema, text_hashes
+from models.features import OOV, FeatureError, FeatureSchema, popularity_ranking, text_hashes
 
 from .conftest import raw_of
 
@@ -115,3 +115,14 @@ def test_string_ids_from_any_column_type() -> None:
     assert string_ids(pd.Series(["007", None, "x"])).tolist() == ["007", None, "x"]
     assert string_ids(pd.Series([1.5])).tolist() == ["1.5"]
     assert string_ids(pd.Series(pd.array([4, pd.NA], dtype="Int64"))).tolist() == ["4", None]
+
+
+def test_popularity_ranking_weighs_what_each_event_says() -> None:
+    """A purchase says 3, a cart or a rating 2, a positive view 1, a negative view nothing; ties go by id,
+    so two runs over one log rank alike; ids become strings as everywhere else."""
+    log = pd.DataFrame({"item_id": [7, 7, 8, 9, 9, 9, 10, 11, 12.0],
+                        "interaction_type": ["positive_view", "positive_view", "purchase", "cart", "positive_view",
+                                             "negative_view", "rate", "negative_view", "cart"]})
+    assert popularity_ranking(log) == ["8", "9", "10", "12", "7"]  # 3, 3, 2, 2, 2 → ties by id
+    assert popularity_ranking(log, limit=2) == ["8", "9"]
+    assert popularity_ranking(log.iloc[:0]) == []

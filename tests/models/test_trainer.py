@@ -104,6 +104,7 @@ def test_trainer_promotes_refuses_and_announces(stack: Settings, topic_factory: 
     assert schema2.item_ids[: len(schema1.item_ids)] == schema1.item_ids  # vocabulary grew in place
     assert "NEW-b-0" in schema2.item_ids and "NEW-b-0" not in schema1.item_ids
     assert meta2["parent"] == "v1" and meta2["train"]["warm_start"]
+    assert meta2["popularity"] and set(meta2["popularity"]) <= set(schema2.item_ids)  # what serving backfills
     assert meta2["metrics"]["recall@10"] > 0.1
 
     # run 3: a deliberately broken (untrained) candidate is measured against v2 and refused

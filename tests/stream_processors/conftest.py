@@ -97,12 +97,14 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_checkpoint(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-tower model trained briefly on the generated data: v1 in a checkpoint folder."""
     from models.checkpoints import promote, save_checkpoint
+    from models.features import popularity_ranking
     from models.train import TrainConfig, load_data, train_and_evaluate
 
     report = train_and_evaluate(load_data(generated), TrainConfig(epochs=4, seed=0))
     root = tmp_path_factory.mktemp("checkpoints")
     path = save_checkpoint(root, report.fit.model, report.prepared.enc.schema,
-                           metrics=report.test["two-tower"], data_window={"n_interactions": 5000})
+                           metrics=report.test["two-tower"], data_window={"n_interactions": 5000},
+                           popularity=popularity_ranking(report.prepared.raw.interactions))
     promote(root, path.name)
     return root
 

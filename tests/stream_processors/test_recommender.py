@@ -166,6 +166,29 @@ def test_backfill_from_popularity_when_filters_leave_too_few(generated: Path, ca
     assert {i.item_id for i in response.items} <= books
 
 
+def test_backfill_follows_the_served_checkpoints_popularity(generated: Path, bundle: ServingBundle) -> None:
+    """A model brings the popularity of the data it was trained on; without one, the catalogue's own order
+    (rating_count, from the store) answers. Here the catalogue's order is the checkpoint's reversed, so
+    each answer shows which one was used."""
+    ranked = list(bundle.model.popularity)
+    assert len(ranked) > 50
+    items = pd.read_parquet(generated / "recommendation_items.parquet").set_index("item_id")
+    items["stock"] = 5  # nothing sold out: the answers show the order alone
+    reversed_catalog = Catalog(items, ranked[::-1])
+    rec = Recommender(reversed_catalog, FilterConfig())
+    unknown = RecommendationRequest(request_id="r", user_id="nobody", k=10)
+    (with_model,) = rec.recommend([unknown], [None], bundle)
+    (without,) = rec.recommend([unknown], [None], None)
+    assert [i.item_id for i in with_model.items] == ranked[:10]
+    assert [i.item_id for i in without.items] == ranked[::-1][:10]
+    # the checkpoint's ranking first, then what the catalogue ranks and the checkpoint does not, once each
+    items["rating_count"] = range(len(items))
+    from_store = Catalog(items, list(items.index[::-1]))  # as load_catalog ranks: every item
+    keys = Recommender(from_store, FilterConfig()).popularity_keys(bundle)
+    assert list(from_store.ids[keys[:len(ranked)]]) == ranked
+    assert sorted(keys.tolist()) == list(range(len(from_store)))
+
+
 def test_an_imported_catalogue_with_unknown_stock_and_prices_is_recommendable() -> None:
     """Items as the online store returns an imported log's catalogue (stock, price, arrival all None):
     unknown is not "sold out", so popularity still answers with them."""
