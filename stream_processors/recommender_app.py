@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -249,12 +250,18 @@ class RequestGroup:
     agent itself was idle half the time). A plain group consumer's ``getmany`` gives every request
     already fetched in one call: that is the micro-batch, with no extra wait. Offsets are committed only
     after a batch's responses and DLQ records are delivered; a rebalance waits for the batch in hand.
+
+    Batches are pipelined one deep: while batch N's answers travel to the broker and its offsets are
+    committed (a task, :meth:`_complete`), batch N+1 is fetched, read from Feast and ranked. Batch N+1's
+    answers are sent only after batch N is complete, so commits stay in order and at most two batches
+    are ever unacknowledged.
     """
 
     def __init__(self) -> None:
         self.consumer: Any = None
         self.producer: Any = None
         self.busy = asyncio.Lock()  # held while a batch is in hand; a rebalance waits for it
+        self.in_flight: asyncio.Future[None] | None = None  # the last batch's delivery and commit
         self.committed: dict[Any, int] = {}  # what this member committed, for the stall watch
         self.stall_watch = StallWatch(settings.stall_after_s)
 
@@ -277,7 +284,7 @@ class RequestGroup:
         class WaitForBatch(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: Any) -> None:
                 async with agent.busy:  # the batch in hand finishes and commits first
-                    pass
+                    await agent.settle()
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("requests: assigned %s", sorted(tp.partition for tp in assigned))
@@ -299,20 +306,52 @@ class RequestGroup:
                 batches = await self.consumer.getmany(timeout_ms=500, max_records=settings.request_batch)
                 records = [r for part in batches.values() for r in part]
                 if not records:
+                    await self.settle()
                     continue
                 async with self.busy:
-                    await self._answer(records)
-                    await self._commit(records)
+                    delivery = None  # none: _complete answers the batch the careful way
+                    try:
+                        answers = await prepare_answers(records)  # overlaps the last batch's delivery
+                        await self.settle()
+                        delivery = await send_answers(answers, self.producer)
+                    except Exception as exc:  # noqa: BLE001 - the request path never dies on a batch
+                        log.warning("answering %d requests failed (%r): answering them again", len(records), exc)
+                    await self.settle()
+                    self.in_flight = asyncio.ensure_future(self._complete(records, delivery))
         finally:
+            await self.settle()
             await asyncio.sleep(0)  # see streamrec/offsets.py: aiokafka's stop() right after start()
             await self.consumer.stop()
             await self.producer.stop()
 
+    async def settle(self) -> None:
+        """Wait until the last batch is delivered and committed (never raises)."""
+        if self.in_flight is not None:
+            await asyncio.shield(self.in_flight)
+            self.in_flight = None
+
+    async def _complete(self, records: Sequence[Any], delivery: Delivery | None) -> None:
+        """The batch's answers delivered (or, if that failed, answered again), then its offsets committed.
+        Never raises: a batch's failure is handled here, not by whoever awaits it."""
+        try:
+            try:
+                if delivery is None:
+                    raise RuntimeError("not sent")
+                await delivery.wait()
+            except Exception as exc:  # noqa: BLE001 - the broker: answered again below, at least once
+                if delivery is not None:
+                    log.warning("delivering %d answers failed (%r): answering them again", len(records), exc)
+                await self._answer(records)
+            await self._commit(records)
+        except Exception as exc:  # noqa: BLE001 - the request path never dies on a batch
+            log.error("completing a batch of %d requests failed: %r", len(records), exc)
+
     async def _answer(self, records: Sequence[Any]) -> None:
-        """Every request answered before the offsets move. Only a failed delivery (the broker) repeats
-        the batch, which may answer a request twice (at-least-once), never zero times; a failure of any
-        other kind is narrowed to its request, which gets an `internal` answer (or, if even that cannot
-        be sent, is logged and passed over: no record holds the partition)."""
+        """Every request answered before the offsets move, the careful way (a batch whose pipelined send
+        failed). Only a failed delivery (the broker) repeats the batch, which may answer a request twice
+        (at-least-once), never zero times; a failure of any other kind is narrowed to its request, which
+        gets an `internal` answer (or, if even that cannot be sent, is logged and passed over: no record
+        holds the partition)."""
         delay = 0.5
         while True:
             try:
@@ -417,8 +456,9 @@ async def _serve_isolated(good: Sequence[tuple[Any, RecommendationRequest]]
         return [(_error_response(record, reason, "internal"), record) for record, _ in good]
 
 
-async def process_requests(records: Sequence[Any], producer: Any) -> None:
-    """Answer a micro-batch of requests; every record gets exactly one response, delivered on return.
+async def prepare_answers(records: Sequence[Any]) -> list[tuple[RecommendationResponse, Any]]:
+    """One answer per record, in order: (response, the record to dead-letter or None). Never raises for a
+    record's content.
 
     A malformed request gets a `bad_request` answer, one older than STREAMREC_REQUEST_DEADLINE_S when
     read an `expired` answer (no work done: under a flood, stale requests are shed), one that cannot be
@@ -429,7 +469,7 @@ async def process_requests(records: Sequence[Any], producer: Any) -> None:
     for record in records:
         serving.stages.record("kafka_to_agent", t0 * 1000 - record.timestamp)
     good: list[tuple[Any, RecommendationRequest]] = []
-    answers: list[tuple[RecommendationResponse, Any]] = []  # (answer, the record to dead-letter or None)
+    answers: list[tuple[RecommendationResponse, Any]] = []
     for record in records:
         try:
             request = decode(RecommendationRequest, record.value, WINDOW)
@@ -447,17 +487,40 @@ async def process_requests(records: Sequence[Any], producer: Any) -> None:
         good.append((record, request))
     if good:
         answers += await _serve_isolated(good)
+    return answers
+
+
+@dataclass
+class Delivery:
+    """Answers handed to the producer; :meth:`wait` returns once the broker has them all."""
+
+    sends: list[Any]
+    answers: int
+    errors: int  # answers that came with a DLQ record
+
+    async def wait(self) -> None:
+        t0 = time.perf_counter()
+        await asyncio.gather(*self.sends)
+        serving.stages.record("response_delivery_per_batch", (time.perf_counter() - t0) * 1000)
+        serving.errors += self.errors
+        serving.requests += self.answers
+
+
+async def send_answers(answers: Sequence[tuple[RecommendationResponse, Any]], producer: Any) -> Delivery:
+    """Hand the answers (and their DLQ records) to the producer, without waiting for the broker."""
     sends = []
     for response, dead in answers:
         sends.append(await producer.send(RECOMMENDATIONS, encode(response), key=response.request_id.encode()))
         if dead is not None:
             record = _dlq_record(dead, response.error.message if response.error else "")
             sends.append(await producer.send(dlq(REQUESTS), encode(record), key=bounded_key(dead.key)))
-    t3 = time.perf_counter()
-    await asyncio.gather(*sends)  # answers and DLQ records durable before the offsets are committed
-    serving.stages.record("response_delivery_per_batch", (time.perf_counter() - t3) * 1000)
-    serving.errors += sum(1 for _, dead in answers if dead is not None)
-    serving.requests += len(records)
+    return Delivery(sends, len(answers), sum(1 for _, dead in answers if dead is not None))
+
+
+async def process_requests(records: Sequence[Any], producer: Any) -> None:
+    """Answer a micro-batch of requests (:func:`prepare_answers`); every record gets exactly one response,
+    delivered (answers and DLQ records durable) on return."""
+    await (await send_answers(await prepare_answers(records), producer)).wait()
 
 
 request_group = RequestGroup()
