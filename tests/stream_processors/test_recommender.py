@@ -16,7 +16,7 @@ import pytest
 from models.filtering import FilterConfig, load_filter_config
 from models.serving import load_latest
 from producers.requests import RequestClient, run_load
-from stream_processors.recommend import Catalog, Recommender, ServingBundle
+from stream_processors.recommend import Catalog, ExactIndex, Recommender, ServingBundle
 from streamrec.config import Settings
 from streamrec.schemas import HISTORY_LENGTH, RecommendationRequest, RecommendationResponse, decode, encode
 
@@ -164,6 +164,29 @@ def test_backfill_from_popularity_when_filters_leave_too_few(generated: Path, ca
     assert response.filtered["contextual"] > 0
     books = set(pd.read_parquet(generated / "recommendation_items.parquet").query("top_category == 'Books'")["item_id"])
     assert {i.item_id for i in response.items} <= books
+
+
+@pytest.mark.parametrize("batch, k", [(1, 10), (64, 300), (7, 500), (3, 900)])
+def test_the_exact_index_finds_what_faiss_finds(batch: int, k: int) -> None:
+    """Below ANN_THRESHOLD the recommender searches in numpy: same items and scores as FAISS's exact
+    index, best first, for any depth (deeper than the index: all of it)."""
+    import faiss
+
+    rng = np.random.default_rng(batch)
+    items = rng.standard_normal((500, 16)).astype(np.float32)
+    items[7] = items[8]  # a tie: the lower row first
+    queries = rng.standard_normal((batch, 16)).astype(np.float32)
+    reference = faiss.IndexFlatIP(16)
+    reference.add(items)
+    want_scores, want_rows = reference.search(queries, min(k, 500))
+    scores, rows = ExactIndex(items).search(queries, k)
+    assert rows.shape == want_rows.shape == (batch, min(k, 500))
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    for got, want in zip(rows, want_rows, strict=True):
+        assert set(got.tolist()) == set(want.tolist())
+        if 7 in got.tolist():
+            assert got.tolist().index(7) + 1 == got.tolist().index(8)
 
 
 def test_backfill_follows_the_served_checkpoints_popularity(generated: Path, bundle: ServingBundle) -> None:
