@@ -4,14 +4,16 @@
   the Feast online read in front; the baseline is the bare Feast read + tower forward;
 - over Kafka: ``--rate`` requests/s (default 500) through both workers, round trip and server latency;
   the baseline is the same load answered by a bare aiokafka echo (``benchmarks/echo.py``) on a broker of
-  its own of the same kind: the broker's two hops and the client, nothing of streamrec.
+  its own of the same kind: the broker's two hops and the client, nothing of streamrec;
+- a hot swap: the same load while a new version is promoted halfway, p99 during the swap vs outside it;
+- sustained load: ``--sustained-rate`` requests/s (default 2,000) through the same recommender.
 
 The broker is ``--broker`` (tansu or kafka; default STREAMREC_BROKER, else tansu). The in-process part
 touches no broker: ``--no-in-process`` skips its timings (the online store is filled all the same, so the
 over-Kafka figures are those of the full run), as `streamrec bench --broker both` does for its second broker.
 
     python benchmarks/bench_recommend.py [--items 5000 100000] [--rate 500] [--seconds 10]
-                                         [--broker tansu|kafka] [--no-in-process]
+                                         [--sustained-rate 2000] [--broker tansu|kafka] [--no-in-process]
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 try:
-    from ._harness import ROOT, broker_kind, free_port, own_stack, start_worker, stop
+    from ._harness import ROOT, broker_kind, free_port, get_json, own_stack, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import ROOT, broker_kind, free_port, own_stack, start_worker, stop
+    from _harness import ROOT, broker_kind, free_port, get_json, own_stack, start_worker, stop
 
 
 def _pct(samples: list[float]) -> dict[str, float]:
@@ -137,10 +139,52 @@ def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float,
             stop(echo)
 
 
+def _swap_under_load(settings: Any, url: str, checkpoints: Path, users: list[str], n: int,
+                     rate: float) -> dict[str, Any]:
+    """``n`` requests at ``rate`` while, halfway, a new version is promoted (LATEST) and hot-swapped in.
+
+    The new version is a copy of the serving one (the same weights under the next name), so the figure
+    is the swap's cost alone: loading, indexing and the switch. "During" is every request sent from the
+    promotion until one second after `/status` counts the swap; "outside" the rest."""
+    from models.checkpoints import META, latest_version, promote
+    from producers.requests import run_load
+
+    current = latest_version(checkpoints)
+    if current is None:
+        raise RuntimeError("no model to swap from")
+    new = f"v{int(current[1:]) + 1}"
+    shutil.copytree(checkpoints / current, checkpoints / new)
+    meta = json.loads((checkpoints / new / META).read_text(encoding="utf-8"))
+    (checkpoints / new / META).write_text(json.dumps({**meta, "version": new}), encoding="utf-8")
+    box: dict[str, Any] = {}
+    loader = threading.Thread(target=lambda: box.update(load=run_load(settings, users, n, rate)), daemon=True)
+    loader.start()
+    time.sleep(n / rate / 2)
+    swaps = get_json(url + "/status")["swaps"]
+    began = time.perf_counter()
+    promote(checkpoints, new)
+    while get_json(url + "/status")["swaps"] == swaps and time.perf_counter() - began < 30:
+        time.sleep(0.05)
+    swapped = time.perf_counter()
+    loader.join()
+    load = box["load"]
+    sent, trips = np.asarray(load.sent_at), np.asarray(load.round_trip_ms)
+    during = (sent >= began) & (sent <= swapped + 1.0)
+
+    def p99(values: np.ndarray) -> float | None:
+        return float(np.percentile(values, 99)) if len(values) else None
+
+    return {"rate": rate, "sent": load.sent, "answered": load.answered, "errors": load.errors,
+            "swapped": get_json(url + "/status")["model_version"] == new, "swap_s": swapped - began,
+            "during": {"requests": int(during.sum()), "p99_ms": p99(trips[during])},
+            "outside": {"requests": int((~during).sum()), "p99_ms": p99(trips[~during])}}
+
+
 def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, seconds: float = 10.0,
         rounds: int = 500, broker: str | None = None, in_process: bool = True,
-        faust_echo: bool = True) -> dict[str, Any]:
-    """In process at each of ``item_counts`` (unless ``in_process`` is False) and over ``broker`` at the first."""
+        faust_echo: bool = True, sustained_rate: float = 2000.0) -> dict[str, Any]:
+    """In process at each of ``item_counts`` (unless ``in_process`` is False) and over ``broker`` at the first:
+    ``rate`` requests/s, then ``rate`` with a hot swap halfway, then ``sustained_rate`` (0: skipped)."""
     from generation.dataset_gen_amazon import GeneratorConfig, generate, write
     from producers.requests import run_load
 
@@ -161,11 +205,15 @@ def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, sec
                 if n_items != item_counts[0]:
                     continue
                 features, _ = start_worker(env, tmp_path / "features.log")
-                recommender, _ = start_worker(env, tmp_path / "recommender.log", app="recommender")
+                recommender, url = start_worker(env, tmp_path / "recommender.log", app="recommender")
                 users = list(pd.read_parquet(data / "recommendation_users.parquet")["user_id"])
                 run_load(settings, users, 200, 100.0)  # warm-up
                 summary = run_load(settings, users, int(rate * seconds), rate).summary()
                 result["kafka"] = {"rate": rate, **summary}
+                result["kafka_swap"] = _swap_under_load(settings, url, checkpoints, users, int(rate * seconds), rate)
+                if sustained_rate:
+                    load = run_load(settings, users, int(sustained_rate * seconds), sustained_rate)
+                    result["kafka_sustained"] = {"rate": sustained_rate, **load.summary()}
                 stop(recommender)
                 stop(features)
             if n_items == item_counts[0]:
@@ -185,13 +233,16 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[5000, 100_000])
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--sustained-rate", type=float, default=2000.0,
+                        help="requests/s of the sustained-load run over Kafka (0: skip it)")
     parser.add_argument("--broker", choices=["tansu", "kafka"], default=None,
                         help="the broker to run on (default: STREAMREC_BROKER, else tansu)")
     parser.add_argument("--no-in-process", dest="in_process", action="store_false",
                         help="skip the in-process timings (they touch no broker)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    r = run(tuple(args.items), args.rate, args.seconds, broker=args.broker, in_process=args.in_process)
+    r = run(tuple(args.items), args.rate, args.seconds, broker=args.broker, in_process=args.in_process,
+            sustained_rate=args.sustained_rate)
     if args.json:
         print(json.dumps(r, indent=2))
         return
@@ -208,6 +259,16 @@ def main() -> None:
         print(f"over Kafka at {k['rate']:.0f} req/s ({k['sent']} sent, {k['answered']} answered, {k['errors']} errors):"
               f" server p50 {k['server_latency_ms']['p50']:.1f} / p99 {k['server_latency_ms']['p99']:.1f} ms, round "
               f"trip p50 {k['round_trip_ms']['p50']:.1f} / p99 {k['round_trip_ms']['p99']:.1f} ms")
+    sw = r.get("kafka_swap")
+    if sw:
+        print(f"hot swap at {sw['rate']:.0f} req/s (took {sw['swap_s']:.1f} s, {sw['errors']} errors): round trip p99 "
+              f"{sw['during']['p99_ms'] or float('nan'):.1f} ms during ({sw['during']['requests']} requests) vs "
+              f"{sw['outside']['p99_ms'] or float('nan'):.1f} ms outside")
+    su = r.get("kafka_sustained")
+    if su:
+        print(f"sustained at {su['rate']:.0f} req/s (sent at {su['requests_per_s']:.0f}/s, {su['answered']} of "
+              f"{su['sent']} answered, {su['errors']} errors): round trip p50 {su['round_trip_ms']['p50'] or 0:.1f}"
+              f" / p99 {su['round_trip_ms']['p99'] or 0:.1f} ms")
     echoes = (("kafka_echo", "raw baseline, a bare aiokafka echo"), ("kafka_echo_faust", "a bare Faust agent echo"))
     for key, what in echoes:
         e = r.get(key)

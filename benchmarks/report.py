@@ -106,6 +106,7 @@ STREAM_EVENTS_PER_S, STREAM_RATIO, STREAM_P99_MS, STREAM_RATE, STREAM_RSS_MB, ST
 # issue 16 retired "≥ 2× popularity": the generator's own leaky ceiling is only ~1.4× popularity
 TRAIN_TIME_S, TRAIN_EPOCHS, TRAIN_ORACLE, TRAIN_CEILING = 20.0, 10, 0.8, 0.95
 RECOMMEND_P99_MS, RECOMMEND_ITEMS, KAFKA_P99_MS, KAFKA_RATE = 3.0, 5000, 15.0, 500.0
+SUSTAINED_RATE, SUSTAINED_P99_MS, SWAP_P99_RATIO = 2000.0, 50.0, 2.0
 
 
 def _generate(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
@@ -236,6 +237,35 @@ def _recommend(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
             rows.append(Row(f"raw baseline alone (bare echo) at {at}: round trip p99, ms", e99,
                             goal=f"≤ {KAFKA_P99_MS:g} ms at {KAFKA_RATE:,.0f} req/s",
                             met=None if na else _at_most(e99, KAFKA_P99_MS), why_na=na))
+        swap = dig(r, "kafka_swap")
+        if isinstance(swap, Mapping):  # a new version promoted halfway through the same load
+            during, outside = dig(swap, "during", "p99_ms"), dig(swap, "outside", "p99_ms")
+            swap_ratio, errors = ratio(during, outside), dig(swap, "errors")
+            rows += [
+                Row(f"hot swap at {at}: round trip p99 during the swap, ms", during, outside,
+                    "outside the swap, same run", goal=f"≤ {SWAP_P99_RATIO:g}× outside, 0 errors",
+                    met=None if na or swap_ratio is None or errors is None
+                    else swap_ratio <= SWAP_P99_RATIO and errors == 0 and bool(dig(swap, "swapped")), why_na=na),
+                Row("hot swap: seconds from promotion to serving", dig(swap, "swap_s")),
+                Row("hot swap: error answers", errors),
+            ]
+        sustained = dig(r, "kafka_sustained")
+        if isinstance(sustained, Mapping):
+            s_rate = _num(dig(sustained, "rate"))
+            s_na = "" if s_rate == SUSTAINED_RATE else f"goal is at {SUSTAINED_RATE:,.0f} requests/s"
+            s_at = f"{s_rate:,.0f} req/s" if s_rate is not None else "? req/s"
+            s99, s_errors = dig(sustained, "round_trip_ms", "p99"), dig(sustained, "errors")
+            answered = ratio(dig(sustained, "answered"), dig(sustained, "sent"))
+            rows += [
+                Row(f"sustained {s_at}: round trip p50, ms", dig(sustained, "round_trip_ms", "p50")),
+                Row(f"sustained {s_at}: round trip p99, ms", s99,
+                    goal=f"≤ {SUSTAINED_P99_MS:g} ms at {SUSTAINED_RATE:,.0f} req/s, 0 errors, all answered",
+                    met=None if s_na or s99 is None else s99 <= SUSTAINED_P99_MS and s_errors == 0 and answered == 1,
+                    why_na=s_na),
+                Row(f"sustained {s_at}: requests/s the load generator sent", dig(sustained, "requests_per_s")),
+                Row(f"sustained {s_at}: answered / sent", answered),
+                Row(f"sustained {s_at}: error answers", s_errors),
+            ]
         faust = dig(r, "kafka_echo_faust")
         if isinstance(faust, Mapping):  # issue 15: could the request path be a Faust agent?
             rows += [Row(f"bare Faust agent echo at {at}: round trip p50, ms", dig(faust, "round_trip_ms", "p50"), e50,

@@ -48,14 +48,15 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "features": {"rounds": 200},
         "stream": {"users": 100_000, "events": 300_000, "rate": 1000.0, "seconds": 20.0},
         "train": {"epochs": 10, "big": 1_000_000, "big_epochs": 1},
-        "recommend": {"item_counts": [5000, 100_000], "rate": 500.0, "seconds": 10.0, "rounds": 500},
+        "recommend": {"item_counts": [5000, 100_000], "rate": 500.0, "seconds": 10.0, "rounds": 500,
+                      "sustained_rate": 2000.0},
     },
     "quick": {
         "generate": {"n_interactions": 100_000},
         "features": {"rounds": 50},
         "stream": {"users": 10_000, "events": 30_000, "rate": 1000.0, "seconds": 5.0},
         "train": {"epochs": 10, "big": 0},
-        "recommend": {"item_counts": [5000], "rate": 200.0, "seconds": 5.0, "rounds": 200},
+        "recommend": {"item_counts": [5000], "rate": 200.0, "seconds": 5.0, "rounds": 200, "sustained_rate": 500.0},
     },
 }
 TIMEOUT_S = 30 * 60  # per benchmark: a hung one is stopped and reported, the rest still run

@@ -113,6 +113,7 @@ class LoadResult:
     fallbacks: dict[str, int] = field(default_factory=dict)
     round_trip_ms: list[float] = field(default_factory=list)
     server_latency_ms: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # perf_counter at send, aligned with round_trip_ms
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -145,6 +146,7 @@ def run_load(settings: Settings, users: Sequence[str], n: int, rate: float, k: i
                     continue
                 result.answered += 1
                 result.round_trip_ms.append((at - started) * 1000)
+                result.sent_at.append(started)
                 if response.latency_ms is not None:
                     result.server_latency_ms.append(response.latency_ms)
                 if response.error is not None:

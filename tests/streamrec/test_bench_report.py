@@ -105,6 +105,26 @@ def test_recommend_reads_json_string_keys_and_uses_the_in_process_baseline_over_
     assert rows_for("recommend", as_ints) == rows
 
 
+def test_hot_swap_and_sustained_load_are_judged_by_their_own_goals() -> None:
+    swap = {"rate": 500.0, "sent": 5000, "answered": 5000, "errors": 0, "swapped": True, "swap_s": 1.5,
+            "during": {"requests": 1200, "p99_ms": 30.0}, "outside": {"requests": 3800, "p99_ms": 20.0}}
+    sustained = {"rate": 2000.0, "sent": 20_000, "answered": 20_000, "errors": 0, "requests_per_s": 1990.0,
+                 "round_trip_ms": {"p50": 10.0, "p99": 45.0}}
+    rows = rows_for("recommend", {**RECOMMEND, "kafka_swap": swap, "kafka_sustained": sustained})
+    during = _row(rows, "hot swap at 500 req/s: round trip p99 during")
+    assert during.ratio == pytest.approx(1.5) and during.met is True
+    assert _row(rows, "sustained 2,000 req/s: round trip p99").met is True
+    # a p99 over 2x outside, an error, or a swap that never happened: not met
+    for bad in ({"during": {"p99_ms": 41.0}}, {"errors": 1}, {"swapped": False}):
+        rows = rows_for("recommend", {**RECOMMEND, "kafka_swap": {**swap, **bad}})
+        assert _row(rows, "hot swap at 500 req/s: round trip p99 during").met is False, bad
+    for bad in ({"round_trip_ms": {"p50": 10.0, "p99": 51.0}}, {"errors": 2}, {"answered": 19_999}):
+        rows = rows_for("recommend", {**RECOMMEND, "kafka_sustained": {**sustained, **bad}})
+        assert _row(rows, "sustained 2,000 req/s: round trip p99").met is False, bad
+    quick = rows_for("recommend", {**RECOMMEND, "kafka_sustained": {**sustained, "rate": 500.0}})
+    assert _row(quick, "sustained 500 req/s: round trip p99").met is None  # the goal is at 2,000
+
+
 @pytest.mark.parametrize("name", ["generate", "features", "stream", "train", "recommend"])
 def test_missing_figures_render_as_dashes_not_errors(name: str) -> None:
     md = render(MACHINE, [Outcome(name, SIZES["full"][name], 1.0, result={"unexpected": {"shape": 1}})])
@@ -222,8 +242,8 @@ def test_the_recommender_in_process_appears_once_and_over_kafka_once_per_broker(
     floor = _cells(md, "raw baseline alone (bare echo)")
     assert [r[1] for r in floor] == [KAFKA, TANSU]
     # the later broker's sizes differ (no in-process part): each broker's are shown
-    assert f"Sizes on {TANSU}: item_counts = 5,000; rate = 500; seconds = 10; rounds = 500; in_process = False; " \
-           "took 80 s." in md
+    assert f"Sizes on {TANSU}: item_counts = 5,000; rate = 500; seconds = 10; rounds = 500; sustained_rate = 2,000; " \
+           "in_process = False; took 80 s." in md
     assert rows_for("recommend", RECOMMEND_TANSU, LATER)[0].measurement.startswith("over Kafka")
 
 
