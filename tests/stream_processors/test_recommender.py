@@ -279,6 +279,8 @@ def test_over_kafka_answers_and_malformed_requests_get_errors(env_stack: Setting
     assert status["errors"] == 4
     # Faust's spinner had left the root logger at DEBUG: every aiokafka debug call built a record
     assert status["log_level"] == "WARNING", status["log_level"]
+    # a second BLAS/OpenMP thread only spins on a batch at a time, taking CPU from the broker
+    assert set(status["compute_threads"].values()) == {1}, status["compute_threads"]
 
 
 def test_a_burst_of_views_moves_a_new_category_into_the_top_10(env_stack: Settings, trained_checkpoint: Path,
