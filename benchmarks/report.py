@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Row", "Outcome", "dig", "ratio", "rows_for", "render", "section", "ROW_BUILDERS"]
+__all__ = ["Row", "Outcome", "dig", "ratio", "rows_for", "render", "section", "carried_outcomes", "ROW_BUILDERS"]
 
 DASH = "—"
 
@@ -51,6 +51,7 @@ class Outcome:
     result: Mapping[str, Any] | None = None
     error: str | None = None
     broker: str | None = None  # e.g. "Apache Kafka 4.1.2" for a benchmark run once per broker; None otherwise
+    carried_from: str | None = None  # "2026-12-02 05:09 UTC, 5949dac": kept from an earlier report, not re-run
 
 
 def dig(d: Any, *path: Any) -> Any:
@@ -400,6 +401,9 @@ def section(outcomes: Outcome | list[Outcome]) -> str:
     if all(o.broker is None for o in outcomes) and len(outcomes) > 1:  # not expected: one section each
         return "\n\n".join(section(o) for o in outcomes)
     lines = head + [" ".join(_sizes(outcomes)), ""]
+    carried = sorted({o.carried_from for o in outcomes if o.carried_from})
+    if carried:
+        lines[-2:-1] = [f"Kept from the run of {'; '.join(carried)} (not re-run by this command). " + lines[-2]]
     per_broker = outcomes[0].broker is not None
     failures = [o for o in outcomes if o.error is not None]
     if len(failures) < len(outcomes):
@@ -469,4 +473,27 @@ def render(machine: Mapping[str, Any], outcomes: list[Outcome], mode: str = "ful
             raw.setdefault(o.name, {})[o.broker] = value
     lines += ["<details><summary>Raw result dicts</summary>", "", "```json",
               json.dumps(raw, indent=1, sort_keys=True, default=str), "```", "", "</details>", ""]
+    when = ", ".join(str(machine[k]) for k in ("date", "git commit") if k in machine)
+    runs = [{"name": o.name, "params": o.params, "seconds": o.seconds, "result": o.result, "error": o.error,
+             "broker": o.broker, "from": o.carried_from or when} for o in outcomes]
+    lines += [f"{RUNS_MARK}{json.dumps(runs, sort_keys=True, default=str)} -->", ""]
     return "\n".join(lines)
+
+
+RUNS_MARK = "<!-- streamrec bench outcomes: "  # every outcome of the report, for `--only` runs to keep
+
+
+def carried_outcomes(text: str, rerun: Collection[str]) -> list[Outcome]:
+    """The outcomes an earlier report (its ``text``) holds for benchmarks not in ``rerun``, marked as carried
+    from that run; none from a report written before the outcomes were kept, or an unreadable one."""
+    start = text.rfind(RUNS_MARK)
+    if start < 0:
+        return []
+    end = text.find(" -->", start)
+    try:
+        runs = json.loads(text[start + len(RUNS_MARK):end if end >= 0 else None])
+        return [Outcome(r["name"], r.get("params") or {}, r.get("seconds"), r.get("result"), r.get("error"),
+                        r.get("broker"), carried_from=r.get("from") or "an earlier run")
+                for r in runs if r["name"] not in rerun]
+    except (ValueError, KeyError, TypeError):
+        return []

@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .report import Outcome, render
+from .report import Outcome, carried_outcomes, render
 
 __all__ = ["NAMES", "BROKER_BENCHMARKS", "SIZES", "broker_label", "brokers_for", "default_brokers",
            "kafka_unavailable", "machine_info", "plan", "run_benchmark", "run_suite", "select", "suite"]
@@ -287,17 +287,34 @@ def run_suite(names: Sequence[str], mode: str = "full", console: Any = None,
 
 def write_report(outcomes: list[Outcome], out: Path, mode: str, command: str,
                  brokers: Sequence[str] = ()) -> None:
-    """Render and write atomically, so an interrupted run never leaves half a file. The quality sections
-    that `streamrec bench quality --report` wrote into the old file are kept (they need data of their own)."""
+    """Render and write atomically, so an interrupted run never leaves half a file. Kept from the old file:
+    the sections of the benchmarks this run did not run (an `--only` run updates its own and keeps the
+    rest, marked with the run they come from), and the quality sections that `streamrec bench quality
+    --report` wrote (they need data of their own)."""
     from .bench_quality import HEADING, sections
 
-    text = render(machine_info(brokers), outcomes, mode=mode, command=command)
-    kept = sections(out.read_text()) if out.is_file() else []
+    old = out.read_text() if out.is_file() else ""
+    ran = {o.name for o in outcomes}
+    carried = carried_outcomes(old, ran) if mode == _mode_of(old) else []
+    order = {name: i for i, name in enumerate(NAMES)}
+    # in the suite's order; sorted() is stable, so one benchmark's brokers keep theirs
+    everything = sorted([*outcomes, *carried], key=lambda o: order.get(o.name, len(order)))
+    text = render(machine_info(brokers), everything, mode=mode, command=command)
+    kept = sections(old) if old else []
     if kept:
         text = text.rstrip("\n") + f"\n\n{HEADING}\n\n" + "\n".join(kept)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(out)
+
+
+def _mode_of(report: str) -> str | None:
+    """"full" or "quick": the sizes an earlier report was produced at (a quick run's figures are never
+    carried into a full report, nor the other way round)."""
+    for mode in ("full", "quick"):
+        if f"({mode} sizes)" in report[:2000]:
+            return mode
+    return None
 
 
 def select(only: str | None) -> list[str]:

@@ -339,3 +339,36 @@ def test_rewriting_the_report_keeps_the_quality_sections(tmp_path: Path) -> None
     text = out.read_text()
     assert text.count(HEADING) == 1 and text.count("<!-- quality:ml-100k -->") == 1
     assert text.index("EASE 0.16") < text.index("EASE 0.1\n")
+
+
+def test_an_only_run_updates_its_own_sections_and_keeps_the_others(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`streamrec bench --only train` rewrites the train section; the recommender's sections of the last full
+    run stay, figures and goals included, marked with the run they come from. A quick run's figures are
+    never carried into a full report."""
+    from benchmarks import suite
+
+    monkeypatch.setattr(suite, "machine_info", lambda brokers=(): {**MACHINE, "date": "D1", "git commit": "c1"})
+    out = tmp_path / "BENCHMARKS.md"
+    recommend = [Outcome("recommend", SIZES["full"]["recommend"], 170.0, result={**RECOMMEND, "kafka_echo": ECHO},
+                         broker=KAFKA), Outcome("recommend", LATER, 80.0, result=RECOMMEND_TANSU, broker=TANSU)]
+    suite.write_report([Outcome("train", SIZES["full"]["train"], 60.0, result=TRAIN), *recommend], out, "full",
+                       "streamrec bench")
+    before = out.read_text()
+    monkeypatch.setattr(suite, "machine_info", lambda brokers=(): {**MACHINE, "date": "D2", "git commit": "c2"})
+    newer = {**TRAIN, "seed": {**TRAIN["seed"], "train_s": 99.0}}
+    suite.write_report([Outcome("train", SIZES["full"]["train"], 61.0, result=newer)], out, "full",
+                       "streamrec bench --only train")
+    after = out.read_text()
+    assert "99" in section(Outcome("train", SIZES["full"]["train"], 61.0, result=newer)) and "| 99 |" in after
+    kept = after[after.index("## Recommender"):after.index("<details>")]
+    assert kept.startswith("## Recommender (`streamrec bench recommend`)\n\nKept from the run of D1, c1")
+    old_table = before[before.index("| measurement | broker"):before.index("<details>")].strip()
+    assert old_table in kept  # every row, both brokers, goals and verdicts as they were
+    assert after.index("## Two-tower training") < after.index("## Recommender")  # the suite's order
+    suite.write_report([Outcome("train", SIZES["full"]["train"], 62.0, result=newer)], out, "full",
+                       "streamrec bench --only train")
+    assert "Kept from the run of D1, c1" in out.read_text()  # carried again, still naming its own run
+    suite.write_report([Outcome("train", SIZES["quick"]["train"], 5.0, result=newer)], out, "quick",
+                       "streamrec bench --quick --only train")
+    assert "## Recommender" not in out.read_text()
