@@ -476,7 +476,8 @@ def render(machine: Mapping[str, Any], outcomes: list[Outcome], mode: str = "ful
     when = ", ".join(str(machine[k]) for k in ("date", "git commit") if k in machine)
     runs = [{"name": o.name, "params": o.params, "seconds": o.seconds, "result": o.result, "error": o.error,
              "broker": o.broker, "from": o.carried_from or when} for o in outcomes]
-    lines += [f"{RUNS_MARK}{json.dumps(runs, sort_keys=True, default=str)} -->", ""]
+    # keys in their own order (not sorted): sizes and item counts read back as they ran
+    lines += [f"{RUNS_MARK}{json.dumps(runs, default=str)} -->", ""]
     return "\n".join(lines)
 
 

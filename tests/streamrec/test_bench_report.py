@@ -350,8 +350,11 @@ def test_an_only_run_updates_its_own_sections_and_keeps_the_others(tmp_path: Pat
 
     monkeypatch.setattr(suite, "machine_info", lambda brokers=(): {**MACHINE, "date": "D1", "git commit": "c1"})
     out = tmp_path / "BENCHMARKS.md"
-    recommend = [Outcome("recommend", SIZES["full"]["recommend"], 170.0, result={**RECOMMEND, "kafka_echo": ECHO},
-                         broker=KAFKA), Outcome("recommend", LATER, 80.0, result=RECOMMEND_TANSU, broker=TANSU)]
+    # in-process figures at 5k then 100k items: read back in that order, not as sorted strings
+    two_sizes = {**RECOMMEND, "kafka_echo": ECHO,
+                 "in_process": {5000: RECOMMEND["in_process"]["5000"], 100_000: RECOMMEND["in_process"]["5000"]}}
+    recommend = [Outcome("recommend", SIZES["full"]["recommend"], 170.0, result=two_sizes, broker=KAFKA),
+                 Outcome("recommend", LATER, 80.0, result=RECOMMEND_TANSU, broker=TANSU)]
     suite.write_report([Outcome("train", SIZES["full"]["train"], 60.0, result=TRAIN), *recommend], out, "full",
                        "streamrec bench")
     before = out.read_text()
@@ -364,7 +367,9 @@ def test_an_only_run_updates_its_own_sections_and_keeps_the_others(tmp_path: Pat
     kept = after[after.index("## Recommender"):after.index("<details>")]
     assert kept.startswith("## Recommender (`streamrec bench recommend`)\n\nKept from the run of D1, c1")
     old_table = before[before.index("| measurement | broker"):before.index("<details>")].strip()
-    assert old_table in kept  # every row, both brokers, goals and verdicts as they were
+    assert old_table in kept  # every row, in order, both brokers, goals and verdicts as they were
+    old_sizes = before[before.index("Sizes on"):].splitlines()[0]
+    assert old_sizes in kept  # sizes in the order they ran with
     assert after.index("## Two-tower training") < after.index("## Recommender")  # the suite's order
     suite.write_report([Outcome("train", SIZES["full"]["train"], 62.0, result=newer)], out, "full",
                        "streamrec bench --only train")
