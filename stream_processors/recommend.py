@@ -33,6 +33,7 @@ from models.filtering import (
     seen_items,
 )
 from models.serving import LoadedModel, UserInput
+from streamrec.features import ITEM_FEATURES
 from streamrec.schemas import Id, RecommendationRequest, RecommendationResponse, ScoredItem
 
 __all__ = ["ANN_THRESHOLD", "Catalog", "ExactIndex", "ServingBundle", "Recommender", "load_catalog", "user_input"]
@@ -140,15 +141,13 @@ def load_catalog(features: Any) -> Catalog:
     here reads the generator's files, so any catalogue in the store is served, imported ones included."""
     ids = features.item_ids()
     frames = [features.item_features(ids[i:i + _READ_CHUNK]) for i in range(0, len(ids), _READ_CHUNK)]
-    online = pd.concat(frames) if frames else pd.DataFrame(columns=["top_category", "stock", "arrival_date",
-                                                                      "discounted_price", "rating_count"])
+    online = pd.concat(frames) if frames else pd.DataFrame(columns=list(ITEM_FEATURES))
     missing = online.isna().all(axis=1)
     if missing.any():
         log.warning("catalog: %d of %d items of item_features have no row in the online store (not "
                     "materialized?) and are never recommended", int(missing.sum()), len(online))
     online = online[~missing]
-    counts = _floats(online["rating_count"]) if "rating_count" in online else np.zeros(len(online))
-    order = np.argsort(-np.nan_to_num(counts, nan=-1.0), kind="stable")
+    order = np.argsort(-np.nan_to_num(_floats(online["rating_count"]), nan=-1.0), kind="stable")
     return Catalog(online, list(online.index[order]))
 
 

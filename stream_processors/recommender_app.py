@@ -335,11 +335,15 @@ class RequestGroup:
                     delivery = None  # none: _complete answers the batch the careful way
                     try:
                         answers = await prepare_answers(records)  # overlaps the last batch's delivery
-                        await self.settle()
-                        delivery = await send_answers(answers, self.producer)
                     except Exception as exc:  # noqa: BLE001 - the request path never dies on a batch
                         log.warning("answering %d requests failed (%r): answering them again", len(records), exc)
+                        answers = None
                     await self.settle()
+                    if answers is not None:
+                        try:
+                            delivery = await send_answers(answers, self.producer)
+                        except Exception as exc:  # noqa: BLE001
+                            log.warning("sending %d answers failed (%r): answering them again", len(records), exc)
                     self.in_flight = asyncio.ensure_future(self._complete(records, delivery))
         finally:
             await self.settle()
@@ -357,13 +361,13 @@ class RequestGroup:
         """The batch's answers delivered (or, if that failed, answered again), then its offsets committed.
         Never raises: a batch's failure is handled here, not by whoever awaits it."""
         try:
-            try:
-                if delivery is None:
-                    raise RuntimeError("not sent")
-                await delivery.wait()
-            except Exception as exc:  # noqa: BLE001 - the broker: answered again below, at least once
-                if delivery is not None:
+            if delivery is not None:
+                try:
+                    await delivery.wait()
+                except Exception as exc:  # noqa: BLE001 - the broker: answered again below, at least once
                     log.warning("delivering %d answers failed (%r): answering them again", len(records), exc)
+                    delivery = None
+            if delivery is None:
                 await self._answer(records)
             await self._commit(records)
         except Exception as exc:  # noqa: BLE001 - the request path never dies on a batch
