@@ -23,6 +23,7 @@ __all__ = ["Settings", "get_settings", "load_settings"]
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SOCKET_TIMEOUT_S = 5  # a Redis call that neither answers nor fails by then fails, and is retried by its caller
 
 
 class Settings(BaseSettings):
@@ -198,6 +199,14 @@ class Settings(BaseSettings):
         db = parts.path.lstrip("/")
         if db:
             fields.append(f"db={db}")
+        # Feast hands every key=value to redis.Redis (values JSON-decoded). redis-py 7 otherwise retries a
+        # failed command 3 times with jittered backoff of up to 2+4+8 s inside the call, with no socket
+        # timeout: a worker's push then hung ~14 s in one call while Redis was down, unseen by its own
+        # retry loop (counted, logged, bounded) and past the recommender's 5 s serving deadline. The
+        # callers retry; a call fails at once on a closed socket and within REDIS_SOCKET_TIMEOUT_S on a
+        # silent one.
+        fields += [f"socket_timeout={REDIS_SOCKET_TIMEOUT_S}", f"socket_connect_timeout={REDIS_SOCKET_TIMEOUT_S}",
+                   "retry=null"]
         return ",".join(fields)
 
     def time_window(self) -> TimeWindow:

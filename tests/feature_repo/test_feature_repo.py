@@ -221,3 +221,40 @@ def test_streamrec_apply_then_feast_by_hand(stack: Settings, data_dir: Path, tmp
     for view in ("user_profile", "item_features", "user_recent_history"):
         assert view in by_hand.stdout
     assert (own / "registry.db").exists() and not (REPO_PATH / "${STREAMREC_DATA_DIR}").exists()
+
+
+def test_a_redis_that_hangs_up_fails_the_call_at_once_for_the_caller_to_retry(
+        client: FeatureClient, data_dir: Path) -> None:
+    """redis-py 7 retries a failed command 3 times with up to 14 s of jittered backoff inside the call,
+    unseen by the worker's and recommender's own retry loops (a worker's push hung through a 10 s Redis
+    outage with no retry counted). The online store's client connects once and fails: counted here by a
+    listener that takes each connection and closes it, as a Redis on its way down does."""
+    import socket
+    import threading
+
+    from streamrec._exceptions import is_infrastructure
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    port = listener.getsockname()[1]
+    down = FeatureClient(load_settings(data_dir=data_dir, redis_url=f"redis://127.0.0.1:{port}/0"),
+                         project=client.store.config.project)
+    try:
+        with pytest.raises(Exception) as raised:
+            down.history_rows(["U000001"])
+        assert is_infrastructure(raised.value), repr(raised.value)
+        assert len(accepted) == 1, f"{len(accepted)} connections for one call"
+    finally:
+        listener.close()
+        down.close()

@@ -74,7 +74,8 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (kp["sasl_mechanism"], kp["sasl_plain_username"], kp["sasl_plain_password"]) == (
         "SCRAM-SHA-256", "alice", "pw")
     assert s.aiokafka_config()["sasl_plain_password"] == "pw"
-    assert s.feast_redis_connection_string() == "redis.example:6380,password=s3cret,ssl=true,db=2"
+    assert s.feast_redis_connection_string() == (
+        "redis.example:6380,password=s3cret,ssl=true,db=2,socket_timeout=5,socket_connect_timeout=5,retry=null")
 
 
 def test_secrets_are_masked_in_display_and_repr(monkeypatch: pytest.MonkeyPatch) -> None:
