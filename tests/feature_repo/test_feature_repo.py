@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -154,6 +155,20 @@ def test_the_worker_state_round_trips_through_the_online_row(client: FeatureClie
     client.write_history([feature_row("U000006", {**later, "items": ["I000009"]})])  # a newer write wins
     assert client.user_features("U000006")["recent_item_ids"] == ["I000009"]
 
+    # the worker's path on its event loop: the same rows written and read back through the async client
+    async def on_the_loop() -> list[dict]:
+        await client.write_history_async([feature_row("U000007", state), feature_row("U000008", nothing_bought)])
+        try:
+            return await client.history_rows_async(["U000007", "U000008", "nobody", "U000006"])
+        finally:
+            await client.aclose()
+
+    rows = asyncio.run(on_the_loop())
+    assert [state_from_row(r) for r in rows[:3]] == [state, nothing_bought, None]
+    assert rows[3] == client.history_rows(["U000006"])[0]
+    seen_by_feast = client.users_features(["U000004", "U000007"], only=HISTORY_FEATURES)
+    assert {k: seen_by_feast[1][k] for k in HISTORY_FEATURES} == {k: seen_by_feast[0][k] for k in HISTORY_FEATURES}
+
 
 def test_the_worker_refuses_a_registry_applied_by_an_older_version(stack: Settings, data_dir: Path) -> None:
     """The worker's state lives in the history row: a view without the state fields (an older
@@ -255,6 +270,42 @@ def test_a_redis_that_hangs_up_fails_the_call_at_once_for_the_caller_to_retry(
             down.history_rows(["U000001"])
         assert is_infrastructure(raised.value), repr(raised.value)
         assert len(accepted) == 1, f"{len(accepted)} connections for one call"
+
+        async def on_the_loop() -> None:  # the worker's async client likewise
+            try:
+                await down.history_rows_async(["U000001"])
+            finally:
+                await down.aclose()
+
+        with pytest.raises(Exception) as raised:
+            asyncio.run(on_the_loop())
+        assert is_infrastructure(raised.value), repr(raised.value)
+        assert len(accepted) == 2, f"{len(accepted) - 1} connections for one async call"
     finally:
         listener.close()
         down.close()
+
+
+@pytest.mark.parametrize(("kind", "value"), [
+    ("STRING_LIST", ["I000001", "I000002"]), ("STRING_LIST", []), ("STRING_LIST", None),
+    ("INT64_LIST", [1, 2, -3]), ("INT64_LIST", []), ("DOUBLE_LIST", [1.5, -0.0]),
+    ("STRING", "x"), ("STRING", ""), ("STRING", None), ("INT64", 0), ("INT64", -5), ("INT64", 2**62),
+    ("DOUBLE", 0.0), ("DOUBLE", 2.5), ("UNIX_TIMESTAMP", "2024-01-02T03:04:05+00:00"), ("UNIX_TIMESTAMP", None),
+])
+def test_the_workers_value_protos_are_byte_for_byte_what_feast_converts(kind: str, value: object) -> None:
+    """The worker builds value protos itself (fast, in place); they must be what Feast's own conversion
+    (a push) writes, empty lists and zeros included: an empty list is a value, a None a missing one."""
+    from datetime import datetime
+
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    from streamrec.features import _encoder
+
+    value_type = ValueType[kind]
+    if kind == "UNIX_TIMESTAMP" and value is not None:
+        value = datetime.fromisoformat(str(value))
+    feasts = python_values_to_proto_values([value], value_type)[0]
+    ours = _encoder(value_type)(value)
+    assert ours.SerializeToString() == feasts.SerializeToString()
+    assert ours.WhichOneof("val") == feasts.WhichOneof("val")
