@@ -5,11 +5,10 @@ code from streamrec's settings.
 - ``user_features(user_id)`` reads a profile and recent history in one call;
 - ``item_features(item_ids)`` reads many items at once; ``item_ids()`` lists the view's source;
 - ``push_history(rows)`` writes a micro-batch to the push source in one call;
-- the stream worker's hot path, ``history_rows(user_ids)`` and ``write_history(rows)`` (and their
-  ``*_async`` forms, on the worker's event loop), goes one level down, to the online store's own batch
-  read and write (``Provider.online_read`` / ``online_write_batch``): the same feature view, entity keys
-  and values as a push, without converting every row through pandas and arrow (a push cost ~275 µs a
-  row, a Feast read ~240).
+- the stream worker's hot path, ``history_rows(user_ids)`` and ``write_history(rows)``, goes one level
+  down, to the online store's own batch read and write (``Provider.online_read`` /
+  ``online_write_batch``): the same feature view, entity keys and values as a push, without converting
+  every row through pandas and arrow (a push cost ~275 µs a row, a Feast read ~240).
 
 The registry is read once and cached for the client's life (``cache_ttl_seconds=0``): a Feast push
 that refreshes the registry on every call takes seconds (feast#2051). Long-running processes that
@@ -189,17 +188,6 @@ class FeatureClient:
         a user without a row gets a row of None."""
         return self._read("user_recent_history", "user_id", HISTORY_FIELDS, user_ids)
 
-    async def history_rows_async(self, user_ids: list[str]) -> list[dict[str, Any]]:
-        """:meth:`history_rows` on the running event loop (Feast's async Redis client): the stream worker
-        reads without a thread, whose every socket wait gave the GIL away and waited up to a switch
-        interval (5 ms) to get it back from the thread delivering events."""
-        view, keys, fields = self._view("user_recent_history"), _entity_keys("user_id", user_ids), HISTORY_FIELDS
-        try:
-            found = await self._provider().online_read_async(self.store.config, view, keys, list(fields))
-        except Exception as exc:
-            raise FeatureStoreError(f"online read of user_recent_history failed: {exc}") from exc
-        return _rows(found, fields)
-
     def _read(self, view_name: str, join_key: str, fields: tuple[str, ...], ids: list[str]) -> list[dict[str, Any]]:
         """``fields`` of ``view_name`` for each id through the online store's batch read (the view's TTL is
         0, so nothing expires); values as ``get_online_features`` gives them, None where absent."""
@@ -219,17 +207,6 @@ class FeatureClient:
         view = self._view("user_recent_history")
         try:
             self._provider().online_write_batch(self._history_write_config, view, self._history_data(view, rows), None)
-        except Exception as exc:
-            raise FeatureStoreError(f"write to user_recent_history failed: {exc}") from exc
-
-    async def write_history_async(self, rows: list[dict[str, Any]]) -> None:
-        """:meth:`write_history` on the running event loop (see :meth:`history_rows_async`)."""
-        if not rows:
-            return
-        view = self._view("user_recent_history")
-        try:
-            await self._provider().online_write_batch_async(self._history_write_config, view,
-                                                            self._history_data(view, rows), None)
         except Exception as exc:
             raise FeatureStoreError(f"write to user_recent_history failed: {exc}") from exc
 
@@ -307,13 +284,6 @@ class FeatureClient:
             client = getattr(getattr(provider, "online_store", None), "_client", None)
             if client is not None:
                 client.close()
-
-    async def aclose(self) -> None:
-        """Close the async Redis client (opened on the loop of the first ``*_async`` call) and the rest."""
-        client = getattr(getattr(self._provider_cache, "online_store", None), "_client_async", None)
-        if client is not None:
-            await client.aclose()
-        self.close()
 
 
 @lru_cache(maxsize=100_000)

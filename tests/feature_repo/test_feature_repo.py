@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -155,20 +154,6 @@ def test_the_worker_state_round_trips_through_the_online_row(client: FeatureClie
     client.write_history([feature_row("U000006", {**later, "items": ["I000009"]})])  # a newer write wins
     assert client.user_features("U000006")["recent_item_ids"] == ["I000009"]
 
-    # the worker's path on its event loop: the same rows written and read back through the async client
-    async def on_the_loop() -> list[dict]:
-        await client.write_history_async([feature_row("U000007", state), feature_row("U000008", nothing_bought)])
-        try:
-            return await client.history_rows_async(["U000007", "U000008", "nobody", "U000006"])
-        finally:
-            await client.aclose()
-
-    rows = asyncio.run(on_the_loop())
-    assert [state_from_row(r) for r in rows[:3]] == [state, nothing_bought, None]
-    assert rows[3] == client.history_rows(["U000006"])[0]
-    seen_by_feast = client.users_features(["U000004", "U000007"], only=HISTORY_FEATURES)
-    assert {k: seen_by_feast[1][k] for k in HISTORY_FEATURES} == {k: seen_by_feast[0][k] for k in HISTORY_FEATURES}
-
 
 def test_the_worker_refuses_a_registry_applied_by_an_older_version(stack: Settings, data_dir: Path) -> None:
     """The worker's state lives in the history row: a view without the state fields (an older
@@ -271,16 +256,6 @@ def test_a_redis_that_hangs_up_fails_the_call_at_once_for_the_caller_to_retry(
         assert is_infrastructure(raised.value), repr(raised.value)
         assert len(accepted) == 1, f"{len(accepted)} connections for one call"
 
-        async def on_the_loop() -> None:  # the worker's async client likewise
-            try:
-                await down.history_rows_async(["U000001"])
-            finally:
-                await down.aclose()
-
-        with pytest.raises(Exception) as raised:
-            asyncio.run(on_the_loop())
-        assert is_infrastructure(raised.value), repr(raised.value)
-        assert len(accepted) == 2, f"{len(accepted) - 1} connections for one async call"
     finally:
         listener.close()
         down.close()
