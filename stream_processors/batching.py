@@ -42,6 +42,7 @@ __all__ = ["MicroBatcher", "InOrder", "Guard", "Verdict", "acking", "ack_all", "
 log = logging.getLogger("streamrec.batching")
 REWIND_AGAIN_S = 2.0
 WATCH_EVERY_S = 0.5
+BEHIND_WAIT_S = 0.2  # the longest a batch waits to fill up while the consumer is behind
 
 _agent_acking: contextvars.ContextVar[bool] = contextvars.ContextVar("streamrec_agent_acking", default=False)
 
@@ -212,53 +213,104 @@ async def retry_infrastructure(call: Callable[[], Awaitable[Any]], is_infrastruc
 
 
 class MicroBatcher:
-    """Collect events for ``process``; a batch goes when it has ``size`` events or is ``max_wait_s`` old."""
+    """Collect events for ``process`` and run it on them one batch at a time, while the next one gathers.
 
-    def __init__(self, process: Callable[[Sequence[Any]], Awaitable[None]], size: int, max_wait_s: float) -> None:
+    A batch goes when it has ``size`` events, or when its first event has waited ``max_wait_s`` (for
+    company: fewer, larger writes), or at once when the previous batch kept it waiting that long. So at a
+    low rate an event waits at most ``max_wait_s`` plus its own write, and under load each batch is what
+    arrived while the last one was written (up to ``size``): the batch grows with the load by itself and
+    the stream is read on while Redis works. At most one batch waits while one runs: a full one holds the
+    agent (backpressure on the consumer) until the running batch is done.
+    """
+
+    def __init__(self, process: Callable[[Sequence[Any]], Awaitable[None]], size: int, max_wait_s: float,
+                 behind: Callable[[Any], bool] | None = None) -> None:
         self.process = process
         self.size = max(1, size)
         self.max_wait_s = max(0.0, max_wait_s)
+        self.behind = behind  # (newest event) -> more records already wait on the broker after it
         self.events: list[Any] = []
-        self.started = 0.0
-        self.lock = asyncio.Lock()
-        self._due: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.started = 0.0  # when the first of ``events`` arrived
+        self.lock = asyncio.Lock()  # held while a batch is processed
+        self._arrived: asyncio.Event | None = None  # set when ``events`` grew (made in the running loop)
+        self._room: asyncio.Event | None = None  # set while ``events`` has room
+        self._flusher: asyncio.Task[None] | None = None
 
     async def run(self, events: AsyncIterable[Any]) -> None:
         """The agent's body: ``await batcher.run(stream.noack().events())``."""
-        async for event in events:
-            await self.add(event)
+        try:
+            async for event in events:
+                await self.add(event)
+        finally:
+            await self.stop()
 
     async def add(self, event: Any) -> None:
-        async with self.lock:
-            if not self.events:
-                self.started = time.monotonic()
-                self._due = asyncio.get_running_loop().call_later(self.max_wait_s, self._flush_due)
-            self.events.append(event)
-            if len(self.events) >= self.size:
-                await self._flush_locked()
-
-    def _flush_due(self) -> None:
-        task = asyncio.ensure_future(self.flush())
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("flushing a batch failed: %r", task.exception(), exc_info=task.exception())
+        self._start()
+        assert self._room is not None and self._arrived is not None
+        while len(self.events) >= self.size:
+            self._room.clear()
+            await self._room.wait()
+        if not self.events:
+            self.started = time.monotonic()
+        self.events.append(event)
+        self._arrived.set()
 
     async def flush(self) -> None:
+        """Process every event added so far, now (after the batch that is running, if any)."""
         async with self.lock:
-            await self._flush_locked()
+            while self.events:
+                await self.process(self._take())
 
-    async def _flush_locked(self) -> None:
-        if self._due is not None:
-            self._due.cancel()
-            self._due = None
-        events, self.events = self.events, []
-        if events:
-            await self.process(events)
+    async def stop(self) -> None:
+        """Stop the flusher; events not processed yet stay unacked (read again by the partition's next owner)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+
+    def _start(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._arrived, self._room = asyncio.Event(), asyncio.Event()
+            self._room.set()
+            self._flusher = asyncio.ensure_future(self._flush_forever())
+
+    def _take(self) -> list[Any]:
+        events, self.events = self.events[:self.size], self.events[self.size:]
+        self.started = time.monotonic()  # what is left waits from now on: it could not join this batch
+        assert self._room is not None
+        self._room.set()
+        return events
+
+    async def _flush_forever(self) -> None:
+        assert self._arrived is not None
+        while True:
+            while not self.events:
+                self._arrived.clear()
+                await self._arrived.wait()
+            # wait for company: until full, or the first event has waited max_wait_s; while the consumer
+            # is behind (the records after the newest are already fetched or on the broker), until full
+            # or BEHIND_WAIT_S: else each batch is what arrived during the last, small one, and a
+            # worker behind stays behind on the fixed cost of small batches
+            while len(self.events) < self.size:
+                waited = time.monotonic() - self.started
+                limit = BEHIND_WAIT_S if self.behind is not None and self.behind(self.events[-1]) else self.max_wait_s
+                left = max(limit, self.max_wait_s) - waited
+                if left <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except TimeoutError:
+                    break
+            async with self.lock:
+                events = self._take()
+                try:
+                    await self.process(events)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bug of ``process``: its events stay unacked
+                    log.error("processing a batch of %d failed; its events stay unacked: %r", len(events), exc,
+                              exc_info=exc)
 
 
 class Guard:
@@ -280,9 +332,20 @@ class Guard:
     def batcher(self, process: Callable[[Sequence[Any]], Awaitable[None]], size: int,
                 max_wait_s: float) -> MicroBatcher:
         """A :class:`MicroBatcher` whose busy state the watchdog respects."""
-        batcher = MicroBatcher(process, size, max_wait_s)
+        batcher = MicroBatcher(process, size, max_wait_s, behind=self.behind)
         self.batchers.append(batcher)
         return batcher
+
+    def behind(self, event: Any) -> bool:
+        """True when ``event``'s partition has records after it that the agent has not taken yet (the
+        consumer's highwater, as of its last fetch, lies beyond the next offset the agent expects)."""
+        consumer = self.app.consumer
+        if consumer is None:
+            return False
+        tp = event.message.tp
+        highwater = consumer.highwater(tp)
+        expected = self.order.expected.get(tp)
+        return highwater is not None and expected is not None and highwater > expected
 
     async def run(self, batcher: MicroBatcher, stream: Any) -> None:
         """The agent's body: every event in order, in micro-batches, acked by ``process`` (``ack_all``)."""

@@ -65,9 +65,10 @@ class Settings(BaseSettings):
     embedded_redis_port: int = Field(6379, ge=1, le=65535, validation_alias="STREAMREC_REDIS_PORT")
     topic_partitions: int = Field(4, ge=1, le=256, validation_alias="STREAMREC_TOPIC_PARTITIONS")
 
-    # The stream worker: micro-batches of at most `push_batch` events, flushed after `push_max_wait_ms`.
+    # The stream worker: micro-batches of at most `push_batch` events; under load a batch is what arrived while
+    # the last was written, and an idle worker's first event waits at most `push_max_wait_ms` for company.
     push_batch: int = Field(1000, ge=1, le=100_000, validation_alias="STREAMREC_PUSH_BATCH")
-    push_max_wait_ms: int = Field(50, ge=1, le=60_000, validation_alias="STREAMREC_PUSH_MAX_WAIT_MS")
+    push_max_wait_ms: int = Field(10, ge=1, le=60_000, validation_alias="STREAMREC_PUSH_MAX_WAIT_MS")
     # Purchases remembered per user in the streaming view; the history filter never recommends them.
     purchase_memory: int = Field(500, ge=0, le=10_000, validation_alias="STREAMREC_PURCHASE_MEMORY")
     # Users' states the worker holds in memory (the rest are read from their online rows when needed).

@@ -1,4 +1,4 @@
-"""MicroBatcher on its own: batches by size and by age, and nothing read is ever dropped."""
+"""MicroBatcher on its own: batches by size, by age and by load, and nothing read is ever dropped."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from stream_processors.batching import MicroBatcher
+from stream_processors.batching import BEHIND_WAIT_S, MicroBatcher
 
 
 def test_full_batches_go_at_once_and_the_rest_after_the_wait() -> None:
@@ -19,11 +19,99 @@ def test_full_batches_go_at_once_and_the_rest_after_the_wait() -> None:
         batcher = MicroBatcher(process, size=3, max_wait_s=0.05)
         for i in range(7):
             await batcher.add(i)
-        assert batches == [[0, 1, 2], [3, 4, 5]]  # the 7th waits for its age
+        await asyncio.sleep(0.01)
+        assert batches == [[0, 1, 2], [3, 4, 5]]  # the 7th waits for company
         await asyncio.sleep(0.2)
         assert batches == [[0, 1, 2], [3, 4, 5], [6]]
+        await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_events_that_arrive_while_a_batch_is_written_form_the_next_batch_without_waiting() -> None:
+    """Under load a batch is what arrived while the last one was written: they have waited for company
+    already, so the next batch starts as soon as the last is done, and the stream is read meanwhile."""
+    batches: list[list[int]] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def gated(events: Sequence[int]) -> None:
+            batches.append(list(events))
+            await gate.wait()
+
+        batcher = MicroBatcher(gated, size=100, max_wait_s=0.05)
+        await batcher.add(0)
+        await asyncio.sleep(0.1)  # [0] went after its wait and is being written
+        for i in range(1, 6):
+            await batcher.add(i)  # not held up by the write in progress
+        await asyncio.sleep(0.1)  # longer than the wait for company
+        assert batches == [[0]]
+        gate.set()
+        for _ in range(5):  # a few turns of the loop, no time for another wait
+            await asyncio.sleep(0)
+        assert batches == [[0], [1, 2, 3, 4, 5]]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_consumer_behind_fills_its_batches_instead_of_flushing_each_few_events() -> None:
+    """Behind (records after the newest already fetched), a batch waits to fill up, for at most
+    BEHIND_WAIT_S: small batches' fixed cost would keep a worker behind. Caught up, it goes at once."""
+    batches: list[list[int]] = []
+    behind = {"now": True}
+
+    async def process(events: Sequence[int]) -> None:
+        batches.append(list(events))
+
+    async def main() -> None:
+        batcher = MicroBatcher(process, size=5, max_wait_s=0.0, behind=lambda event: behind["now"])
+        for i in range(3):
+            await batcher.add(i)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert batches == []  # behind: waits for company though max_wait_s is 0
+        for i in range(3, 7):
+            await batcher.add(i)
+        await asyncio.sleep(0.01)
+        assert batches == [[0, 1, 2, 3, 4]]  # full
+        await asyncio.sleep(BEHIND_WAIT_S + 0.1)
+        assert batches == [[0, 1, 2, 3, 4], [5, 6]]  # not full: went after BEHIND_WAIT_S
+        behind["now"] = False
+        await batcher.add(7)
+        await asyncio.sleep(0.01)
+        assert batches[-1] == [7]  # caught up: at once
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_full_batch_waiting_holds_the_agent_until_the_running_one_is_done() -> None:
+    order: list[str] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def gated(events: Sequence[int]) -> None:
+            order.append(f"process {list(events)}")
+            await gate.wait()
+
+        batcher = MicroBatcher(gated, size=2, max_wait_s=0.0)
+        await batcher.add(0)
+        await asyncio.sleep(0.01)  # [0] runs and waits on the gate
+        await batcher.add(1)
+        await batcher.add(2)  # [1, 2] is full and waits
+        adding = asyncio.ensure_future(batcher.add(3))
+        await asyncio.sleep(0.05)
+        assert not adding.done(), "a third batch was taken in while one ran and one waited"
+        gate.set()
+        await asyncio.wait_for(adding, 1)
+        await asyncio.sleep(0.01)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert order == ["process [0]", "process [1, 2]", "process [3]"]
 
 
 def test_events_read_while_a_slow_batch_runs_are_all_processed_once() -> None:
@@ -39,26 +127,39 @@ def test_events_read_while_a_slow_batch_runs_are_all_processed_once() -> None:
                 await asyncio.sleep(0.002)
             yield i
 
-    async def main() -> None:
+    async def main_flushed() -> None:
         batcher = MicroBatcher(slow, size=16, max_wait_s=0.005)
-        await batcher.run(stream())
-        await asyncio.sleep(0.1)
 
-    asyncio.run(main())
+        async def drained() -> AsyncIterator[int]:
+            async for i in stream():
+                yield i
+            await batcher.flush()
+
+        await batcher.run(drained())
+
+    asyncio.run(main_flushed())
     assert seen == list(range(500))
 
 
-def test_a_failing_timed_flush_is_logged_not_raised(caplog) -> None:  # type: ignore[no-untyped-def]
-    async def broken(events: Sequence[int]) -> None:
-        raise RuntimeError("redis down")
+def test_a_failing_batch_is_logged_and_the_next_batches_still_run(caplog) -> None:  # type: ignore[no-untyped-def]
+    seen: list[int] = []
+
+    async def broken_once(events: Sequence[int]) -> None:
+        if 1 in events:
+            raise RuntimeError("a bug")
+        seen.extend(events)
 
     async def main() -> None:
-        batcher = MicroBatcher(broken, size=10, max_wait_s=0.01)
+        batcher = MicroBatcher(broken_once, size=10, max_wait_s=0.01)
         await batcher.add(1)
         await asyncio.sleep(0.1)
+        await batcher.add(2)
+        await asyncio.sleep(0.1)
+        await batcher.stop()
 
     asyncio.run(main())
-    assert "flushing a batch failed" in caplog.text
+    assert "processing a batch of 1 failed" in caplog.text
+    assert seen == [2]
 
 
 def test_in_order_takes_offsets_in_sequence_and_replays() -> None:
