@@ -102,8 +102,8 @@ def _both(*checks: bool | None) -> bool | None:
 # Goals are restated here from the issues (and the benchmark modules' constants) so that rendering never
 # imports torch or Feast.
 GENERATE_TIME_S, GENERATE_RSS_MB, GENERATE_AT = 10.0, 2048.0, 1_000_000
-STREAM_EVENTS_PER_S, STREAM_RATIO, STREAM_P99_MS, STREAM_RATE, STREAM_RSS_MB, STREAM_USERS = (
-    10_000.0, 0.5, 250.0, 1000.0, 1024.0, 100_000)
+STREAM_EVENTS_PER_S, STREAM_RATIO, STREAM_RSS_MB, STREAM_USERS = 10_000.0, 0.5, 1024.0, 100_000
+STREAM_FRESHNESS_GOALS = {1000.0: {"p50": 30.0, "p99": 100.0}, 5000.0: {"p99": 1000.0}}  # rate → ms (issue 14)
 # issue 16 retired "≥ 2× popularity": the generator's own leaky ceiling is only ~1.4× popularity
 TRAIN_TIME_S, TRAIN_EPOCHS, TRAIN_ORACLE, TRAIN_CEILING = 20.0, 10, 0.8, 0.95
 RECOMMEND_P99_MS, RECOMMEND_ITEMS, KAFKA_P99_MS, KAFKA_RATE = 3.0, 5000, 15.0, 500.0
@@ -140,26 +140,57 @@ def _features(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
 
 
 def _stream(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
+    """Issue 14's figures. The absolute goals are judged on Apache Kafka (the suite's broker); on Tansu
+    the ratio to its own raw drain is, and its freshness is reported beside Kafka's."""
+    on_kafka = str(r.get("broker", "kafka")) == "kafka"
+    not_kafka = "" if on_kafka else "goal is on Apache Kafka"
     m = dig(r, "max_rate")
     worker, base = dig(m, "worker_events_per_s"), dig(m, "baseline_events_per_s")
-    rate = dig(r, "steady", "rate") or p.get("rate")
-    users = dig(r, "users") or p.get("users")
-    rate_na = "" if _num(rate) == STREAM_RATE else f"goal is at {STREAM_RATE:,.0f} events/s"
+    users, events = dig(r, "users") or p.get("users"), dig(r, "events") or p.get("events")
     users_na = "" if users == STREAM_USERS else f"goal is at {STREAM_USERS:,} users"
-    p99 = dig(r, "steady", "freshness_p99_ms")
     rss = dig(r, "worker_peak_rss_mb")
-    rate_txt = f"{_num(rate):,.0f}" if _num(rate) is not None else "?"
-    return [
-        Row("max-rate drain, events/s", worker, base, "aiokafka + redis-py",
-            goal=f"≥ {STREAM_EVENTS_PER_S:,.0f}/s and ≥ {STREAM_RATIO}× baseline",
-            met=_both(_at_least(worker, STREAM_EVENTS_PER_S), _at_least(ratio(worker, base), STREAM_RATIO))),
-        Row(f"freshness p50 at {rate_txt} events/s, ms", dig(r, "steady", "freshness_p50_ms")),
-        Row(f"freshness p99 at {rate_txt} events/s, ms", p99, goal=f"≤ {STREAM_P99_MS:.0f} ms",
-            met=None if rate_na else _at_most(p99, STREAM_P99_MS), why_na=rate_na),
-        Row("freshness p99 while draining a backlog, ms", dig(m, "freshness_p99_ms")),
+    n_txt = f"{events:,} events, {users:,} users" if isinstance(events, int) and isinstance(users, int) else "backlog"
+    drain_goal = (f"≥ {STREAM_EVENTS_PER_S:,.0f}/s and ≥ {STREAM_RATIO}× baseline" if on_kafka
+                  else f"≥ {STREAM_RATIO}× baseline")
+    drain_met = _at_least(ratio(worker, base), STREAM_RATIO)
+    if on_kafka:
+        drain_met = _both(_at_least(worker, STREAM_EVENTS_PER_S), drain_met)
+    rows = [Row(f"backlog drain ({n_txt}), events/s", worker, base, "aiokafka + redis-py", goal=drain_goal,
+                met=drain_met)]
+    steady = dig(r, "steady") or {}
+    if "rate" in steady:  # a report from before the rates list: one steady phase
+        steady = {f"{steady['rate']:g}": steady}
+    for key, phase in steady.items():
+        rate = _num(dig(phase, "rate")) or _num(key)
+        txt = f"{rate:,.0f}" if rate is not None else key
+        goals = STREAM_FRESHNESS_GOALS.get(rate, {})
+        for q in ("p50", "p99"):
+            value = dig(phase, f"freshness_{q}_ms")
+            limit = goals.get(q)
+            rows.append(Row(f"freshness {q} at {txt} events/s, ms", value,
+                            goal="" if limit is None else f"≤ {limit:,.0f} ms",
+                            met=None if limit is None or not_kafka else _at_most(value, limit),
+                            why_na=not_kafka if limit is not None else ""))
+        if dig(phase, "replayed_per_s") is not None:
+            rows.append(Row(f"replay reached, at {txt} events/s asked, events/s", dig(phase, "replayed_per_s")))
+    rows += [
+        Row("freshness p99 while draining the backlog, ms", dig(m, "freshness_p99_ms")),
         Row("worker peak RSS, MB", rss, goal=f"≤ {STREAM_RSS_MB:,.0f} MB at {STREAM_USERS:,} users",
             met=None if users_na else _at_most(rss, STREAM_RSS_MB), why_na=users_na),
     ]
+    sc = dig(r, "scaling")
+    if sc:
+        parts = dig(sc, "partitions")
+        one, two = dig(sc, "one", "events_per_s"), dig(sc, "two", "events_per_s")
+        rows += [
+            Row(f"two workers vs one, {fmt(dig(sc, 'events'))} events on {fmt(parts)} partitions, events/s", two, one,
+                "one worker"),
+            Row("events per worker CPU-second, two workers vs one", dig(sc, "two", "events_per_cpu_s"),
+                dig(sc, "one", "events_per_cpu_s"), "one worker"),
+            Row("users differing from the ground truth after two workers", dig(sc, "two", "users_differing_from_truth"),
+                goal="0", met=_at_most(dig(sc, "two", "users_differing_from_truth"), 0)),
+        ]
+    return rows
 
 
 def _train(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:

@@ -46,7 +46,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "generate": {"n_interactions": 1_000_000},
         "features": {"rounds": 200},
-        "stream": {"users": 100_000, "events": 300_000, "rate": 1000.0, "seconds": 20.0},
+        "stream": {"users": 100_000, "events": 300_000, "rates": [1000.0, 5000.0], "seconds": 20.0,
+                   "scale_events": 60_000},
         "train": {"epochs": 10, "big": 1_000_000, "big_epochs": 1},
         "recommend": {"item_counts": [5000, 100_000], "rate": 500.0, "seconds": 10.0, "rounds": 500,
                       "sustained_rate": 2000.0},
@@ -54,7 +55,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "generate": {"n_interactions": 100_000},
         "features": {"rounds": 50},
-        "stream": {"users": 10_000, "events": 30_000, "rate": 1000.0, "seconds": 5.0},
+        "stream": {"users": 10_000, "events": 30_000, "rates": [1000.0, 5000.0], "seconds": 5.0,
+                   "scale_events": 10_000},
         "train": {"epochs": 10, "big": 0},
         "recommend": {"item_counts": [5000], "rate": 200.0, "seconds": 5.0, "rounds": 200, "sustained_rate": 500.0},
     },

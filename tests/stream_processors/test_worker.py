@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from producers.replay import replay
+from stream_processors.history import ground_truth
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES, DLQRecord
@@ -19,20 +20,6 @@ from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, fresh_burst_lag_ms, wait_caught_up, wait_until
 
 N_EVENTS = 5000
-
-
-def ground_truth(events: pd.DataFrame, n: int = HISTORY_LENGTH) -> dict[str, dict]:
-    """Per user, straight from the parquet: last n items/types newest first and counts by type."""
-    truth = {}
-    ordered = events.sort_values("timestamp", ascending=False, kind="stable")
-    for user_id, rows in ordered.groupby("user_id", sort=False):
-        counts = rows["interaction_type"].value_counts()
-        truth[user_id] = {
-            "recent_item_ids": list(rows["item_id"][:n]),
-            "recent_interaction_types": list(rows["interaction_type"][:n]),
-            **{f"count_{t}": int(counts.get(t, 0)) for t in INTERACTION_TYPES},
-        }
-    return truth
 
 
 def online_state(settings: Settings, users: list[str]) -> dict[str, dict]:
