@@ -299,8 +299,12 @@ async def freshness_page(web: Any, request: Any) -> Any:
     snap["rebalances"] = max(0, _rebalances[0] - 1)  # assignments after the first
     # users' states held in memory; a miss is an online read of the user's row
     snap["state_cache"] = {"held": len(held), "hits": held.hits, "misses": held.misses}
-    if request.query.get("samples"):
-        snap["lags_ms"] = tracker.samples()
+    if request.query.get("samples"):  # the newest lags, oldest first (``last``: how many, default 5,000)
+        try:
+            last = max(1, int(request.query.get("last", 5000)))
+        except ValueError:
+            last = 5000
+        snap["lags_ms"] = tracker.samples(last)
     return web.json(snap)
 
 

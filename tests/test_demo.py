@@ -40,3 +40,12 @@ def test_the_demo_pipeline_runs_end_to_end_and_stops_what_it_started(tmp_path: P
     assert (tmp_path / "checkpoints" / "v1" / "meta.json").is_file()
     pids = list((tmp_path / "stack").glob("*.pid"))
     assert pids == [], f"the demo left {pids} behind"
+
+
+def test_the_rows_pushed_while_the_trainer_ran_are_the_newest_since_its_start() -> None:
+    from streamrec.demo import _pushed_since
+
+    figures = {"rows_pushed": 10, "lags_ms": [5.0, 6.0, 7.0, 8.0]}  # rows 7..10
+    assert _pushed_since(figures, 8) == [7.0, 8.0]
+    assert _pushed_since(figures, 10) == []  # nothing pushed meanwhile
+    assert _pushed_since(figures, 0) == [5.0, 6.0, 7.0, 8.0]  # more than the samples kept: all kept
