@@ -275,8 +275,7 @@ class MicroBatcher:
             self._flusher = asyncio.ensure_future(self._flush_forever())
 
     def _take(self) -> list[Any]:
-        events, self.events = self.events[:self.size], self.events[self.size:]
-        self.started = time.monotonic()  # what is left waits from now on: it could not join this batch
+        events, self.events = self.events, []  # never more than ``size``: ``add`` waits for room
         assert self._room is not None
         self._room.set()
         return events

@@ -192,7 +192,7 @@ class FeatureClient:
         """``fields`` of ``view_name`` for each id through the online store's batch read (the view's TTL is
         0, so nothing expires); values as ``get_online_features`` gives them, None where absent."""
         view = self._view(view_name)
-        keys = _entity_keys(join_key, ids)
+        keys = [_entity_key(join_key, i) for i in ids]
         try:
             found = self._provider().online_read(self.store.config, view, keys, list(fields))
         except Exception as exc:
@@ -294,10 +294,6 @@ def _entity_key(join_key: str, value: str) -> Any:
     from feast.protos.feast.types.Value_pb2 import Value
 
     return EntityKey(join_keys=[join_key], entity_values=[Value(string_val=value)])
-
-
-def _entity_keys(join_key: str, ids: list[str]) -> list[Any]:
-    return [_entity_key(join_key, i) for i in ids]
 
 
 def _rows(found: list[tuple[Any, dict[str, Any] | None]], fields: tuple[str, ...]) -> list[dict[str, Any]]:
