@@ -37,6 +37,7 @@ def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: boo
     """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict."""
     import torch
 
+    from models.data import load_data
     from models.quality import (
         ALS,
         EASE,
@@ -49,7 +50,7 @@ def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: boo
         run_protocol,
     )
     from models.quality import paired_interval as interval
-    from models.train import TrainConfig, load_data
+    from models.train import TrainConfig
 
     raw = load_data(data)
     t0 = time.perf_counter()

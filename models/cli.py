@@ -1,4 +1,4 @@
-"""`streamrec train` and `streamrec trainer` (registered by streamrec/cli.py).
+"""`streamrec train` and `streamrec trainer` (registered by streamrec/shell/cli.py).
 
 Both raise StreamrecError subclasses for anything a user can fix; the main CLI prints them as one
 line. Progress and tables go to stderr/stdout through rich.
@@ -109,8 +109,9 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float,
     and oracle baselines, save v<N> under the checkpoint folder and promote it (LATEST).
     """
     from .checkpoints import promote, save_checkpoint
+    from .data import load_data
     from .features import popularity_ranking
-    from .train import TrainConfig, load_data, train_and_evaluate
+    from .train import TrainConfig, train_and_evaluate
 
     settings = _settings(data_dir, out)
     console, err = Console(), Console(stderr=True)

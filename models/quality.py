@@ -1,7 +1,7 @@
 """Offline quality: the two-tower beside popularity, ALS and EASE on one split, paired bootstrap
 intervals on the differences, and the freshness lift (what the streaming half of the system buys).
 
-Every ranker answers the same requests through :func:`models.train.evaluate`: a request is an event row,
+Every ranker answers the same requests through :func:`models.evaluation.evaluate`: a request is an event row,
 its history the user's events before that row's time, and every item the user touched before it is
 never recommended. Metrics come from :mod:`models.metrics`.
 
@@ -14,7 +14,7 @@ Protocols:
   protocol carved out of the training period (its last ``val_frac`` of all events is the validation
   period); each ranker is then refit on the whole training period with what won.
 - ``leave-last-out``: per user, the last first-time positive event is the test target and the one
-  before the validation target (:func:`models.train.split_by_time`); rankers learn from each user's
+  before the validation target (:func:`models.data.split_by_time`); rankers learn from each user's
   events before their target (for tuning, before their validation target).
 
 Freshness lift (:func:`freshness_lift`): the temporal split's fitted rankers score every first-time
@@ -35,25 +35,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from .data import Events, Prepared, RawData, Split, TrainError, encode, split_by_time
+from .evaluation import EvalSet, baseline_scorers, eval_set, evaluate, model_scorer
 from .features import FeatureSchema
 from .metrics import per_row_metrics
-from .train import (
-    EvalSet,
-    Events,
-    Prepared,
-    RawData,
-    Split,
-    TrainConfig,
-    TrainError,
-    baseline_scorers,
-    encode,
-    eval_set,
-    evaluate,
-    fit,
-    model_scorer,
-    new_model,
-    split_by_time,
-)
+from .train import TrainConfig, fit, new_model
 
 __all__ = ["Fold", "Protocol", "Context", "Ranker", "Popularity", "EASE", "ALS", "TwoTowerRanker", "Oracle",
            "context", "temporal", "leave_last_out", "PROTOCOLS", "run_protocol", "freshness_lift",
@@ -86,7 +72,7 @@ class Context:
 
     raw: RawData
     ev: Events
-    enc: Any  # models.train.Encoded
+    enc: Any  # models.data.Encoded
     col: np.ndarray  # (N,) catalogue column of each event
     positive: np.ndarray  # (N,) bool
     novel: np.ndarray  # (N,) bool: a positive event that is the user's first touch of the item

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.train import TrainError, load_data, prepare
+from models.data import TrainError, load_data, prepare
 
 
 def write(folder: Path, users: pd.DataFrame, items: pd.DataFrame, interactions: pd.DataFrame) -> Path:

@@ -12,6 +12,7 @@ import pytest
 from benchmarks.bench_quality import markdown, plot, put_section, sections
 from benchmarks.bench_quality import run as run_quality
 from models.checkpoints import save_checkpoint
+from models.data import RawData
 from models.metrics import ranking_metrics
 from models.quality import (
     ALS,
@@ -27,8 +28,8 @@ from models.quality import (
     stale_rows,
     temporal,
 )
-from models.serving import load_checkpoint
-from models.train import RawData, TrainConfig
+from models.train import TrainConfig
+from serving.model import load_checkpoint
 
 COMMUNITIES, PER_COMMUNITY = 5, 8
 USERS_PER = (60, 50, 40, 30, 20)  # community c's users: popularity orders the communities strictly
@@ -120,18 +121,18 @@ def test_every_personalised_ranker_puts_the_missing_community_item_first(ctx, ra
 
 
 def test_the_served_checkpoint_ranks_exactly_as_the_benchmark_scored_it(ctx, tmp_path: Path) -> None:  # noqa: ANN001
-    """The two-tower figures are the serving model's: saved, loaded through models.serving and asked for the
+    """The two-tower figures are the serving model's: saved, loaded through serving.model and asked for the
     same users' histories, it returns the same top 10 as the benchmark's scorer did."""
     p = leave_last_out(ctx)
     ranker = TwoTowerRanker(TrainConfig(epochs=5, batch_size=64, lr=3e-3), SMALL)
     ranker.fit(ctx, p.test, {"epochs": 5})
     es = ctx.eval_set(p.test)
-    from models.train import evaluate
+    from models.evaluation import evaluate
 
     metrics, top = evaluate(ranker.scorer(ctx, es), es, (10,))
     served = load_checkpoint(save_checkpoint(tmp_path, ranker.model.cpu(), ctx.enc.schema, metrics=metrics,
                                              data_window={}))
-    from models.serving import UserInput
+    from serving.model import UserInput
 
     ev, frame = ctx.ev, ctx.ev.frame
     inputs, seen = [], []

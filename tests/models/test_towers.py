@@ -5,8 +5,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from models.data import prepare
 from models.towers import TowerConfig, TwoTower, UserBatch
-from models.train import TrainConfig, fit, new_model, prepare
+from models.train import TrainConfig, fit, new_model
 
 from .conftest import raw_of
 

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.data import Events, TrainError, encode, load_data, split_by_time, user_batch
 from models.features import POSITIVE_TYPES, FeatureSchema
-from models.train import Events, Report, TrainError, encode, load_data, split_by_time, user_batch
+from models.train import Report
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 EVENTS = st.lists(
@@ -103,7 +104,8 @@ def test_logged_events_are_added_once(tiny, tmp_path) -> None:  # noqa: ANN001 -
 
 
 def test_warm_start_grows_vocabularies_in_place(tiny) -> None:  # noqa: ANN001 - fixture
-    from models.train import grow_state, new_model, prepare
+    from models.data import prepare
+    from models.train import grow_state, new_model
 
     from .conftest import raw_of
 
@@ -123,7 +125,7 @@ def test_warm_start_grows_vocabularies_in_place(tiny) -> None:  # noqa: ANN001 -
 
 
 def test_too_little_data_is_one_clear_error(tiny) -> None:  # noqa: ANN001 - fixture
-    from models.train import RawData, prepare
+    from models.data import RawData, prepare
 
     with pytest.raises(TrainError, match="too little data"):
         prepare(RawData(tiny.users, tiny.items, tiny.interactions.iloc[:3]))

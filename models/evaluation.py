@@ -1,0 +1,104 @@
+"""The evaluation protocol, shared by the model and every baseline.
+
+Each target event is one request: the whole catalogue is ranked with every item the user touched
+before the target removed, for the model and every baseline alike (see :mod:`models.data` for how
+targets and histories are drawn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import Encoded, Prepared, user_batch
+from .metrics import ranking_metrics
+from .towers import TwoTower
+
+__all__ = ["Scorer", "EvalSet", "eval_set", "evaluate", "model_scorer", "baseline_scorers"]
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]  # eval-set indices (b,) -> scores (b, n_catalogue)
+
+
+@dataclass
+class EvalSet:
+    rows: torch.Tensor  # (E,) target event rows
+    targets: np.ndarray  # (E, 1) catalogue columns (item row - 2)
+    seen_ptr: np.ndarray  # (E + 1,) CSR over seen_cols
+    seen_cols: torch.Tensor  # catalogue columns the user touched before each target
+    n_catalogue: int
+
+
+def eval_set(enc: Encoded, rows: np.ndarray) -> EvalSet:
+    dev = enc.ev_item.device
+    rows_t = torch.as_tensor(rows, dtype=torch.long, device=dev)
+    start, end = enc.user_start[rows_t].cpu().numpy(), enc.grp_start[rows_t].cpu().numpy()
+    lens = end - start
+    ptr = np.r_[0, np.cumsum(lens)]
+    flat = np.arange(ptr[-1]) - np.repeat(ptr[:-1], lens) + np.repeat(start, lens)
+    seen = enc.ev_item[torch.as_tensor(flat, dtype=torch.long, device=dev)] - 2
+    targets = (enc.ev_item[rows_t] - 2).cpu().numpy().reshape(-1, 1)
+    return EvalSet(rows_t, targets, ptr, seen, enc.schema.n_item_rows - 2)
+
+
+@torch.inference_mode()
+def evaluate(scorer: Scorer, es: EvalSet, ks: Sequence[int] = (10, 20), chunk: int = 1024
+             ) -> tuple[dict[str, float], np.ndarray]:
+    """Rank the catalogue for every eval target (seen items removed); metrics and top-max(ks)."""
+    k = max(ks)
+    tops = []
+    for i0 in range(0, len(es.rows), chunk):
+        i1 = min(i0 + chunk, len(es.rows))
+        scores = scorer(torch.arange(i0, i1, device=es.rows.device)).clone()  # (b, n_catalogue)
+        p0, p1 = es.seen_ptr[i0], es.seen_ptr[i1]
+        r = torch.as_tensor(np.repeat(np.arange(i1 - i0), np.diff(es.seen_ptr[i0:i1 + 1])), device=scores.device)
+        scores[r, es.seen_cols[p0:p1]] = float("-inf")
+        tops.append(torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu().numpy())
+    top = np.concatenate(tops) if tops else np.zeros((0, k), np.int64)
+    return ranking_metrics(top, es.targets, ks, es.n_catalogue), top
+
+
+@torch.inference_mode()
+def model_scorer(model: TwoTower, enc: Encoded, es: EvalSet, columns: torch.Tensor | None = None,
+                 history_rows: torch.Tensor | None = None) -> Scorer:
+    """Scores of ``model`` (encoded by its own ``enc``). ``columns`` maps the eval catalogue to the
+    model's item rows (-1 = unknown to it, never recommended); default: the same catalogue.
+    ``history_rows`` (E,): the user's history is read as of these event rows instead of ``es.rows``
+    (an older snapshot of the same users, for the freshness lift)."""
+    model.eval()
+    dev = enc.ev_item.device
+    rows = columns if columns is not None else torch.arange(2, enc.schema.n_item_rows, device=dev)
+    item = model.items(rows.clamp(min=0)) * (rows >= 0).unsqueeze(1)  # (C, D)
+    unknown = rows < 0
+    hist = es.rows if history_rows is None else history_rows
+
+    @torch.inference_mode()
+    def score(idx: torch.Tensor) -> torch.Tensor:
+        s = model.users(user_batch(enc, hist[idx])) @ item.T  # (b, C)
+        return s.masked_fill(unknown, float("-inf"))
+
+    return score
+
+
+def baseline_scorers(p: Prepared, es: EvalSet, seed: int = 0) -> dict[str, Scorer]:
+    """random, popularity (training-target counts) and, with affinities, the generator's oracle."""
+    dev = es.rows.device
+    pop = torch.bincount(p.enc.ev_item[torch.as_tensor(p.split.train, device=dev)] - 2,
+                         minlength=es.n_catalogue).double()
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    out: dict[str, Scorer] = {
+        "random": lambda idx: torch.rand((len(idx), es.n_catalogue), generator=gen, device=dev),
+        "popularity": lambda idx: pop.expand(len(idx), -1),
+    }
+    if p.raw.affinities is not None:
+        cats = list(p.enc.schema.top_categories)
+        aff = p.raw.affinities.pivot_table(index="user_id", columns="category", values="affinity")
+        aff = aff.reindex(index=p.events.user_ids, columns=cats).fillna(0.0).to_numpy()
+        aff = torch.as_tensor(np.c_[np.zeros((len(aff), 2)), aff], device=dev)  # PAD/OOV columns
+        top = p.enc.items["top"][2:]
+        # ties within a category broken by popularity: pop/(max+1) < 1e-9 never beats an affinity gap
+        tie = 1e-9 * pop / (pop.max() + 1)
+        out["oracle"] = lambda idx: aff[p.enc.ev_user[es.rows[idx]]][:, top] + tie
+    return out
