@@ -12,6 +12,7 @@ COPY streamrec ./streamrec
 COPY producers ./producers
 COPY stream_processors ./stream_processors
 COPY models ./models
+COPY serving ./serving
 COPY generation ./generation
 COPY feature_repo ./feature_repo
 RUN pip install --no-cache-dir .

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.streamrec-installed
 PYTEST_ARGS ?=
 # The embedded broker is STREAMREC_BROKER's (tansu unless set: `make test STREAMREC_BROKER=kafka`). Every
 # stack started here, the tests' own in temporary folders too, shares one Apache Kafka jar cache in .stack/.
-KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' streamrec/apache_kafka/pom.xml)
+KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' streamrec/shell/apache_kafka/pom.xml)
 export STREAMREC_KAFKA_CACHE ?= $(CURDIR)/.stack/kafka-$(KAFKA_VERSION)
 
 .PHONY: install demo test lint stack-up stack-down clean

@@ -8,23 +8,27 @@ taken as a free consecutive block.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from streamrec.stack import free_port, free_ports
+from streamrec.shell import workers
+from streamrec.shell.stack import free_port, free_ports
+from streamrec.shell.workers import APP_ID_VARIABLE
+from streamrec.stats import percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKERS = ("kafka", "tansu")
 
 
+
+
+def latency_ms(samples_s: list[float]) -> dict[str, float | None]:
+    """p50 and p99, in milliseconds, of durations in seconds: ``{"p50_ms": …, "p99_ms": …}``."""
+    return {f"{k}_ms": v for k, v in percentiles((s * 1000.0 for s in samples_s), (50, 99)).items()}
 
 
 def broker_kind(broker: str | None = None) -> str:
@@ -41,14 +45,9 @@ def kafka_cache() -> Path:
     if override:
         return Path(override).resolve()
     from streamrec import load_settings
-    from streamrec.apache_kafka import cache_dir
+    from streamrec.shell.apache_kafka import cache_dir
 
     return cache_dir(load_settings(broker="tansu", kafka_brokers=1))
-
-
-def get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
 
 
 @contextmanager
@@ -57,8 +56,8 @@ def own_stack(tmp: Path, data: Path, checkpoints: Path | None = None, broker: st
     """An empty broker + Redis on free ports (with the feature repo applied unless ``feature_repo`` is
     False); yields (settings, env), env being what worker processes on this stack need."""
     from streamrec import load_settings
-    from streamrec import stack as _stack
     from streamrec.features import FeatureClient
+    from streamrec.shell import stack as _stack
 
     kind = broker_kind(broker)
     nodes = int(os.environ.get("STREAMREC_KAFKA_BROKERS") or 1) if kind == "kafka" else 1
@@ -70,14 +69,7 @@ def own_stack(tmp: Path, data: Path, checkpoints: Path | None = None, broker: st
                              embedded_kafka_port=kafka_port, embedded_redis_port=redis_port, data_dir=data,
                              checkpoint_dir=checkpoints or tmp / "checkpoints",
                              kafka_bootstrap_servers=None, redis_url=None)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
-    env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_DATA_DIR=str(data),
-               STREAMREC_BROKER=kind, STREAMREC_KAFKA_BROKERS=str(nodes),
-               STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
-               STREAMREC_REDIS_PORT=str(settings.embedded_redis_port),
-               STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir))
-    if cache is not None:
-        env["STREAMREC_KAFKA_CACHE"] = str(cache)
+    env = workers.settings_env(settings)
     try:
         _stack.up(settings)
         if feature_repo:
@@ -92,30 +84,11 @@ def own_stack(tmp: Path, data: Path, checkpoints: Path | None = None, broker: st
 
 def start_worker(env: dict[str, str], log: Path, app: str = "features",
                  app_id: str | None = None) -> tuple[subprocess.Popen, str]:
-    """Start `streamrec worker --app APP`; return once it owns partitions (and, for the recommender, is ready)."""
-    port = free_port()
-    port_var = "STREAMREC_WORKER_PORT" if app == "features" else "STREAMREC_RECOMMENDER_PORT"
-    env = {**env, port_var: str(port)}
-    if app_id:
-        env["STREAMREC_WORKER_APP_ID" if app == "features" else "STREAMREC_RECOMMENDER_APP_ID"] = app_id
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamrec", "worker", "--app", app], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    path = "/freshness" if app == "features" else "/status"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
-        try:
-            state = get_json(url + path)
-            if state["assigned_partitions"] > 0 and state.get("ready", True):
-                return proc, url
-        except OSError:
-            pass
-        time.sleep(0.3)
-    stop(proc)
-    raise RuntimeError(f"{app} worker not ready in 120 s")
+    """Start `streamrec worker --app APP` on a free port; return once it owns partitions (and, for the
+    recommender, is ready): its process and its pages' URL."""
+    extra = {APP_ID_VARIABLE[app]: app_id} if app_id else {}
+    started = workers.start_worker({**env, **extra}, log, app, port=free_port())
+    return started.proc, started.url
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -27,9 +27,9 @@ from generation.dataset_gen_amazon import GeneratorConfig, generate, write
 from streamrec.features import FeatureClient, history_frame
 
 try:
-    from ._harness import own_stack
+    from ._harness import latency_ms, own_stack
 except ImportError:  # run as a script
-    from _harness import own_stack
+    from _harness import latency_ms, own_stack
 
 TYPES = ("positive_view", "negative_view", "cart", "purchase", "rate")
 
@@ -53,11 +53,6 @@ def _raw_push(client, prefix: str, rows: list[dict]) -> None:  # noqa: ANN001 - 
                        if k != "user_id"}
             pipe.hset(f"{prefix}:{row['user_id']}", mapping=mapping)
         pipe.execute()
-
-
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    a = np.asarray(samples) * 1000.0
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
 
 
 def run(rounds: int = 200) -> dict:
@@ -108,7 +103,7 @@ def run(rounds: int = 200) -> dict:
                             pipe.hgetall(f"{prefix}:{uid}")
                         pipe.execute()
                     raw_t.append(time.perf_counter() - t)
-                f, r = _percentiles(feast_t), _percentiles(raw_t)
+                f, r = latency_ms(feast_t), latency_ms(raw_t)
                 result["read"][f"entities_{n}"] = {"feast": f, "raw": r, "ratio_p50": f["p50_ms"] / r["p50_ms"]}
             raw.delete(*[f"{prefix}:{u}" for u in users])
             raw.close()

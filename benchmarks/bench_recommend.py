@@ -33,21 +33,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from streamrec.shell.workers import get_json
+
 try:
-    from ._harness import ROOT, broker_kind, free_port, get_json, own_stack, start_worker, stop
+    from ._harness import ROOT, broker_kind, free_port, latency_ms, own_stack, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import ROOT, broker_kind, free_port, get_json, own_stack, start_worker, stop
-
-
-def _pct(samples: list[float]) -> dict[str, float]:
-    p50, p99 = np.percentile(np.asarray(samples) * 1000, [50, 99])
-    return {"p50_ms": float(p50), "p99_ms": float(p99)}
+    from _harness import ROOT, broker_kind, free_port, latency_ms, own_stack, start_worker, stop
 
 
 def _train(data: Path, checkpoints: Path, epochs: int) -> None:
     from models.checkpoints import promote, save_checkpoint
+    from models.data import load_data
     from models.features import popularity_ranking
-    from models.train import TrainConfig, load_data, train_and_evaluate
+    from models.train import TrainConfig, train_and_evaluate
 
     report = train_and_evaluate(load_data(data), TrainConfig(epochs=epochs, seed=0))
     path = save_checkpoint(checkpoints, report.fit.model, report.prepared.enc.schema,
@@ -79,9 +77,9 @@ def _seed_histories(settings: Any, data: Path) -> list[str]:
 def _in_process(settings: Any, data: Path, rounds: int, users: list[str]) -> dict[str, Any]:
     import torch
 
-    from models.filtering import load_filter_config
-    from models.serving import load_latest
-    from stream_processors.recommend import Catalog, Recommender, ServingBundle, user_input
+    from serving.filtering import load_filter_config
+    from serving.model import load_latest
+    from serving.recommend import Catalog, Recommender, ServingBundle, user_input
     from streamrec.features import FeatureClient
     from streamrec.schemas import RecommendationRequest
 
@@ -109,7 +107,7 @@ def _in_process(settings: Any, data: Path, rounds: int, users: list[str]) -> dic
         baseline.append(time.perf_counter() - t)
     client.close()
     warm = slice(20, None)
-    r, f, b = _pct(recommend_only[warm]), _pct(full[warm]), _pct(baseline[warm])
+    r, f, b = latency_ms(recommend_only[warm]), latency_ms(full[warm]), latency_ms(baseline[warm])
     return {"recommend": r, "feast_read_plus_recommend": f, "baseline_feast_read_plus_forward": b,
             "ratio_p99_full_vs_baseline": f["p99_ms"] / b["p99_ms"], "index": type(bundle.index).__name__}
 

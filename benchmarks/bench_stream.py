@@ -32,12 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from streamrec import kafka_clients
+from streamrec.shell.workers import get_json
+from streamrec.stats import percentiles
 
 try:
-    from ._harness import broker_kind, get_json, own_stack, start_worker, stop
+    from ._harness import broker_kind, own_stack, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import broker_kind, get_json, own_stack, start_worker, stop
+    from _harness import broker_kind, own_stack, start_worker, stop
 
 WARM_UP = 3000  # events at 1,000/s before the first measured phase: the broker's JIT, the worker's caches
 
@@ -74,7 +76,7 @@ def _end_offsets(settings: Any) -> dict[int, int]:
 
     from streamrec.topics import INTERACTIONS
 
-    consumer = KafkaConsumer(**settings.kafka_python_config())
+    consumer = KafkaConsumer(**kafka_clients.python_config(settings))
     try:
         tps = [TopicPartition(INTERACTIONS, p) for p in range(settings.topic_partitions)]
         return {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
@@ -91,7 +93,7 @@ async def _baseline(settings: Any, start: dict[int, int], n_events: int) -> floa
     from streamrec.schemas import Interaction, SchemaError, decode
     from streamrec.topics import INTERACTIONS
 
-    consumer = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka_clients.aio_config(settings), enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_poll_records=settings.push_batch)
     await consumer.start()
     tps = [TopicPartition(INTERACTIONS, p) for p in range(settings.topic_partitions)]
@@ -137,9 +139,9 @@ def _steady(settings: Any, url: str, parquet: Path, rate: float, start_at: int, 
     _wait_events([url], before["events"] + n)
     after = _figures(url, samples=True)
     lags = after["lags_ms"][-(after["rows_pushed"] - before["rows_pushed"]):]
-    p50, p99 = np.percentile(lags, [50, 99])
-    return {"rate": rate, "replayed_per_s": stats.rate, "events": n, "freshness_p50_ms": float(p50),
-            "freshness_p99_ms": float(p99), "freshness_max_ms": float(max(lags))}
+    fresh = percentiles(lags, (50, 99), with_max=True)
+    return {"rate": rate, "replayed_per_s": stats.rate, "events": n, "freshness_p50_ms": fresh["p50"],
+            "freshness_p99_ms": fresh["p99"], "freshness_max_ms": fresh["max"]}
 
 
 def _drain(env: dict[str, str], logs: Path, n_workers: int, n_events: int, app_id: str,
@@ -175,7 +177,7 @@ def _drain(env: dict[str, str], logs: Path, n_workers: int, n_events: int, app_i
         lags = [lag for u in urls for lag in _figures(u, samples=True)["lags_ms"]]
         return {"workers": n_workers, "events_per_s": (done - first[1]) / span, "cpu_s": cpu,
                 "events_per_cpu_s": (done - first[1]) / cpu if cpu else None,
-                "freshness_p50_ms": float(np.percentile(lags, 50)), "freshness_p99_ms": float(np.percentile(lags, 99)),
+                **{f"freshness_{k}_ms": v for k, v in percentiles(lags, (50, 99)).items()},
                 "peak_rss_mb": max(_peak_rss_mb(p.pid) for p, _ in workers)}
     finally:
         if feeder is not None:

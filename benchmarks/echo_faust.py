@@ -13,8 +13,8 @@ import json
 import sys
 from typing import Any
 
-from stream_processors.faust_app import create_app
 from streamrec.config import get_settings
+from streamrec.faust_app import create_app
 from streamrec.topics import RECOMMENDATIONS, REQUESTS
 
 __all__ = ["build"]

@@ -105,10 +105,10 @@ def _git_commit() -> str:
 def broker_label(kind: str) -> str:
     """What the report calls a broker: "Apache Kafka 4.1.2" or "Tansu 0.6.0"."""
     if kind == "kafka":
-        from streamrec.apache_kafka import VERSION
+        from streamrec.shell.apache_kafka import VERSION
 
         return f"Apache Kafka {VERSION}"
-    from streamrec.stack import tansu_version
+    from streamrec.shell.stack import tansu_version
 
     return f"Tansu {tansu_version()}"
 
@@ -123,7 +123,7 @@ def _kafka_cache() -> Path:
 def kafka_unavailable() -> str | None:
     """Why Apache Kafka cannot run here (no Java 17+, or neither Maven nor cached jars), or None when it can."""
     from streamrec._exceptions import StreamrecError
-    from streamrec.apache_kafka import VERSION, java_binary
+    from streamrec.shell.apache_kafka import VERSION, java_binary
 
     try:
         java_binary()
@@ -167,7 +167,7 @@ def plan(names: Sequence[str], mode: str, brokers: Sequence[str]) -> list[tuple[
 
 def _java_version() -> str:
     try:
-        from streamrec.apache_kafka import java_binary
+        from streamrec.shell.apache_kafka import java_binary
 
         java = java_binary()
         text = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr

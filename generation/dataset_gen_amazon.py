@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 import tempfile
@@ -26,12 +25,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from streamrec.files import atomic_write
+from streamrec.schemas import INTERACTION_TYPES
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from faker import Faker
 
-INTERACTION_TYPES = ("positive_view", "negative_view", "cart", "purchase", "rate")
 DEFAULT_END = datetime(2026, 11, 1, tzinfo=UTC)
 REGIONS = ("North America", "Europe", "Asia Pacific", "Latin America", "Middle East & Africa")
 DEVICES = ("mobile", "desktop", "tablet")
@@ -417,10 +418,9 @@ def write(ds: Dataset, out_dir: Path) -> dict[str, Path]:
     }
     paths: dict[str, Path] = {}
     for key, (name, df) in frames.items():
-        path, tmp = out_dir / name, out_dir / f".{name}.tmp"
+        path = out_dir / name
         try:
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, path)  # readers never see a half-written file
+            atomic_write(path, lambda tmp, df=df: df.to_parquet(tmp, index=False))  # never half a file
         except OSError as exc:
             raise GeneratorError(f"--out {out_dir}: cannot write {name} ({exc.strerror or exc})") from None
         paths[key] = path
@@ -455,13 +455,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _data_dir() -> Path:
+    """STREAMREC_DATA_DIR, through streamrec's settings (a bad value of any is one error line)."""
+    from streamrec._exceptions import ConfigError
+    from streamrec.config import load_settings
+
+    try:
+        return load_settings().data_dir
+    except ConfigError as exc:
+        raise GeneratorError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = GeneratorConfig(args.n_users, args.n_items, args.n_interactions, args.seed,
                               args.preference_share, args.days, _parse_end(args.end))
         validate(cfg)
-        out = Path(args.out or os.environ.get("STREAMREC_DATA_DIR") or "feature_repo/data")
+        out = Path(args.out) if args.out else _data_dir()
         _writable_dir(out)  # fail before spending time on generation
         t0 = time.perf_counter()
         ds = generate(cfg, progress=not args.quiet)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from streamrec._exceptions import StreamrecError
+from streamrec.files import atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -202,12 +203,9 @@ def _writable_dir(out: Path) -> None:
 
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp_path)``, then rename: readers never see half a file, a crash leaves no stub."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ImagesError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 

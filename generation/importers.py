@@ -1,4 +1,4 @@
-"""`streamrec import movielens|table` (registered by streamrec/cli.py): real logs into the data folder.
+"""`streamrec import movielens|table` (registered by streamrec/shell/cli.py): real logs into the data folder.
 
 The readers and rules live in :mod:`generation.logs` and :mod:`generation.movielens`; this module is the
 command line around them, imported at every `streamrec` start, so pandas waits until a command runs.

@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from models.features import string_ids
 from streamrec._exceptions import StreamrecError
+from streamrec.frames import string_ids
 from streamrec.schemas import DEFAULT_WINDOW, INTERACTION_TYPES, TimeWindow
 
 __all__ = ["ImporterError", "TypeRule", "Source", "Imported", "FILES", "SCHEMAS", "parse_type_map", "parse_times",

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.features import string_ids
+from streamrec.frames import string_ids
 from streamrec.schemas import DEFAULT_WINDOW, TimeWindow
 
 from .logs import ImporterError, Source, TypeRule, events, read_text

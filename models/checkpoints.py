@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from streamrec._exceptions import StreamrecError
+from streamrec.files import atomic_write, fsync_dir
 
 from .features import FeatureError, FeatureSchema
 from .towers import TowerConfig, TwoTower
@@ -40,14 +41,6 @@ _REQUIRED = ("format", "format_version", "version", "created_at", "data_window",
 
 class CheckpointError(StreamrecError):
     """A checkpoint is missing, corrupt or does not match the code that loads it."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -100,18 +93,8 @@ def promote(checkpoint_dir: Path, version: str) -> None:
     root = Path(checkpoint_dir)
     if not _VERSION.match(version) or not (root / version / META).is_file():
         raise CheckpointError(f"cannot promote {version!r}: no such checkpoint in {root}")
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".LATEST-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; readers may run as another user
-        os.replace(tmp, root / LATEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(root)
+    atomic_write(root / LATEST, version + "\n", mode=0o644)  # readers may run as another user
+    fsync_dir(root)
 
 
 def save_checkpoint(checkpoint_dir: Path, model: TwoTower, schema: FeatureSchema, *,
@@ -156,7 +139,7 @@ def save_checkpoint(checkpoint_dir: Path, model: TwoTower, schema: FeatureSchema
         except ValueError as exc:  # NaN metrics (allow_nan=False)
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(f"cannot write checkpoint {version}: {exc}") from exc
-        _fsync_dir(root)
+        fsync_dir(root)
         return root / version
     raise CheckpointError(f"could not claim a version folder in {root} after 100 tries")
 

@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 
 from streamrec._exceptions import StreamrecError
+from streamrec.frames import string_ids
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 __all__ = ["FeatureError", "FeatureSchema", "POSITIVE_TYPES", "PAD", "OOV", "SCHEMA_VERSION",
-           "popularity_ranking", "string_ids", "text_hashes"]
+           "popularity_ranking", "text_hashes"]
 
 PAD, OOV = 0, 1  # reserved rows of every padded vocabulary
 SCHEMA_VERSION = 1
@@ -52,17 +53,6 @@ def text_hashes(text: str, n_buckets: int, max_tokens: int) -> list[int]:
     grams = [f"u:{w}" for w in words] + [f"b:{a}_{b}" for a, b in zip(words, words[1:], strict=False)]
     # crc32, not hash(): Python's string hash is salted per process, so it would not survive a restart
     return [1 + zlib.crc32(g.encode()) % (n_buckets - 1) for g in grams[:max_tokens]]
-
-
-def string_ids(values: pd.Series) -> pd.Series:
-    """Ids as strings (object dtype), nulls as None: 7 and 7.0 both become "7" (a float column of ids is an
-    integer column that had a null), so ids read from any file match ids typed by hand."""
-    if pd.api.types.is_float_dtype(values.dtype):
-        whole = values.isna() | (values % 1 == 0)
-        if bool(whole.all()):
-            values = values.astype("Int64")
-    text = values.astype("string")
-    return text.astype(object).where(text.notna(), None)
 
 
 def popularity_ranking(interactions: pd.DataFrame, limit: int = 5000) -> list[str]:

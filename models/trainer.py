@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,30 +27,20 @@ from typing import Any
 import pandas as pd
 import torch
 
+from streamrec import kafka_clients
 from streamrec._exceptions import SchemaError, StreamrecError
 from streamrec.config import Settings
-from streamrec.offsets import EndOffsetError, end_offsets_sync
+from streamrec.files import atomic_write
 from streamrec.schemas import Interaction, ModelUpdate, decode, encode
 from streamrec.topics import INTERACTIONS, MODEL_UPDATES
 
 from .checkpoints import CheckpointError, latest_version, promote, read_checkpoint, save_checkpoint
+from .data import Prepared, load_data, prepare
+from .data import encode as encode_events
+from .evaluation import EvalSet, eval_set, evaluate, model_scorer
 from .features import FeatureSchema, popularity_ranking
 from .towers import TwoTower
-from .train import (
-    EvalSet,
-    Prepared,
-    TrainConfig,
-    eval_set,
-    evaluate,
-    fit,
-    grow_state,
-    load_data,
-    model_scorer,
-    new_model,
-    pick_device,
-    prepare,
-)
-from .train import encode as encode_events
+from .train import TrainConfig, fit, grow_state, new_model, pick_device
 
 __all__ = ["TrainerError", "InteractionLog", "TrainerOptions", "RunResult", "run_once", "run_trainer",
            "parse_duration", "LOG_DIR", "OFFSETS"]
@@ -75,22 +64,6 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _atomic_write(path: Path, data: bytes | Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, bytes):
-                f.write(data)
-        if callable(data):
-            data(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class InteractionLog:
     """The offline log of the interactions topic: parquet parts + next offsets per partition."""
 
@@ -112,13 +85,12 @@ class InteractionLog:
             raise TrainerError(f"{self.dir / OFFSETS} is unreadable ({exc}); delete it to re-read the topic") from exc
 
     def _connect(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
         from kafka.errors import KafkaError
 
         try:
-            consumer = KafkaConsumer(**self.settings.kafka_python_config(), group_id=None,
-                                     enable_auto_commit=False, auto_offset_reset="earliest",
-                                     client_id="streamrec-trainer")
+            consumer = kafka_clients.consumer(self.settings, group_id=None, enable_auto_commit=False,
+                                              auto_offset_reset="earliest", client_id="streamrec-trainer")
             partitions = consumer.partitions_for_topic(self.topic)
         except KafkaError as exc:
             raise TrainerError(f"cannot read topic {self.topic!r} at {self.settings.bootstrap_servers}: {exc}") from exc
@@ -148,8 +120,7 @@ class InteractionLog:
             self._connect()
         c, rows = self._consumer, []
         try:
-            end = end_offsets_sync(self.settings.kafka_python_config(), self._parts,
-                                   fetch_check=self.settings.on_tansu)
+            end = kafka_clients.end_offsets_sync(self.settings, self._parts)
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 if until_caught_up and all(c.position(tp) >= end[tp] for tp in self._parts):
@@ -159,7 +130,7 @@ class InteractionLog:
                     rows.extend(self._row(r) for r in records)
             positions = {tp.partition: c.position(tp) for tp in self._parts}
             self.caught_up = all(positions[tp.partition] >= end[tp] for tp in self._parts)
-        except (KafkaError, EndOffsetError) as exc:
+        except (KafkaError, kafka_clients.EndOffsetError) as exc:
             raise TrainerError(f"reading {self.topic!r} failed: {exc}") from exc
         rows = [r for r in rows if r is not None]
         if rows:
@@ -168,11 +139,11 @@ class InteractionLog:
             frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
             frame["quantity"] = frame["quantity"].astype("Int64")
             name = f"part-{time.time_ns():020d}.parquet"
-            _atomic_write(self.dir / name, lambda tmp: frame.to_parquet(tmp, index=False))
+            atomic_write(self.dir / name, lambda tmp: frame.to_parquet(tmp, index=False))
         if rows or positions:
             self.dir.mkdir(parents=True, exist_ok=True)
             data = self._offsets_doc(positions)
-            _atomic_write(self.dir / OFFSETS, json.dumps(data, indent=1).encode())
+            atomic_write(self.dir / OFFSETS, json.dumps(data, indent=1).encode())
         return len(rows)
 
     def _offsets_doc(self, positions: dict[int, int]) -> dict[str, Any]:
@@ -305,13 +276,12 @@ def run_once(settings: Settings, opts: TrainerOptions, extra: pd.DataFrame | Non
 
 
 def _publish(settings: Settings, path: Path, metrics: dict[str, float]) -> None:
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     update = ModelUpdate(version=path.name, path=str(path.resolve()), metrics=metrics,
                          created_at=datetime.now(UTC))
     try:
-        producer = KafkaProducer(**settings.kafka_python_config(), acks="all", client_id="streamrec-trainer")
+        producer = kafka_clients.producer(settings, acks="all", client_id="streamrec-trainer")
         try:
             producer.send(MODEL_UPDATES, key=path.name.encode(), value=encode(update)).get(timeout=30)
         finally:

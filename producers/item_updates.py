@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.topics import ITEM_UPDATES
 
@@ -55,15 +56,13 @@ def make_updates(items: pd.DataFrame, n: int, seed: int = 0) -> list[dict[str, A
 def send_updates(settings: Settings, items_path: Path, n: int, rate: float | None = None, seed: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> ReplayStats:
     """Send ``n`` updates (timestamped now) keyed by item_id; returns delivery totals."""
-    from kafka import KafkaProducer
-
     if not Path(items_path).exists():
         raise ReplayError(f"no such file: {items_path} (run `streamrec generate` first?)")
     if n <= 0:
         raise ReplayError("--item-updates must be greater than 0")
     items = pd.read_parquet(items_path, columns=["item_id", "stock", "discounted_price"])
     updates = make_updates(items, n, seed)
-    producer = KafkaProducer(acks="all", retries=5, linger_ms=5, **settings.kafka_python_config())
+    producer = kafka_clients.producer(settings, acks="all", retries=5, linger_ms=5)
     stats = ReplayStats()
     started = time.perf_counter()
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from streamrec import kafka_clients
 from streamrec._exceptions import StreamrecError
 from streamrec.config import Settings
 from streamrec.schemas import INTERACTION_TYPES
@@ -108,16 +109,6 @@ def _pacer(frame: pd.DataFrame, rate: float | None, speedup: float | None) -> Ca
     return lambda i: 0.0
 
 
-def _ordering(settings: Settings) -> dict[str, Any]:
-    """How the producer keeps each user's events in order when it retries. Apache Kafka: the idempotent
-    producer (sequence numbers per partition), which keeps order with 5 requests in flight, so the
-    producer never waits a round trip per batch. Tansu: one request in flight (a retry can then never
-    overtake an earlier batch), as before."""
-    if settings.on_tansu:
-        return {"retries": 5, "max_in_flight_requests_per_connection": 1}
-    return {"enable_idempotence": True, "max_in_flight_requests_per_connection": 5}
-
-
 def replay(settings: Settings, path: Path, *, rate: float | None = None, speedup: float | None = None,
            loop: bool = False, limit: int | None = None, start_at: int = 0,
            column_map: Mapping[str, str] | None = None, topic: str = INTERACTIONS,
@@ -130,14 +121,13 @@ def replay(settings: Settings, path: Path, *, rate: float | None = None, speedup
     frame = load_events(Path(path), column_map, start_at, limit)
     if frame.empty:
         raise ReplayError(f"nothing to replay in {path} from row {start_at}")
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     own_producer = producer is None
     if own_producer:
         try:
-            producer = KafkaProducer(acks="all", linger_ms=5, batch_size=256 * 1024, **_ordering(settings),
-                                     **settings.kafka_python_config())
+            producer = kafka_clients.producer(settings, acks="all", linger_ms=5, batch_size=256 * 1024,
+                                              **kafka_clients.ordered(settings))
         except KafkaError as exc:
             raise ReplayError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
     stats = ReplayStats()

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from streamrec import kafka_clients
 from streamrec._exceptions import StreamrecError
 from streamrec.config import Settings
 from streamrec.schemas import RecommendationRequest, RecommendationResponse, encode
+from streamrec.stats import percentiles
 from streamrec.topics import RECOMMENDATIONS, REQUESTS
 
 __all__ = ["RequestClient", "LoadResult", "run_load"]
@@ -29,34 +31,17 @@ class RequestTimeout(StreamrecError):
     """No answer came in time."""
 
 
-def _reachable(settings: Settings, timeout_s: float = 3.0) -> None:
-    """Fail in seconds, in one line, when no bootstrap server accepts a connection (kafka-python would
-    retry for half a minute and end in a traceback)."""
-    import socket
-
-    for server in settings.bootstrap_servers.split(","):
-        host, port = server.rsplit(":", 1)
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-                return
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-    raise StreamrecError(f"cannot reach the Kafka broker at {settings.bootstrap_servers} ({reason}): "
-                         "start it with `streamrec stack up` or set KAFKA_BOOTSTRAP_SERVERS")
-
-
 class RequestClient:
     """Publishes requests and collects responses by request_id."""
 
     def __init__(self, settings: Settings) -> None:
-        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka import TopicPartition
         from kafka.errors import KafkaError
 
-        config = settings.kafka_python_config()
-        _reachable(settings)
+        kafka_clients.require_reachable(settings)
         try:
-            self.producer = KafkaProducer(acks="all", linger_ms=0, **config)
-            self.consumer = KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=3, **config)
+            self.producer = kafka_clients.producer(settings, acks="all", linger_ms=0)
+            self.consumer = kafka_clients.consumer(settings, enable_auto_commit=False, fetch_max_wait_ms=3)
         except KafkaError as exc:
             raise StreamrecError(f"cannot use the Kafka broker at {settings.bootstrap_servers}: {exc}") from exc
         partitions = self.consumer.partitions_for_topic(RECOMMENDATIONS) or set()
@@ -117,15 +102,10 @@ class LoadResult:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        def pct(values: list[float]) -> dict[str, float | None]:
-            if not values:
-                return {"p50": None, "p95": None, "p99": None}
-            p50, p95, p99 = np.percentile(values, [50, 95, 99])
-            return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
-
         return {"sent": self.sent, "answered": self.answered, "errors": self.errors,
                 "missing": self.sent - self.answered, "fallbacks": self.fallbacks,
-                "round_trip_ms": pct(self.round_trip_ms), "server_latency_ms": pct(self.server_latency_ms),
+                "round_trip_ms": percentiles(self.round_trip_ms),
+                "server_latency_ms": percentiles(self.server_latency_ms),
                 "requests_per_s": self.sent / self.seconds if self.seconds else 0.0}
 
 

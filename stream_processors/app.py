@@ -7,8 +7,15 @@
 - item agent on `item-updates`: keeps stock and price current in the online store;
 - web: `/freshness` (JSON) and `/metrics` (Prometheus text) on STREAMREC_WORKER_PORT.
 
-Offsets are acked only after the batch's effects are durable (Feast push done, DLQ writes flushed), and
-applying an event twice changes nothing (see history.py): effectively once.
+The commit protocol, in order: a micro-batch (batching.py: formed by load, in offset order) → apply
+(history.py) → the Feast write (sink.py, retried while Redis is away) and the DLQ records → ack
+(``batching.ack_all``) → Faust commits acked offsets every STREAMREC_COMMIT_INTERVAL_S. Applying an event
+twice changes nothing (see history.py): effectively once. A failing batch follows the workers' one error
+policy (streamrec/retry.py): the infrastructure's failures are retried, a record that fails on its own is
+dead-lettered and the rest of its batch applies.
+
+Settings are read when this module is imported: `faust -A stream_processors.app` needs the app at module
+level. `streamrec worker` builds and checks the Feast client first and hands it over (:func:`use_features`).
 """
 
 from __future__ import annotations
@@ -16,26 +23,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from streamrec._exceptions import is_infrastructure
 from streamrec.config import get_settings
+from streamrec.faust_app import create_app
 from streamrec.features import FeatureClient
+from streamrec.health import StallWatch
+from streamrec.retry import isolated
 from streamrec.schemas import Interaction, ItemUpdate, SchemaError, bounded_key, dead_letter, decode, encode
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
 
-from .batching import Guard, ack_all, isolated, retry_infrastructure
-from .faust_app import GUARDED_TOPICS, create_app
-from .history import State, apply_event, feature_row, stamped, state_from_row
-from .items import merge_item_updates
-from .metrics import FreshnessTracker, StallWatch
+from .batching import Guard, ack_all, guard_acks
+from .freshness import FreshnessTracker
+from .history import State, apply_event
+from .sink import FeastSink
 from .states import UNKNOWN, StateCache
 
 __all__ = ["app", "tracker", "create_app", "use_features"]
 
 log = logging.getLogger("streamrec.worker")
 
+
+GUARDED_TOPICS = frozenset({INTERACTIONS, ITEM_UPDATES})  # what the agents read: acked by them only
+guard_acks(GUARDED_TOPICS)  # Faust's own bugs (batching.py): on every broker
 
 settings = get_settings()
 app = create_app(settings, settings.worker_app_id, settings.worker_port)
@@ -62,34 +74,12 @@ async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
     log.info("assigned %d partitions (assignment %d)", len(assigned), _rebalances[0])
 
 
-_features: FeatureClient | None = None
-_features_lock = asyncio.Lock()
+sink = FeastSink(settings, tracker)  # every read and write of the online store, with its retries
 
 
 def use_features(client: FeatureClient) -> None:
     """Use ``client`` (built and checked by `streamrec worker` before the app starts) as the app's."""
-    global _features
-    _features = client
-
-
-async def features() -> FeatureClient:
-    """The Feast client, built once off the event loop (importing Feast takes seconds)."""
-    global _features
-    async with _features_lock:
-        if _features is None:
-            _features = await asyncio.get_running_loop().run_in_executor(None, FeatureClient, settings)
-    return _features
-
-
-async def _with_retry(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
-    """``call``, retried while Redis or the broker fails; an error of the data's is raised at once, for
-    :func:`batching.isolated` to narrow down to its record."""
-
-    def note(exc: BaseException, delay: float) -> None:
-        tracker.push_retries += 1
-        log.warning("%s failed, retrying in %.1fs: %s", what, delay, (str(exc) or repr(exc)).splitlines()[0][:200])
-
-    return await retry_infrastructure(call, is_infrastructure, note)
+    sink.use(client)
 
 
 async def _dead_letter(event: Any, reason: str) -> Any:
@@ -125,33 +115,8 @@ async def _states(user_ids: list[str]) -> dict[str, State | None]:
     states = {u: held.get(u) for u in user_ids}
     missing = [u for u, state in states.items() if state is UNKNOWN]
     if missing:
-        client = await features()
-        loop = asyncio.get_running_loop()
-
-        async def read() -> list[dict[str, Any]]:
-            return await loop.run_in_executor(None, client.history_rows, missing)
-
-        rows = await _with_retry("feast read", read)
-        states.update((u, state_from_row(row)) for u, row in zip(missing, rows, strict=True))
+        states.update(await sink.states(missing))
     return states
-
-
-async def _push_users(states: dict[str, Any], newest_record_ts: dict[str, float]) -> list[float]:
-    """One Feast push with a row per user in ``newest_record_ts``; their ``states`` are stamped with the
-    write time (history.stamped). Returns each row's freshness lag in ms."""
-    client = await features()
-    loop = asyncio.get_running_loop()
-
-    async def push() -> float:
-        now_ms = int(time.time() * 1000)
-        written = {u: stamped(states[u], now_ms) for u in newest_record_ts}
-        rows = [feature_row(u, state) for u, state in written.items()]
-        await loop.run_in_executor(None, client.write_history, rows)
-        states.update(written)
-        return time.time()
-
-    written_at = await _with_retry("feast push", push)
-    return [(written_at - ts) * 1000.0 for ts in newest_record_ts.values()]
 
 
 def _owned(events: Sequence[Any]) -> Sequence[Any]:
@@ -192,7 +157,7 @@ async def process_history_batch(events: Sequence[Any]) -> None:
             states[user_id] = state
             applied += 1
             newest_record_ts[user_id] = max(newest_record_ts.get(user_id, 0.0), event.message.timestamp)
-    lags = await _push_users(states, newest_record_ts) if newest_record_ts else []
+    lags = await sink.push(states, newest_record_ts) if newest_record_ts else []
     await asyncio.gather(*dead)
     held.put_all(generation, states.items())
     tracker.record_batch(len(valid), applied, lags)
@@ -211,18 +176,7 @@ async def process_item_batch(events: Sequence[Any]) -> None:
         except SchemaError as exc:
             dead.append(await _dead_letter(event, str(exc)))
     if updates:
-        client = await features()
-        loop = asyncio.get_running_loop()
-        ids = sorted({u.item_id for u in updates})
-
-        async def write() -> list[str]:
-            current = await loop.run_in_executor(None, client.item_features, ids)
-            merged, unknown = merge_item_updates(current, updates)
-            if not merged.empty:
-                await loop.run_in_executor(None, client.write_items, merged)
-            return unknown
-
-        unknown = await _with_retry("item write", write)
+        unknown = await sink.merge_items(updates)
         for event in events:
             key = event.key.decode("utf-8", "replace") if event.key else ""
             if key in unknown:
@@ -251,7 +205,7 @@ async def item_agent(stream: Any) -> None:
 
 @app.task
 async def _warm_up() -> None:
-    await features()
+    await sink.client()
     log.info("feature store ready (data %s, redis %s)", settings.data_dir, settings.redis_display())
 
 
@@ -294,7 +248,7 @@ async def freshness_page(web: Any, request: Any) -> Any:
     snap["assigned_partitions"] = len(app.consumer.assignment()) if app.consumer else 0
     # Ready: Feast loaded (batches are not held up by start-up) and no partition stalled.
     snap["stalled"] = sorted(f"{tp.topic}/{tp.partition}" for tp in _stalled)
-    snap["ready"] = _features is not None and not _stalled
+    snap["ready"] = sink.ready and not _stalled
     snap["rewinds"] = guard.order.rewinds  # holes the consumer left that were read again
     snap["rebalances"] = max(0, _rebalances[0] - 1)  # assignments after the first
     # users' states held in memory; a miss is an online read of the user's row

@@ -10,7 +10,7 @@ Faust 0.15.3 also acks, unprocessed, every event its stream skips (one read whil
 suspended or with an older consumer generation, i.e. around a rebalance or recovery), and the fetcher
 does not read those offsets again: the committed offset moved past events no agent applied. Seen after a
 kill -9 restart as whole runs of offsets missing per partition. Two guards:
-- :func:`acking` + ``faust_app``'s patched ``Consumer.ack``: only our agents ack our topics, after the
+- :func:`acking` + :func:`guard_acks`' patched ``Consumer.ack``: only our agents ack our topics, after the
   batch is durable; a skipped event stays unacked, so the commit cannot pass it;
 - :class:`InOrder`: an agent takes each partition's offsets strictly in order; on a hole it seeks the
   consumer back to the hole and drops what comes before the hole is read again.
@@ -20,8 +20,8 @@ nothing newer arrives to reveal it), and a seek can be undone by the consumer th
 ``Consumer.seek`` touches aiokafka from the wrong thread). :class:`Guard` therefore also watches every
 partition: when the broker holds offsets the agent has not taken, none has arrived for
 ``REWIND_AGAIN_S`` and the agents are idle, it seeks back again, on the consumer's own thread.
-Faust's gap bookkeeping (it counts offsets it never delivered as done) is turned off for our topics in
-``faust_app`` for the same reason.
+Faust's gap bookkeeping (it counts offsets it never delivered as done) is turned off for our topics by
+:func:`guard_acks` for the same reason.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -37,12 +36,14 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["MicroBatcher", "InOrder", "Guard", "Verdict", "acking", "ack_all", "in_order", "agent_acking",
-           "isolated", "retry_infrastructure"]
+           "guard_acks", "GUARDED_TOPICS"]
 
 log = logging.getLogger("streamrec.batching")
 REWIND_AGAIN_S = 2.0
 WATCH_EVERY_S = 0.5
 BEHIND_WAIT_S = 0.2  # the longest a batch waits to fill up while the consumer is behind
+
+GUARDED_TOPICS: set[str] = set()  # the topics whose acks only our agents give (guard_acks)
 
 _agent_acking: contextvars.ContextVar[bool] = contextvars.ContextVar("streamrec_agent_acking", default=False)
 
@@ -148,68 +149,6 @@ async def seek(app: Any, tp: Any, offset: int) -> None:
     """Seek on the consumer's own thread (Faust's ``Consumer.seek`` calls aiokafka from the app's thread,
     where it races the fetcher); ``seek_wait`` also moves the read offset Faust's drainer delivers from."""
     await app.consumer.seek_wait({tp: offset})
-
-
-Process = Callable[[Sequence[Any]], Awaitable[None]]
-INFRA_RETRY_MAX_S = 5.0
-
-
-def isolated(process: Process, reject: Callable[[Any, str], Awaitable[None]],
-             is_infrastructure: Callable[[BaseException], bool]) -> Process:
-    """``process`` with per-record isolation: one poison record never takes its batch down with it.
-
-    A batch that fails because the infrastructure failed (broker, Redis) is tried again whole, with
-    capped backoff, for as long as it takes (the agent stalls, which health reports, rather than losing
-    anything). A batch that fails for any other reason is split in halves, each processed in order, until
-    the single record that fails on its own is found: ``reject(record, reason)`` dead-letters and acks
-    it, and every other record of the batch still takes effect. ``process`` must be idempotent per
-    record (the history state dedupes by offset), since the good part of a failed half is applied again.
-    """
-
-    async def run(events: Sequence[Any]) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await process(events)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - classified below, never dropped
-                if is_infrastructure(exc):
-                    log.warning("a batch of %d failed on the infrastructure (%s): again in %.1f s", len(events),
-                                str(exc).splitlines()[0][:200] if str(exc) else repr(exc), delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, INFRA_RETRY_MAX_S)
-                    continue
-                if len(events) == 1:
-                    log.error("a record failed on its own, dead-lettering it: %r", exc)
-                    await retry_infrastructure(
-                        functools.partial(reject, events[0], f"unprocessable: {exc!r}"[:2048]), is_infrastructure)
-                    return
-                middle = len(events) // 2
-                await run(events[:middle])
-                await run(events[middle:])
-                return
-
-    return run
-
-
-async def retry_infrastructure(call: Callable[[], Awaitable[Any]], is_infrastructure: Callable[[BaseException], bool],
-                               on_retry: Callable[[BaseException, float], None] | None = None) -> Any:
-    """``await call()`` again, with capped exponential backoff, for as long as the *infrastructure* fails
-    (broker, Redis): the agent stalls (which backpressures Kafka and shows in health) instead of dying or
-    dropping a batch. Any other error is the data's and is raised at once."""
-    delay = 0.1
-    while True:
-        try:
-            return await call()
-        except Exception as exc:
-            if not is_infrastructure(exc):
-                raise
-            if on_retry is not None:
-                on_retry(exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, INFRA_RETRY_MAX_S)
 
 
 class MicroBatcher:
@@ -370,3 +309,34 @@ class Guard:
                 log.warning("%s has offsets from %d that never reached the agent: reading them again",
                             tp, offset)
                 await seek(app, tp, offset)
+
+
+def guard_acks(topics: Iterable[str]) -> None:
+    """Only our agents ack ``topics`` (see the module's text); Faust's gap bookkeeping is off for them.
+    Process-wide (Faust's Consumer class), applied once; on every broker: these are Faust's own bugs."""
+    from faust.transport.consumer import Consumer
+
+    GUARDED_TOPICS.update(topics)
+
+    ack = Consumer.ack
+    if getattr(ack, "_streamrec_guarded", False):
+        return
+
+    def guarded_ack(self: Any, message: Any) -> bool:
+        if message.topic in GUARDED_TOPICS and not agent_acking():
+            return False  # Faust skipped it unprocessed: it must stay uncommitted
+        return ack(self, message)
+
+    guarded_ack._streamrec_guarded = True  # type: ignore[attr-defined]
+    Consumer.ack = guarded_ack
+
+    # Faust records a jump in a partition's offsets as a "gap" and commits across it as if those offsets
+    # were done (meant for compacted topics). On our topics a jump is events the consumer dropped, which
+    # InOrder reads again: committing across them would lose them if the worker died before the re-read.
+    add_gap = Consumer._add_gap
+
+    async def no_gap_on_guarded_topics(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in GUARDED_TOPICS:
+            await add_gap(self, tp, offset_from, offset_to)
+
+    Consumer._add_gap = no_gap_on_guarded_topics

@@ -1,9 +1,8 @@
-"""`streamrec worker` (the Faust stream worker) and `streamrec freshness` (its live figures)."""
+"""`streamrec freshness`: the stream worker's live figures (its /freshness page), as a table, a watch or a plot."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,47 +16,7 @@ from rich.table import Table
 from streamrec._exceptions import StreamrecError
 from streamrec.config import get_settings
 
-__all__ = ["worker", "freshness"]
-
-
-@click.command("worker", context_settings={"ignore_unknown_options": True})
-@click.option("--app", "which", type=click.Choice(["features", "recommender"]), default="features",
-              show_default=True, help="features: history and item agents; recommender: answers requests.")
-@click.option("-l", "--loglevel", type=click.Choice(["crit", "error", "warn", "info", "debug"]), default="warn",
-              show_default=True, help="Faust's log level (streamrec's own figures log at info regardless).")
-@click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
-def worker(which: str, loglevel: str, faust_args: tuple[str, ...]) -> None:
-    """Run a stream worker: `features` (history and item agents; /freshness and /metrics on
-    STREAMREC_WORKER_PORT) or `recommender` (answers recommendation-requests; /status on
-    STREAMREC_RECOMMENDER_PORT).
-
-    Same as `faust -A stream_processors.app worker` (or `.recommender_app`); extra arguments go to Faust.
-    """
-    import logging
-
-    settings = get_settings()
-    if which == "features":
-        from streamrec.features import FeatureClient
-
-        client = FeatureClient(settings)  # the state lives in the rows: their schema must be this version's
-        try:
-            client.check_history_view()
-        except BaseException:
-            client.close()
-            raise
-        from stream_processors import app as features_app
-
-        features_app.use_features(client)  # the app's client: Feast is loaded once per process
-        app = features_app.app
-
-        port, logger = settings.worker_port, "streamrec.worker"
-    else:
-        from stream_processors.recommender_app import app
-
-        port, logger = settings.recommender_port, "streamrec.recommender"
-    logging.getLogger(logger).setLevel(logging.DEBUG if loglevel == "debug" else logging.INFO)
-    sys.argv = ["streamrec worker", "worker", "-l", loglevel, "--web-port", str(port), *faust_args]
-    app.main()
+__all__ = ["freshness"]
 
 
 def _fetch(url: str) -> dict[str, Any]:
@@ -86,7 +45,7 @@ def _table(snap: dict[str, Any]) -> Table:
     return table
 
 
-def _user_age(user: str) -> Table:
+def _feature_age(user: str) -> Table:
     from streamrec.features import FeatureClient
 
     client = FeatureClient(get_settings())
@@ -164,7 +123,7 @@ def freshness(url: str | None, user: str | None, watch: bool, interval: float, p
                 console.clear()
             console.print(_table(snap))
             if user:
-                console.print(_user_age(user))
+                console.print(_feature_age(user))
         if not watch:
             return
         time.sleep(interval)

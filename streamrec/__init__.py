@@ -1,8 +1,10 @@
 """streamrec: an event-driven streaming recommender.
 
-Glue that belongs to no single stage: configuration, message schemas, topics, the embedded stack
-and the command line. The stages live in the top-level packages `producers`, `stream_processors`,
-`feature_repo`, `models` and `generation`.
+The core every stage stands on (settings, message schemas, topics, the one Kafka client layer, the
+feature rows and Feast access, the error policy) imports no stage. The stages live beside each other in
+the top-level packages `generation`, `producers`, `stream_processors`, `models`, `serving` and
+`feature_repo`; the shell on top of them (CLI, demo, embedded stack) in `streamrec.shell`. README,
+"Architecture"; `tests/test_layers.py` holds the imports to it.
 """
 
 from ._exceptions import ConfigError, SchemaError, StackError, StreamrecError

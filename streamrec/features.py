@@ -30,6 +30,7 @@ import pandas as pd
 
 os.environ.setdefault("FEAST_USAGE", "False")  # never phone home
 
+from . import feature_rows
 from ._exceptions import StreamrecError
 from .config import Settings
 
@@ -37,18 +38,15 @@ __all__ = ["FeatureClient", "FeatureStoreError", "PROFILE_FEATURES", "HISTORY_FE
            "SERVING_FEATURES", "ITEM_FEATURES", "REPO_PATH", "history_frame"]
 
 REPO_PATH = Path(__file__).resolve().parents[1] / "feature_repo"
-PROFILE_FEATURES = ("age", "gender", "region", "signup_date", "preferred_categories")
-HISTORY_FEATURES = ("recent_item_ids", "recent_interaction_types", "count_positive_view",
-                    "count_negative_view", "count_cart", "count_purchase", "count_rate",
-                    "last_event_at", "pushed_at_ms", "purchased_item_ids")
+PROFILE_FEATURES = feature_rows.names(feature_rows.USER_PROFILE)
+HISTORY_FEATURES = feature_rows.names(feature_rows.HISTORY_FEATURES)
 # What the recommender reads per request: the user tower's inputs, the filters' and the feature age.
 SERVING_FEATURES = ("age", "gender", "region", "preferred_categories", "recent_item_ids", "recent_interaction_types",
                     "purchased_item_ids", "pushed_at_ms")
 # The rest of the stream worker's per-user state, kept in the same row (read by the worker only).
-STATE_FIELDS = ("recent_event_times_ms", "recent_event_ids", "source_partition", "source_offset")
-HISTORY_FIELDS = (*HISTORY_FEATURES, *STATE_FIELDS)
-ITEM_FEATURES = ("category", "top_category", "discounted_price", "actual_price", "discount_percentage",
-                 "rating", "rating_count", "stock", "arrival_date")
+STATE_FIELDS = feature_rows.names(feature_rows.HISTORY_STATE)
+HISTORY_FIELDS = feature_rows.names(feature_rows.USER_RECENT_HISTORY)
+ITEM_FEATURES = feature_rows.names(feature_rows.ITEM_FEATURES)
 STATIC_VIEWS = ("user_profile", "item_features")
 
 
@@ -133,27 +131,20 @@ class FeatureClient:
 
     def _ensure_history_log(self, defs: Any) -> None:
         """The push source's batch source must exist with the right columns for Feast to read it."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = self.data_dir / defs.HISTORY_FILE
-        ts = pa.timestamp("us", tz="UTC")
-        strings, ints = pa.list_(pa.string()), pa.list_(pa.int64())
-        fields = [("user_id", pa.string()), ("recent_item_ids", strings), ("recent_interaction_types", strings),
-                  *((n, pa.int64()) for n in HISTORY_FEATURES if n.startswith("count_")),
-                  ("pushed_at_ms", pa.int64()), ("purchased_item_ids", strings),
-                  ("recent_event_times_ms", ints), ("recent_event_ids", strings),
-                  ("source_partition", pa.int64()), ("source_offset", pa.int64()),
-                  ("last_event_at", ts), ("event_timestamp", ts)]
+        schema = feature_rows.arrow_schema(feature_rows.USER_RECENT_HISTORY, key="user_id")
         if path.exists():
             existing = pq.read_schema(path)
-            if all(name in existing.names for name, _ in fields):
+            if all(name in existing.names for name in schema.names):
                 return
             if pq.read_metadata(path).num_rows:
-                raise FeatureStoreError(f"{path} lacks the columns {[n for n, _ in fields if n not in existing.names]}"
-                                        " of this version's user_recent_history: add them or move the file away")
+                missing = [n for n in schema.names if n not in existing.names]
+                raise FeatureStoreError(f"{path} lacks the columns {missing} of this version's user_recent_history: "
+                                        "add them or move the file away")
         # absent, or the empty schema file of an older version
-        pq.write_table(pa.table({n: pa.array([], t) for n, t in fields}), path)
+        pq.write_table(schema.empty_table(), path)
 
     # ---- reads --------------------------------------------------------------------------------
     def user_features(self, user_id: str) -> dict[str, Any]:
@@ -374,9 +365,10 @@ def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         frame[name] = [v if isinstance(v, list) else [] for v in frame[name]]
     for name in ("source_partition", "source_offset"):
         frame[name] = frame[name].fillna(-1)
-    for name in ("last_event_at", "event_timestamp"):
-        frame[name] = pd.to_datetime(frame[name], utc=True)
-    for name in (*HISTORY_FEATURES, *STATE_FIELDS):
-        if name.startswith(("count_", "source_")) or name == "pushed_at_ms":
-            frame[name] = frame[name].astype("int64")
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    for column in feature_rows.USER_RECENT_HISTORY:
+        if column.kind == "time":
+            frame[column.name] = pd.to_datetime(frame[column.name], utc=True)
+        elif column.kind == "int":
+            frame[column.name] = frame[column.name].astype("int64")
     return frame

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from . import kafka_clients
 from ._exceptions import StackError
 from .config import Settings
 
@@ -35,7 +36,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS,
 
     Replicas: ``settings.topic_replication`` (3 on an embedded cluster of 3 nodes or more, else 1).
     """
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     partitions = partitions or settings.topic_partitions
@@ -43,8 +44,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS,
     # RF 3 → min ISR 2: an acks=all write needs two copies, and one node may be down.
     configs = {"min.insync.replicas": str(settings.topic_min_insync)} if replicas > 1 else {}
     try:
-        admin = KafkaAdminClient(client_id="streamrec-topics", request_timeout_ms=10_000,
-                                 **settings.kafka_python_config())
+        admin = kafka_clients.admin(settings, client_id="streamrec-topics", request_timeout_ms=10_000)
     except KafkaError as exc:
         raise StackError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
     try:

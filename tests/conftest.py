@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streamrec import stack as _stack
 from streamrec.config import Settings, get_settings, load_settings
+from streamrec.shell import stack as _stack
 from streamrec.topics import ensure_topics
 
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from streamrec import load_settings
-from streamrec.cli import cli
 from streamrec.config import Settings
+from streamrec.shell.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_services_are_built_here_and_wired_with_our_variables(compose: dict, ser
 
 def test_the_compose_broker_is_the_native_kafka_node(compose: dict, tmp_path: Path) -> None:
     """Same Apache Kafka version and the same node settings as `streamrec stack up --broker kafka`."""
-    from streamrec import apache_kafka as ak
+    from streamrec.shell import apache_kafka as ak
 
     kafka = compose["services"]["kafka"]
     env = {k: str(v) for k, v in kafka["environment"].items()}

@@ -43,7 +43,7 @@ def test_the_demo_pipeline_runs_end_to_end_and_stops_what_it_started(tmp_path: P
 
 
 def test_the_rows_pushed_while_the_trainer_ran_are_the_newest_since_its_start() -> None:
-    from streamrec.demo import _pushed_since
+    from streamrec.shell.demo import _pushed_since
 
     figures = {"rows_pushed": 10, "lags_ms": [5.0, 6.0, 7.0, 8.0]}  # rows 7..10
     assert _pushed_since(figures, 8) == [7.0, 8.0]

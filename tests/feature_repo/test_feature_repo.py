@@ -82,7 +82,7 @@ def test_the_recommenders_catalog_comes_from_the_registry_and_the_online_store(c
     """The recommender's catalogue is the `item_features` source the registry names, with the online
     store's values, ranked by rating_count until a model brings its own popularity; it never reads the
     generator's interactions file."""
-    from stream_processors.recommend import load_catalog
+    from serving.recommend import load_catalog
 
     items = pd.read_parquet(data_dir / "recommendation_items.parquet").set_index("item_id")
     assert client.item_ids() == list(items.index)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from stream_processors.recommend import load_catalog
+from serving.recommend import load_catalog
 from streamrec import load_settings
-from streamrec.cli import cli
 from streamrec.config import Settings
 from streamrec.features import FeatureClient, _python
+from streamrec.shell.cli import cli
 
 
 def test_a_null_time_reads_back_as_none_as_feast_gives_it() -> None:

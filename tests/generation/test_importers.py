@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from generation.logs import FILES, SCHEMAS, parse_times
-from streamrec.cli import cli
 from streamrec.config import get_settings
+from streamrec.shell.cli import cli
 
 T0 = 881250949  # 1997-12-04T15:55:49Z, a u.data time
 UTC = "UTC"

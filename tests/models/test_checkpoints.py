@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from models import checkpoints
 from models.checkpoints import CheckpointError, latest_version, list_versions, promote, read_checkpoint
 from models.features import popularity_ranking
-from models.serving import load_checkpoint, load_latest
 from models.train import Report
+from serving.model import load_checkpoint, load_latest
 
 
 @pytest.fixture

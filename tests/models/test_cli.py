@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from generation.dataset_gen_amazon import Dataset, write
 from models.checkpoints import latest_version, list_versions
 from models.cli import train, trainer
-from models.serving import load_latest
+from serving.model import load_latest
 from streamrec._exceptions import StreamrecError
 
 

@@ -108,7 +108,7 @@ def test_some_missing_prices_do_not_poison_the_edges() -> None:
 
 
 def test_string_ids_from_any_column_type() -> None:
-    from models.features import string_ids
+    from streamrec.frames import string_ids
 
     assert string_ids(pd.Series([1, 22])).tolist() == ["1", "22"]
     assert string_ids(pd.Series([1.0, np.nan, 3.0])).tolist() == ["1", None, "3"]  # ints with a null

@@ -18,6 +18,7 @@ from models.checkpoints import latest_version, list_versions, read_checkpoint
 from models.cli import trainer as trainer_cmd
 from models.train import TrainConfig
 from models.trainer import OFFSETS, InteractionLog, TrainerOptions, parse_duration, run_once, run_trainer
+from streamrec import kafka_clients
 from streamrec.config import Settings, load_settings
 from streamrec.offsets import end_offsets_sync
 from streamrec.schemas import Interaction, ModelUpdate, decode, encode
@@ -27,21 +28,21 @@ pytestmark = pytest.mark.stack
 
 
 def _end_offsets(settings: Settings) -> dict[TopicPartition, int]:
-    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_clients.python_config(settings), group_id=None, enable_auto_commit=False)
     try:
         parts = [TopicPartition(MODEL_UPDATES, p) for p in sorted(consumer.partitions_for_topic(MODEL_UPDATES))]
-        return end_offsets_sync(settings.kafka_python_config(), parts)
+        return end_offsets_sync(kafka_clients.python_config(settings), parts)
     finally:
         consumer.close()
 
 
 def _updates_since(settings: Settings, start: dict[TopicPartition, int], root: Path) -> list[ModelUpdate]:
-    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_clients.python_config(settings), group_id=None, enable_auto_commit=False)
     try:
         consumer.assign(list(start))
         for tp, offset in start.items():
             consumer.seek(tp, offset)
-        end = end_offsets_sync(settings.kafka_python_config(), list(start))
+        end = end_offsets_sync(kafka_clients.python_config(settings), list(start))
         found: list[ModelUpdate] = []
         for _ in range(50):
             if all(consumer.position(tp) >= end[tp] for tp in start):
@@ -55,7 +56,7 @@ def _updates_since(settings: Settings, start: dict[TopicPartition, int], root: P
 
 
 def _produce(settings: Settings, topic: str, events: list[Interaction]) -> None:
-    producer = KafkaProducer(**settings.kafka_python_config())
+    producer = KafkaProducer(**kafka_clients.python_config(settings))
     for ev in events:
         producer.send(topic, key=ev.user_id.encode(), value=encode(ev))
     producer.send(topic, key=b"bad", value=b"{not an interaction")  # skipped, never fatal
@@ -136,7 +137,7 @@ def test_a_tombstone_among_valid_events_is_skipped_not_fatal(stack: Settings, to
     users = [f"U{n:06d}" for n in range(1, 9)]  # keyed by user: both partitions get events and tombstones
     events = [Interaction(event_id=f"t-{i}", user_id=users[i % len(users)], item_id=f"I{i % 13:06d}",
                           interaction_type="positive_view", timestamp=start + timedelta(seconds=i)) for i in range(60)]
-    producer = KafkaProducer(**settings.kafka_python_config())
+    producer = KafkaProducer(**kafka_clients.python_config(settings))
     futures = []
     for i, ev in enumerate(events):
         producer.send(topic, key=ev.user_id.encode(), value=encode(ev))

@@ -59,12 +59,3 @@ def test_item_updates_over_unknown_stock_and_prices() -> None:
     json.dumps(updates)  # plain Python numbers
 
 
-def test_per_user_order_on_retry_is_kept_by_idempotence_on_kafka_and_one_request_in_flight_on_tansu() -> None:
-    from producers.replay import _ordering
-    from streamrec import load_settings
-
-    kafka = _ordering(load_settings(broker="kafka", kafka_bootstrap_servers=None))
-    external = _ordering(load_settings(broker="tansu", kafka_bootstrap_servers="broker:9092"))
-    tansu = _ordering(load_settings(broker="tansu", kafka_bootstrap_servers=None))
-    assert kafka == external == {"enable_idempotence": True, "max_in_flight_requests_per_connection": 5}
-    assert tansu["max_in_flight_requests_per_connection"] == 1 and "enable_idempotence" not in tansu

@@ -12,25 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from generation.dataset_gen_amazon import GeneratorConfig, generate, write
-from streamrec import StreamrecError, load_settings
-from streamrec import stack as _stack
+from streamrec import StreamrecError, kafka_clients, load_settings
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
-from streamrec.stack import free_port, free_ports
+from streamrec.shell import stack as _stack
+from streamrec.shell.stack import free_port, free_ports
+from streamrec.shell.workers import WorkerProcess, settings_env, start_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +60,7 @@ def fresh_topics(settings: Settings) -> None:
 
     from streamrec.topics import ALL_TOPICS, ensure_topics
 
-    admin = KafkaAdminClient(client_id="streamrec-tests", **settings.kafka_python_config())
+    admin = KafkaAdminClient(client_id="streamrec-tests", **kafka_clients.python_config(settings))
     try:
         present = [t for t in ALL_TOPICS if t in set(admin.list_topics())]
         if present:
@@ -97,8 +94,9 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_checkpoint(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-tower model trained briefly on the generated data: v1 in a checkpoint folder."""
     from models.checkpoints import promote, save_checkpoint
+    from models.data import load_data
     from models.features import popularity_ranking
-    from models.train import TrainConfig, load_data, train_and_evaluate
+    from models.train import TrainConfig, train_and_evaluate
 
     report = train_and_evaluate(load_data(generated), TrainConfig(epochs=4, seed=0))
     root = tmp_path_factory.mktemp("checkpoints")
@@ -143,56 +141,18 @@ def env_stack(request: pytest.FixtureRequest, tmp_path: Path, generated: Path,
     _stack.down(settings)
 
 
-def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a process that must see exactly ``settings`` (and ``extra``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
-    env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
-               STREAMREC_REDIS_PORT=str(settings.embedded_redis_port), STREAMREC_DATA_DIR=str(settings.data_dir),
-               STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id,
-               STREAMREC_RECOMMENDER_APP_ID=settings.recommender_app_id,
-               STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir), STREAMREC_BROKER=settings.broker,
-               STREAMREC_KAFKA_BROKERS=str(settings.kafka_brokers))
-    if settings.kafka_bootstrap_servers:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
-    if "STREAMREC_KAFKA_CACHE" in os.environ:
-        env["STREAMREC_KAFKA_CACHE"] = os.environ["STREAMREC_KAFKA_CACHE"]
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Worker:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
+class Worker(WorkerProcess):
+    """A worker the test started, with its pages at hand."""
 
     def figures(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/freshness", timeout=5) as r:
-            return json.loads(r.read())
+        return self.page("/freshness")
 
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/status", timeout=5) as r:
-            return json.loads(r.read())
+        return self.page("/status")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
             return r.read().decode()
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
 @pytest.fixture
@@ -204,25 +164,13 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
               **env: str) -> Worker:
         port = port or (settings.worker_port if app == "features" else free_port())
         log = tmp_path / f"{app}-{uuid.uuid4().hex[:6]}.log"
-        port_var = "STREAMREC_WORKER_PORT" if app == "features" else "STREAMREC_RECOMMENDER_PORT"
-        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen([sys.executable, "-m", "streamrec", "worker", "--app", app], cwd=ROOT,
-                                    env=settings_env(settings, **{port_var: str(port)}, **env),
-                                    stdout=out, stderr=subprocess.STDOUT)
-        worker = Worker(proc, f"http://127.0.0.1:{port}", log)
+        try:
+            one = start_worker(settings_env(settings, **env), log, app, port=port, timeout=timeout)
+        except StreamrecError as exc:
+            pytest.fail(f"{exc}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        worker = Worker(one.proc, one.url, one.log, one.app)
         started.append(worker)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"worker exited with {proc.returncode}:\n{worker.tail()}")
-            try:
-                state = worker.figures() if app == "features" else worker.status()
-                if state["assigned_partitions"] > 0 and state.get("ready", True):
-                    return worker
-            except OSError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"worker not ready within {timeout}s:\n{worker.tail()}")
+        return worker
 
     yield start
     for w in started:
@@ -242,16 +190,15 @@ def committed_and_end(settings: Settings, group: str, topic: str) -> tuple[dict[
     """The group's committed offset and the true end offset of every partition of ``topic``."""
     from kafka import KafkaAdminClient, TopicPartition
 
-    from streamrec.offsets import end_offsets_sync
 
     parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-    admin = KafkaAdminClient(**settings.kafka_python_config())
+    admin = KafkaAdminClient(**kafka_clients.python_config(settings))
     try:
         offsets = admin.list_group_offsets({group: parts})[group]  # kafka-python 3: list_consumer_group_offsets
         committed = {tp.partition: meta.offset for tp, meta in offsets.items()}
     finally:
         admin.close()
-    end = {tp.partition: offset for tp, offset in end_offsets_sync(settings.kafka_python_config(), parts).items()}
+    end = {tp.partition: offset for tp, offset in kafka_clients.end_offsets_sync(settings, parts).items()}
     return committed, end
 
 
@@ -300,7 +247,7 @@ def fresh_burst_lag_ms(settings: Settings, worker: Worker, user: str, n: int = 5
     from kafka import KafkaProducer
 
     base = worker.figures()["applied"]
-    producer = KafkaProducer(acks="all", **settings.kafka_python_config())
+    producer = KafkaProducer(acks="all", **kafka_clients.python_config(settings))
     tag = uuid.uuid4().hex[:6]
     for i in range(n):
         event = {"event_id": f"fresh-{tag}-{i}", "user_id": user, "item_id": f"fresh-{i}",

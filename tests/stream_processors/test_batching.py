@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import pytest
+
 from stream_processors.batching import BEHIND_WAIT_S, MicroBatcher
 
 
@@ -226,8 +228,8 @@ class Infra(ConnectionError):
 
 
 def _isolating(fail_on: set[int], infra_failures: int = 0):  # noqa: ANN202 - test helper
-    from stream_processors.batching import isolated
     from streamrec._exceptions import is_infrastructure
+    from streamrec.retry import isolated
 
     applied: list[int] = []
     rejected: list[tuple[int, str]] = []
@@ -268,11 +270,11 @@ def test_every_record_poisoned_still_terminates() -> None:
 
 def test_the_short_fetch_wait_is_installed_on_apache_kafka_too(tmp_path: Path) -> None:
     """Faust hard-codes a 1.5 s fetch wait; on Apache Kafka it showed as ~1.5 s of freshness under load
-    (stream_processors/faust_app.py): the worker's consumer gets the short wait on every broker."""
+    (streamrec/faust_app.py): the worker's consumer gets the short wait on every broker."""
     from faust.transport.drivers import aiokafka as driver
 
-    from stream_processors.faust_app import create_app
     from streamrec import load_settings
+    from streamrec.faust_app import create_app
 
     thread = driver.AIOKafkaConsumerThread
     original = getattr(thread._create_worker_consumer, "_streamrec_original", thread._create_worker_consumer)
@@ -281,3 +283,31 @@ def test_the_short_fetch_wait_is_installed_on_apache_kafka_too(tmp_path: Path) -
     assert not settings.on_tansu
     create_app(settings, "fetch-wait-test", web_port=1)
     assert getattr(thread._create_worker_consumer, "_streamrec_short_wait", False)
+
+
+def test_retry_gives_up_at_its_deadline_and_never_retries_the_datas_errors() -> None:
+    """The one error policy (streamrec/retry.py): the infrastructure's failures until the deadline (a
+    request's answer has one), the data's never."""
+    import time
+
+    from streamrec.retry import retry
+
+    calls = {"n": 0}
+
+    async def broker_away() -> None:
+        calls["n"] += 1
+        raise Infra("broker away")
+
+    async def bad_data() -> None:
+        calls["n"] += 1
+        raise ValueError("poison")
+
+    retries: list[float] = []
+    with pytest.raises(Infra):
+        asyncio.run(retry(broker_away, first_s=0.01, max_s=0.02, deadline=time.monotonic() + 0.2,
+                          on_retry=lambda exc, delay: retries.append(delay)))
+    assert calls["n"] == len(retries) + 1 >= 5 and max(retries) == 0.02
+    calls["n"] = 0
+    with pytest.raises(ValueError):
+        asyncio.run(retry(bad_data))
+    assert calls["n"] == 1

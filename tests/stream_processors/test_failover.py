@@ -30,11 +30,11 @@ import pytest
 
 from producers.replay import replay
 from producers.requests import RequestClient
-from streamrec import load_settings
-from streamrec import stack as _stack
+from streamrec import kafka_clients, load_settings
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
 from streamrec.schemas import RecommendationRequest, encode
+from streamrec.shell import stack as _stack
 from streamrec.topics import INTERACTIONS, REQUESTS
 from tests.streamrec.test_stack import KAFKA_CACHE, needs_kafka
 
@@ -92,7 +92,7 @@ def _leaders(settings: Settings) -> list[int]:
     from kafka.admin import KafkaAdminClient
 
     admin = KafkaAdminClient(client_id="streamrec-failover-test", request_timeout_ms=5000,
-                             **settings.kafka_python_config())
+                             **kafka_clients.python_config(settings))
     try:
         (topic,) = admin.describe_topics([INTERACTIONS])
     finally:

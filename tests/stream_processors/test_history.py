@@ -60,7 +60,7 @@ def test_matches_a_recount_from_scratch(kinds: list[str]) -> None:
 
 
 def test_stall_watch_flags_a_partition_only_while_it_lags_and_its_commit_stands_still() -> None:
-    from stream_processors.metrics import StallWatch
+    from streamrec.health import StallWatch
 
     watch = StallWatch(after_s=10)
     assert watch.update({"p0": (5, 9), "p1": (3, 3)}, now=0) == []
@@ -74,7 +74,7 @@ def test_stall_watch_flags_a_partition_only_while_it_lags_and_its_commit_stands_
 def test_dlq_reason_kinds_stay_bounded() -> None:
     from collections import Counter
 
-    from stream_processors.metrics import MAX_REASON_KINDS, dlq_reason_kind
+    from streamrec.health import MAX_REASON_KINDS, dlq_reason_kind
 
     counts: Counter[str] = Counter()
     for i in range(500):
@@ -167,3 +167,28 @@ def test_the_state_cache_is_bounded_and_a_batch_from_before_a_rebalance_puts_not
     cache.drop_all()
     assert cache.get("a") is UNKNOWN and len(cache) == 0
     assert not cache.put_all(before, [("a", {"n": 0})]) and cache.get("a") is UNKNOWN
+
+
+def test_the_row_builder_fills_exactly_the_defined_columns() -> None:
+    """One definition (streamrec/feature_rows.py): the worker's row, Feast's fields, the push log's schema
+    and the push frame's types all follow it."""
+    import sys
+
+    from streamrec import feature_rows
+    from streamrec.features import REPO_PATH, history_frame
+
+    columns = feature_rows.names(feature_rows.USER_RECENT_HISTORY)
+    state, _ = apply_event(None, ev(1, "I1", "purchase"), offset=0)
+    row = feature_row("U1", stamped(state, now_ms=5))
+    assert list(row) == ["user_id", *columns, "event_timestamp"]
+    sys.path.insert(0, str(REPO_PATH))
+    try:
+        import definitions
+    finally:
+        sys.path.remove(str(REPO_PATH))
+    assert tuple(f.name for f in definitions.HISTORY_SCHEMA) == columns
+    assert feature_rows.arrow_schema(feature_rows.USER_RECENT_HISTORY, key="user_id").names == list(row)
+    frame = history_frame([row])
+    kinds = {c.name: c.kind for c in feature_rows.USER_RECENT_HISTORY}
+    assert all(str(frame[n].dtype) == "int64" for n, k in kinds.items() if k == "int")
+    assert all(str(frame[n].dtype) == "datetime64[ns, UTC]" for n, k in kinds.items() if k == "time")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from producers.replay import build_messages, load_events
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import RecommendationRequest, encode
 from streamrec.topics import INTERACTIONS, REQUESTS
@@ -114,7 +115,7 @@ class Traffic:
     def __init__(self, settings: Settings, events: list[tuple[bytes, bytes]], users: list[str]) -> None:
         from kafka import KafkaProducer
 
-        self.producer = KafkaProducer(acks=1, linger_ms=5, **settings.kafka_python_config())
+        self.producer = KafkaProducer(acks=1, linger_ms=5, **kafka_clients.python_config(settings))
         self.events, self.users = events, users
         self.sent = 0
         self._stop = threading.Event()
@@ -193,7 +194,7 @@ def test_live_page_renders_and_moves_while_events_flow(env_stack: Settings, trai
 
 
 def test_each_point_takes_the_freshness_of_the_rows_pushed_since_the_last_one() -> None:
-    from stream_processors.live import LiveFigures
+    from serving.live import LiveFigures
 
     figures = LiveFigures()
     worker = {"rows_pushed": 3, "events": 3, "events_per_s": 1.0, "freshness_ms": {"p99": 30.0}}
@@ -211,7 +212,7 @@ def test_each_point_takes_the_freshness_of_the_rows_pushed_since_the_last_one() 
 
 
 def test_user_lookups_are_rate_limited() -> None:
-    from stream_processors.live import RateLimit
+    from serving.live import RateLimit
 
     limit = RateLimit(per_s=10)
     assert sum(limit.take(0.0) for _ in range(50)) == 10  # a burst of 10, then refused

@@ -33,6 +33,7 @@ import pandas as pd
 
 from producers.replay import build_messages, load_events
 from producers.requests import RequestClient
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
 from streamrec.offsets import end_offsets_sync
@@ -60,7 +61,7 @@ def _produce(settings: Settings, messages: list[Send]) -> list[tuple[int, int]]:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=2_000_000,
-                             max_in_flight_requests_per_connection=1, **settings.kafka_python_config())
+                             max_in_flight_requests_per_connection=1, **kafka_clients.python_config(settings))
     futures = [producer.send(topic, key=key, value=value, timestamp_ms=stamp)
                for topic, key, value, stamp in messages]
     producer.flush()
@@ -74,9 +75,9 @@ def _read_all(settings: Settings, topic: str) -> list[Any]:
     from kafka import KafkaConsumer, TopicPartition
 
     parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-    end = end_offsets_sync(settings.kafka_python_config(), parts)
+    end = end_offsets_sync(kafka_clients.python_config(settings), parts)
     consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50,
-                             max_partition_fetch_bytes=4_000_000, **settings.kafka_python_config())
+                             max_partition_fetch_bytes=4_000_000, **kafka_clients.python_config(settings))
     records: list[Any] = []
     try:
         consumer.assign(parts)

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.filtering import FilterConfig, load_filter_config
-from models.serving import load_latest
 from producers.requests import RequestClient, run_load
-from stream_processors.recommend import Catalog, ExactIndex, Recommender, ServingBundle
+from serving.filtering import FilterConfig, load_filter_config
+from serving.model import load_latest
+from serving.recommend import Catalog, ExactIndex, Recommender, ServingBundle
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import HISTORY_LENGTH, RecommendationRequest, RecommendationResponse, decode, encode
 
@@ -174,7 +175,6 @@ def test_the_exact_index_finds_what_faiss_finds(batch: int, k: int) -> None:
 
     rng = np.random.default_rng(batch)
     items = rng.standard_normal((500, 16)).astype(np.float32)
-    items[7] = items[8]  # a tie: the lower row first
     queries = rng.standard_normal((batch, 16)).astype(np.float32)
     reference = faiss.IndexFlatIP(16)
     reference.add(items)
@@ -185,8 +185,22 @@ def test_the_exact_index_finds_what_faiss_finds(batch: int, k: int) -> None:
     assert (np.diff(scores, axis=1) <= 0).all()
     for got, want in zip(rows, want_rows, strict=True):
         assert set(got.tolist()) == set(want.tolist())
-        if 7 in got.tolist():
-            assert got.tolist().index(7) + 1 == got.tolist().index(8)
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_equal_scores_come_in_row_order(batch: int) -> None:
+    """Ties are ordered by row. Small whole numbers make every inner product exact, so two equal rows
+    score exactly alike whatever order BLAS sums in (random floats do not: one machine's kernel gave
+    two identical rows scores 5e-7 apart)."""
+    rng = np.random.default_rng(batch)
+    items = rng.integers(-3, 4, (500, 16)).astype(np.float32)
+    items[7] = items[8]
+    queries = rng.integers(-3, 4, (batch, 16)).astype(np.float32)
+    scores, rows = ExactIndex(items).search(queries, 500)
+    for row_scores, got in zip(scores, rows, strict=True):
+        ties = row_scores[:-1] == row_scores[1:]
+        assert (got[:-1][ties] < got[1:][ties]).all()
+        assert got.tolist().index(7) + 1 == got.tolist().index(8)
 
 
 def test_backfill_follows_the_served_checkpoints_popularity(generated: Path, bundle: ServingBundle) -> None:
@@ -305,7 +319,7 @@ def test_a_burst_of_views_moves_a_new_category_into_the_top_10(env_stack: Settin
         category = next(c for c in available["top_category"].value_counts().index if c not in before)
         # a burst of 20 views in a category the user was not being shown (older events stay in the history)
         burst = available[available["top_category"] == category].head(20).index
-        producer = KafkaProducer(acks="all", **env_stack.kafka_python_config())
+        producer = KafkaProducer(acks="all", **kafka_clients.python_config(env_stack))
         base = features.figures()["events"]
         for n, item_id in enumerate(burst):
             event = {"event_id": f"burst-{n}", "user_id": user, "item_id": item_id,

@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from producers.replay import build_messages, load_events, replay
-from streamrec import stack as _stack
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import INTERACTION_TYPES, DLQRecord
+from streamrec.shell import stack as _stack
 from streamrec.topics import INTERACTIONS, dlq
 
 from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, free_port, fresh_burst_lag_ms, wait_caught_up, wait_until
@@ -269,7 +270,7 @@ def _dlq_records(settings: Settings, topic: str) -> list[DLQRecord]:
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(consumer_timeout_ms=5000, max_partition_fetch_bytes=4_000_000,
-                             **settings.kafka_python_config())
+                             **kafka_clients.python_config(settings))
     consumer.assign([TopicPartition(dlq(topic), p) for p in range(settings.topic_partitions)])
     consumer.seek_to_beginning()
     messages = list(consumer)
@@ -295,7 +296,7 @@ def test_10k_fuzzed_malformed_events_are_dead_lettered_and_the_valid_ones_apply(
     n_bad = len(malformed)
     assert n_bad == N_MALFORMED + 4 and sum(v is None for _, v in malformed) > 50  # tombstones among them
     producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=2_000_000,
-                             max_in_flight_requests_per_connection=1, **env_stack.kafka_python_config())
+                             max_in_flight_requests_per_connection=1, **kafka_clients.python_config(env_stack))
     futures = []
     per_valid = n_bad // len(valid)  # every valid event has malformed ones on either side
     for i, (key, value) in enumerate(valid):

@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from producers.requests import RequestClient
-from streamrec import stack as _stack
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import MAX_MESSAGE_BYTES, DLQRecord, RecommendationRequest, RecommendationResponse, encode
+from streamrec.shell import stack as _stack
 from streamrec.topics import RECOMMENDATIONS, REQUESTS, dlq
 
 from .conftest import Worker, wait_committed_to_end, wait_until
@@ -137,7 +138,7 @@ def _read_all(settings: Settings, topic: str) -> list[Any]:
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(consumer_timeout_ms=5000, max_partition_fetch_bytes=4_000_000,
-                             **settings.kafka_python_config())
+                             **kafka_clients.python_config(settings))
     consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
     consumer.seek_to_beginning()
     records = list(consumer)
@@ -158,7 +159,7 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
     # the machine (the deadline itself is tested in test_poison.py).
     recommender = worker_factory(env_stack, app="recommender", STREAMREC_REQUEST_DEADLINE_S="120")
     producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=2_000_000,
-                             max_in_flight_requests_per_connection=1, **env_stack.kafka_python_config())
+                             max_in_flight_requests_per_connection=1, **kafka_clients.python_config(env_stack))
     futures, valid_ids = [], []
     for i, (value, _) in enumerate(malformed):
         futures.append(producer.send(REQUESTS, key=users[i % len(users)].encode(), value=value))

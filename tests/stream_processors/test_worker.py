@@ -12,6 +12,7 @@ import pytest
 
 from producers.replay import replay
 from stream_processors.history import ground_truth
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES, DLQRecord
@@ -87,7 +88,7 @@ def test_malformed_events_go_to_the_dlq_and_the_rest_applies(env_stack: Settings
     worker = worker_factory(env_stack)
     events = _events(env_stack).head(1000)
     bad = _bad_messages()
-    producer = KafkaProducer(acks="all", max_request_size=2_000_000, **env_stack.kafka_python_config())
+    producer = KafkaProducer(acks="all", max_request_size=2_000_000, **kafka_clients.python_config(env_stack))
     path = env_stack.data_dir / "first.parquet"
     events.to_parquet(path)
     # valid events with the bad ones spread among them, all through one producer
@@ -104,7 +105,7 @@ def test_malformed_events_go_to_the_dlq_and_the_rest_applies(env_stack: Settings
     assert figures["dlq_total"] == len(bad) and figures["applied"] == len(events)
     assert online_state(env_stack, list(ground_truth(events))) == ground_truth(events)
 
-    consumer = KafkaConsumer(consumer_timeout_ms=3000, **env_stack.kafka_python_config())
+    consumer = KafkaConsumer(consumer_timeout_ms=3000, **kafka_clients.python_config(env_stack))
     consumer.assign([TopicPartition(dlq(INTERACTIONS), p) for p in range(env_stack.topic_partitions)])
     consumer.seek_to_beginning()
     records = [DLQRecord.model_validate_json(r.value) for r in consumer]  # raw may exceed the input cap
@@ -125,7 +126,7 @@ def test_late_events_and_old_purchases_reach_the_row_and_a_restart_carries_on_fr
 
     user = "U-late-1"
     worker = worker_factory(env_stack)
-    producer = KafkaProducer(acks="all", **env_stack.kafka_python_config())
+    producer = KafkaProducer(acks="all", **kafka_clients.python_config(env_stack))
     base = pd.Timestamp("2026-11-20T12:00:00Z")
     sent: list[tuple[str, str, int]] = []  # (item, type, seconds after base), in arrival order
 
@@ -226,7 +227,7 @@ def test_an_unknown_item_update_is_dead_lettered(env_stack: Settings,
     from kafka import KafkaProducer
 
     worker = worker_factory(env_stack)
-    producer = KafkaProducer(acks="all", **env_stack.kafka_python_config())
+    producer = KafkaProducer(acks="all", **kafka_clients.python_config(env_stack))
     value = json.dumps({"item_id": "NOPE", "stock": 3, "timestamp": "2026-11-01T00:00:00Z"}).encode()
     producer.send(ITEM_UPDATES, key=b"NOPE", value=value)
     producer.send(ITEM_UPDATES, key=b"I000001", value=b"[]")

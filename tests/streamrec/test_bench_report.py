@@ -232,8 +232,9 @@ def test_over_kafka_is_measured_against_the_bare_echo_when_the_run_has_one() -> 
 # ---- one run per broker ------------------------------------------------------------------------------
 KAFKA, TANSU = "Apache Kafka 4.1.2", "Tansu 0.6.0"
 ECHO = {"rate": 500.0, "sent": 5000, "answered": 5000, "round_trip_ms": {"p50": 4.0, "p99": 24.0}}
-STREAM_TANSU = {**STREAM, "broker": "tansu", "max_rate": {"worker_events_per_s": 2_000.0, "baseline_events_per_s": 16_000.0,
-                                       "freshness_p99_ms": 150_000.0}}
+STREAM_TANSU = {**STREAM, "broker": "tansu",
+                "max_rate": {"worker_events_per_s": 2_000.0, "baseline_events_per_s": 16_000.0,
+                             "freshness_p99_ms": 150_000.0}}
 RECOMMEND_TANSU = {"in_process": {}, "kafka": {**RECOMMEND["kafka"], "round_trip_ms": {"p50": 190.0, "p99": 560.0}},
                    "kafka_echo": {**ECHO, "round_trip_ms": {"p50": 39.0, "p99": 390.0}}}
 LATER = {**SIZES["full"]["recommend"], "item_counts": [5000], "in_process": False}
@@ -339,11 +340,11 @@ def test_a_broker_benchmark_child_gets_the_broker_and_its_outcome_names_it(tmp_p
 def test_cli_broker_choices() -> None:
     from click.testing import CliRunner
 
-    from streamrec.cli import cli
+    from benchmarks.cli import bench
 
-    bad = CliRunner().invoke(cli, ["bench", "--broker", "nope"])
+    bad = CliRunner().invoke(bench, ["--broker", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
-    one = CliRunner().invoke(cli, ["bench", "--broker", "kafka", "stream"])
+    one = CliRunner().invoke(bench, ["--broker", "kafka", "stream"])
     assert one.exit_code == 2 and "--broker" in one.output and "-- --help" in one.output
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from streamrec.cli import cli
+from streamrec.shell.cli import cli
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -21,7 +21,9 @@ def _all_commands() -> list[list[str]]:
     for name, command in cli.commands.items():
         paths.append([name])
         paths += [[name, sub] for sub in getattr(command, "commands", {})]
-    return paths
+    from benchmarks.cli import bench  # `streamrec bench` runs them from the checkout
+
+    return paths + [["bench", sub] for sub in bench.commands]
 
 
 @pytest.mark.parametrize("path", _all_commands(), ids=lambda p: " ".join(p) or "streamrec")

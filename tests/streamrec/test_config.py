@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec import ConfigError, load_settings
+from streamrec import ConfigError, kafka_clients, load_settings
 
 VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "STREAMREC_DATA_DIR", "STREAMREC_CHECKPOINT_DIR",
              "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
@@ -68,12 +68,12 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.bootstrap_servers == "k1:9093,k2:9094"
     assert s.data_dir == Path("/tmp/d") and s.checkpoint_dir == Path("/tmp/c")
     assert s.topic_partitions == 8
-    kp = s.kafka_python_config()
+    kp = kafka_clients.python_config(s)
     assert kp["bootstrap_servers"] == ["k1:9093", "k2:9094"]
     assert kp["security_protocol"] == "SASL_PLAINTEXT"
     assert (kp["sasl_mechanism"], kp["sasl_plain_username"], kp["sasl_plain_password"]) == (
         "SCRAM-SHA-256", "alice", "pw")
-    assert s.aiokafka_config()["sasl_plain_password"] == "pw"
+    assert kafka_clients.aio_config(s)["sasl_plain_password"] == "pw"
     assert s.feast_redis_connection_string() == (
         "redis.example:6380,password=s3cret,ssl=true,db=2,socket_timeout=5,socket_connect_timeout=5,retry=null")
 
@@ -122,3 +122,20 @@ def test_unix_socket_redis_is_refused_for_feast(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("REDIS_URL", "unix:///tmp/redis.sock")
     with pytest.raises(ConfigError, match="REDIS_URL"):
         load_settings().feast_redis_connection_string()
+
+
+def test_every_streamrec_variable_is_read_through_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The filter rules, the stack's Redis binary and the demo's folder come from Settings like the rest
+    (they once bypassed it), and so does the generator's and `feast apply`'s data folder."""
+    monkeypatch.setenv("STREAMREC_FILTERS_CONFIG", str(tmp_path / "rules.yaml"))
+    monkeypatch.setenv("STREAMREC_REDIS_SERVER", "valkey-server")
+    monkeypatch.setenv("STREAMREC_DEMO_DIR", str(tmp_path / "demo"))
+    settings = load_settings()
+    assert settings.filters_config == tmp_path / "rules.yaml"
+    assert settings.redis_server == "valkey-server" and settings.demo_dir == tmp_path / "demo"
+    assert load_settings(demo_dir="x").demo_dir == Path("x")
+    root = Path(__file__).resolve().parents[2]
+    sources = [p for top in ("streamrec", "stream_processors", "serving", "models", "producers", "generation",
+                             "feature_repo") for p in (root / top).rglob("*.py")]
+    readers = [p.relative_to(root) for p in sources if "environ.get(\"STREAMREC_" in p.read_text(encoding="utf-8")]
+    assert readers == []

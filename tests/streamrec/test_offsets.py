@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.offsets import end_offsets, end_offsets_sync
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.stack
 
 async def _produce_batches(settings: Settings, topic: str, sizes: list[int]) -> list[int]:
     """Produce each size as one batch (sent together, then flushed); return the last offset of each."""
-    producer = AIOKafkaProducer(**settings.aiokafka_config(), acks="all", linger_ms=50)
+    producer = AIOKafkaProducer(**kafka_clients.aio_config(settings), acks="all", linger_ms=50)
     await producer.start()
     try:
         last = []
@@ -40,14 +41,14 @@ def test_end_offsets_count_every_record_of_the_last_batch(stack: Settings, topic
     tp = TopicPartition(topic, 0)
     assert last[-1] == sum(sizes) - 1
     check = stack.on_tansu  # what the product passes: the fetch check only on Tansu
-    assert asyncio.run(end_offsets(stack.aiokafka_config(), [tp], fetch_check=check)) == {tp: sum(sizes)}
-    assert end_offsets_sync(stack.kafka_python_config(), [tp], fetch_check=check) == {tp: sum(sizes)}
+    assert asyncio.run(end_offsets(kafka_clients.aio_config(stack), [tp], fetch_check=check)) == {tp: sum(sizes)}
+    assert end_offsets_sync(kafka_clients.python_config(stack), [tp], fetch_check=check) == {tp: sum(sizes)}
 
 
 def test_an_empty_partition_ends_at_zero(stack: Settings, topic_factory: Callable[..., str]) -> None:
     tp = TopicPartition(topic_factory("offsets", partitions=2), 1)
-    assert asyncio.run(end_offsets(stack.aiokafka_config(), [tp])) == {tp: 0}
-    assert end_offsets_sync(stack.kafka_python_config(), [tp]) == {tp: 0}
+    assert asyncio.run(end_offsets(kafka_clients.aio_config(stack), [tp])) == {tp: 0}
+    assert end_offsets_sync(kafka_clients.python_config(stack), [tp]) == {tp: 0}
 
 
 def test_aiokafka_stop_right_after_start_needs_one_loop_turn(stack: Settings) -> None:
@@ -58,7 +59,7 @@ def test_aiokafka_stop_right_after_start_needs_one_loop_turn(stack: Settings) ->
     from aiokafka import AIOKafkaConsumer
 
     async def start_stop(turn: bool) -> bool:
-        consumer = AIOKafkaConsumer(**stack.aiokafka_config(), enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(**kafka_clients.aio_config(stack), enable_auto_commit=False, group_id=None)
         await consumer.start()
         if turn:
             await asyncio.sleep(0)
@@ -80,12 +81,12 @@ def test_consumer_at_end_holds_every_partition_and_reads_only_what_comes_next(
     topic = topic_factory("at-end", partitions=3)
 
     async def main() -> list[bytes]:
-        producer = AIOKafkaProducer(**stack.aiokafka_config(), acks="all")
+        producer = AIOKafkaProducer(**kafka_clients.aio_config(stack), acks="all")
         await producer.start()
         try:
             for p in range(3):
                 await producer.send_and_wait(topic, b"old", partition=p)
-            consumer = await consumer_at_end(stack.aiokafka_config(), topic, fetch_check=stack.on_tansu)
+            consumer = await consumer_at_end(kafka_clients.aio_config(stack), topic, fetch_check=stack.on_tansu)
             try:
                 assert {tp.partition for tp in consumer.assignment()} == {0, 1, 2}
                 for p in range(3):

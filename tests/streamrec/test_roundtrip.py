@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import Interaction, decode, encode, utc_now
 
@@ -22,14 +23,14 @@ def test_kafka_python_round_trip(stack: Settings, topic_factory: Callable[..., s
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     topic = topic_factory(partitions=1)
-    producer = KafkaProducer(acks="all", **stack.kafka_python_config())
+    producer = KafkaProducer(acks="all", **kafka_clients.python_config(stack))
     sent = [_event(i) for i in range(20)]
     for event in sent:
         producer.send(topic, key=event.user_id.encode(), value=encode(event))
     producer.flush(10)
     producer.close()
 
-    consumer = KafkaConsumer(consumer_timeout_ms=5000, **stack.kafka_python_config())
+    consumer = KafkaConsumer(consumer_timeout_ms=5000, **kafka_clients.python_config(stack))
     consumer.assign([TopicPartition(topic, 0)])
     consumer.seek_to_beginning()
     received = [(r.key.decode(), decode(Interaction, r.value)) for r in consumer]
@@ -44,14 +45,14 @@ def test_aiokafka_round_trip(stack: Settings, topic_factory: Callable[..., str])
     topic = topic_factory(partitions=2)
 
     async def main() -> list[tuple[int, Interaction]]:
-        producer = AIOKafkaProducer(acks="all", **stack.aiokafka_config())
+        producer = AIOKafkaProducer(acks="all", **kafka_clients.aio_config(stack))
         await producer.start()
         try:
             for i in range(10):
                 await producer.send_and_wait(topic, encode(_event(i)), key=b"same-key")
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(**stack.aiokafka_config(), auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(**kafka_clients.aio_config(stack), auto_offset_reset="earliest")
         await consumer.start()
         try:
             consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])

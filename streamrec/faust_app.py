@@ -1,4 +1,7 @@
-"""What every streamrec Faust app shares: credentials from settings and latency tuning."""
+"""What every streamrec Faust app shares: the cluster from the Kafka client layer, and latency tuning.
+
+The stream worker (stream_processors/app.py) and the recommender (serving/app.py) are Faust apps made here.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +9,10 @@ from typing import Any
 
 import faust
 
-from streamrec.config import Settings
-from streamrec.topics import INTERACTIONS, ITEM_UPDATES
+from . import kafka_clients
+from .config import Settings
 
-GUARDED_TOPICS = frozenset({INTERACTIONS, ITEM_UPDATES})  # what the features worker's agents read
-
-__all__ = ["create_app", "FETCH_MAX_WAIT_MS", "GUARDED_TOPICS"]
-
-
-def _credentials(settings: Settings) -> Any:
-    if settings.kafka_sasl_mechanism:
-        ssl_context = settings.aiokafka_config().get("ssl_context")
-        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
-        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=password,
-                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context)
-    if settings.kafka_security_protocol == "SSL":
-        return faust.SSLCredentials(settings.aiokafka_config()["ssl_context"])
-    return None
+__all__ = ["create_app", "FETCH_MAX_WAIT_MS"]
 
 
 # Faust 0.15.3 hard-codes fetch_max_wait_ms=1500 for its consumer (no setting). aiokafka sends the next
@@ -53,36 +43,6 @@ def _short_fetch_wait() -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_with_short_wait
 
 
-def _guard_acks() -> None:
-    """Only our agents ack the topics they read (see stream_processors/batching.py)."""
-    from faust.transport.consumer import Consumer
-
-    from .batching import agent_acking
-
-    ack = Consumer.ack
-    if getattr(ack, "_streamrec_guarded", False):
-        return
-
-    def guarded_ack(self: Any, message: Any) -> bool:
-        if message.topic in GUARDED_TOPICS and not agent_acking():
-            return False  # Faust skipped it unprocessed: it must stay uncommitted
-        return ack(self, message)
-
-    guarded_ack._streamrec_guarded = True  # type: ignore[attr-defined]
-    Consumer.ack = guarded_ack
-
-    # Faust records a jump in a partition's offsets as a "gap" and commits across it as if those offsets
-    # were done (meant for compacted topics). On our topics a jump is events the consumer dropped, which
-    # InOrder reads again: committing across them would lose them if the worker died before the re-read.
-    add_gap = Consumer._add_gap
-
-    async def no_gap_on_guarded_topics(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
-        if tp.topic not in GUARDED_TOPICS:
-            await add_gap(self, tp, offset_from, offset_to)
-
-    Consumer._add_gap = no_gap_on_guarded_topics
-
-
 def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
                linger_ms: int = 5) -> faust.App:
     """A Faust app on streamrec's Kafka settings, tuned for low latency on the embedded broker.
@@ -92,13 +52,11 @@ def create_app(settings: Settings, app_id: str, web_port: int, fetch_max_wait_ms
     """
     _fetch_wait_ms["value"] = fetch_max_wait_ms
     _short_fetch_wait()
-    _guard_acks()  # Faust's own bugs: on every broker
     datadir = settings.data_dir / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         app_id,
-        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
-        broker_credentials=_credentials(settings),
+        **kafka_clients.faust_broker(settings),
         store="memory://",  # no tables: the worker's state lives in the online store (history.py)
         topic_partitions=settings.topic_partitions,
         # Faust's own topics (the leader topic, any changelog) as replicated as ours (3 on an embedded

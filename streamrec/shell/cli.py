@@ -14,8 +14,8 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ._exceptions import StreamrecError
-from .config import Settings, get_settings, load_settings
+from streamrec._exceptions import StreamrecError
+from streamrec.config import Settings, get_settings, load_settings
 
 __all__ = ["main", "cli"]
 
@@ -133,7 +133,7 @@ def apply(no_materialize: bool, print_env: bool) -> None:
         out.print(f"export STREAMREC_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))}",
                   highlight=False, soft_wrap=True)
         return
-    from .features import FeatureClient
+    from streamrec.features import FeatureClient
 
     with err.status("loading Feast…"):
         client = FeatureClient(settings)
@@ -149,73 +149,26 @@ def apply(no_materialize: bool, print_env: bool) -> None:
 
 
 # ---- benchmarks -----------------------------------------------------------------------------------
-BENCHMARKS = {
-    "generate": ("bench_generate", "Generator time and peak memory at 1M interactions vs plain numpy."),
-    "features": ("bench_features", "Feast push rows/s and online-read latency vs a raw redis-py pipeline."),
-    "stream": ("bench_stream", "Worker events/s, freshness and RSS vs a raw aiokafka + redis baseline."),
-    "train": ("bench_train", "Training time and Recall@10 vs popularity and the oracle."),
-    "recommend": ("bench_recommend", "recommend() in process and over Kafka vs Feast read + forward and a bare echo."),
-    "quality": ("bench_quality", "Two-tower vs popularity, ALS and EASE on any imported log (--data DIR), "
-                "with bootstrap intervals, and the freshness lift."),
-}
+BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@cli.group(invoke_without_command=True)
-@click.option("--only", metavar="A,B", help=f"Run only these ({','.join(BENCHMARKS)}); default: all.")
-@click.option("--quick", is_flag=True, help="Small sizes: a smoke run of a few minutes, not figures to quote.")
-@click.option("--broker", type=click.Choice(["kafka", "tansu", "both"]), default=None,
-              help="The broker(s) stream and recommend run on, each beside its raw baseline on the same broker "
-                   "[default: both where Java 17+ and Maven (or Kafka's cached jars) are present, else tansu].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("BENCHMARKS.md"),
-              show_default=True, help="Where to write the report.")
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
 @click.pass_context
-def bench(ctx: click.Context, only: str | None, quick: bool, broker: str | None, out: Path) -> None:
-    """Benchmarks, each beside a raw baseline from the same run and the ratio.
+def bench(ctx: click.Context) -> None:
+    """Benchmarks, each beside a raw baseline from the same run and the ratio (`streamrec bench --help`).
 
-    With no subcommand: run them all (about 15 minutes on 2 cores on one broker, stream and recommend again
-    for the second; --quick for a smoke run) and write BENCHMARKS.md with the machine, each figure, its
-    baseline, the ratio and the goal. The benchmarks that use a broker (stream, recommend) run once per
-    broker, each on a stack of its own.
-    """
-    if ctx.invoked_subcommand is not None:
-        if only or quick or broker:
-            raise click.UsageError(f"--only/--quick/--broker are for the whole suite; options of one benchmark go "
-                                   f"after its name (streamrec bench {ctx.invoked_subcommand} -- --help)")
-        return
-    from benchmarks.suite import brokers_for, kafka_unavailable, select, suite
+    They live in the source checkout's benchmarks/ (not installed with the package) and run there."""
+    import os
+    import subprocess
 
-    try:
-        names = select(only)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--only") from exc
-    brokers = brokers_for(broker)
-    if broker is not None and "kafka" in brokers and (why := kafka_unavailable()):
-        raise StreamrecError(why)
-    if broker is None and brokers == ["tansu"]:
-        err.print(f"Apache Kafka cannot run here ({kafka_unavailable()}): stream and recommend run on Tansu only",
-                  highlight=False, soft_wrap=True)
-    failed = suite(names, quick=quick, out=out, console=err, brokers=brokers)
-    if failed:
-        raise StreamrecError(f"{len(failed)} benchmark run(s) failed ({', '.join(failed)}); see {out}")
-    click.echo(f"wrote {out}")
-
-
-def _bench_command(name: str, module: str, summary: str) -> click.Command:
-    @click.command(name, help=f"{summary} (options: `streamrec bench {name} -- --help`)",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    @click.pass_context
-    def _run(ctx: click.Context) -> None:
-        import importlib
-
-        mod = importlib.import_module(f"benchmarks.{module}")
-        sys.argv = [f"streamrec bench {name}", *ctx.args]
-        mod.main()
-
-    return _run
-
-
-for _bname, (_module, _summary) in BENCHMARKS.items():
-    bench.add_command(_bench_command(_bname, _module, _summary))
+    if not (BENCHMARKS_DIR / "cli.py").is_file():
+        raise StreamrecError(f"the benchmarks run from a source checkout: {BENCHMARKS_DIR} is not there")
+    root = str(BENCHMARKS_DIR.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    # the checkout's benchmarks, run in the caller's folder (relative --out and --data paths are theirs)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cli", *ctx.args], env=env, check=False)
+    ctx.exit(done.returncode)
 
 
 # ---- demo ----------------------------------------------------------------------------------------
@@ -246,7 +199,9 @@ def _register() -> None:
     from generation.importers import import_
     from models.cli import train, trainer
     from producers.cli import replay, request
-    from stream_processors.cli import freshness, worker
+    from stream_processors.cli import freshness
+
+    from .workers import worker
 
     for command in (import_, worker, replay, freshness, images, request, train, trainer):
         cli.add_command(command)

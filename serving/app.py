@@ -1,5 +1,5 @@
 """The recommender, a Faust app: `streamrec worker --app recommender`
-(or `faust -A stream_processors.recommender_app worker`).
+(or `faust -A serving.app worker`).
 
 - a consumer group on `recommendation-requests` (:class:`RequestGroup`; instances share the
   load): micro-batches of requests → one online read of their users (profile + the history the stream
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -22,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoints import CheckpointError, latest_version, version_folder
-from models.filtering import load_filter_config
-from models.serving import load_checkpoint
+from serving.filtering import load_filter_config
+from serving.model import load_checkpoint
+from streamrec import kafka_clients
 from streamrec._exceptions import is_infrastructure
 from streamrec.config import get_settings
+from streamrec.faust_app import create_app
 from streamrec.features import SERVING_FEATURES, FeatureClient
-from streamrec.offsets import consumer_at_end
+from streamrec.health import StallWatch, dlq_reason_kind
+from streamrec.retry import retry
 from streamrec.schemas import (
     DLQRecord,
     ErrorInfo,
@@ -44,10 +48,9 @@ from streamrec.schemas import (
 )
 from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUESTS, dlq
 
-from .faust_app import create_app
 from .live import register_live_pages
-from .metrics import StageTimes, StallWatch, dlq_reason_kind
 from .recommend import Recommender, ServingBundle, load_catalog
+from .stages import StageTimes
 
 __all__ = ["app", "serving"]
 
@@ -211,12 +214,12 @@ async def _start_serving() -> None:
     _one_compute_thread()
     loop = asyncio.get_running_loop()
     # before the catalog read: no update is missed
-    at_end = {"fetch_check": settings.on_tansu, "fetch_max_wait_ms": 50}
-    item_consumer = await consumer_at_end(settings.aiokafka_config(), ITEM_UPDATES, **at_end)
-    model_consumer = await consumer_at_end(settings.aiokafka_config(), MODEL_UPDATES, **at_end)
+    item_consumer = await kafka_clients.consumer_at_end(settings, ITEM_UPDATES, fetch_max_wait_ms=50)
+    model_consumer = await kafka_clients.consumer_at_end(settings, MODEL_UPDATES, fetch_max_wait_ms=50)
     serving.features = await loop.run_in_executor(None, FeatureClient, settings)
     catalog = await loop.run_in_executor(None, load_catalog, serving.features)
-    serving.recommender = Recommender(catalog, load_filter_config(categories=catalog.categories))
+    rules = load_filter_config(settings.filters_config, categories=catalog.categories)
+    serving.recommender = Recommender(catalog, rules)
     version = latest_version(settings.checkpoint_dir)
     if version is not None:
         await serving.swap_to(version)
@@ -225,9 +228,7 @@ async def _start_serving() -> None:
     serving.ready.set()
     log.info("recommender ready: %d items, model %s", len(catalog), serving.version)
     app.add_future(_follow(item_consumer, _apply_item_update))
-    from aiokafka import AIOKafkaProducer
-
-    dlq_producer = AIOKafkaProducer(**settings.aiokafka_config(), acks="all")
+    dlq_producer = kafka_clients.aio_producer(settings, acks="all")
     await dlq_producer.start()
     app.add_future(_follow(model_consumer, _apply_model_update, dlq_producer=dlq_producer))
 
@@ -299,24 +300,22 @@ class RequestGroup:
         return len(self.consumer.assignment()) if self.consumer is not None else 0
 
     async def run(self) -> None:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
         from aiokafka.abc import ConsumerRebalanceListener
 
-        agent = self
+        group = self
 
         class WaitForBatch(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: Any) -> None:
-                async with agent.busy:  # the batch in hand finishes and commits first
-                    await agent.settle()
+                async with group.busy:  # the batch in hand finishes and commits first
+                    await group.settle()
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("requests: assigned %s", sorted(tp.partition for tp in assigned))
 
-        config = settings.aiokafka_config()
-        self.producer = AIOKafkaProducer(**config, acks="all", linger_ms=1)
-        # Faust's settings for the same reasons (faust_app.create_app): seconds, not a minute, to join
-        self.consumer = AIOKafkaConsumer(
-            **config, group_id=f"{settings.recommender_app_id}-requests", enable_auto_commit=False,
+        self.producer = kafka_clients.aio_producer(settings, acks="all", linger_ms=1)
+        # Faust's settings for the same reasons (streamrec/faust_app.py): seconds, not a minute, to join
+        self.consumer = kafka_clients.aio_consumer(
+            settings, group_id=f"{settings.recommender_app_id}-requests", enable_auto_commit=False,
             auto_offset_reset="earliest", fetch_max_wait_ms=settings.request_max_wait_ms,
             max_poll_records=settings.request_batch,
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=6_000)
@@ -379,18 +378,15 @@ class RequestGroup:
         (at-least-once), never zero times; a failure of any other kind is narrowed to its request, which
         gets an `internal` answer (or, if even that cannot be sent, is logged and passed over: no record
         holds the partition)."""
-        delay = 0.5
-        while True:
-            try:
-                await process_requests(records, self.producer)
-                return
-            except Exception as exc:  # noqa: BLE001 - the agent never dies on a batch
-                if not is_infrastructure(exc):
-                    break
-                log.warning("answering a batch of %d requests failed (%r): trying again in %.1f s",
-                            len(records), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        def note(exc: BaseException, delay: float) -> None:
+            log.warning("answering a batch of %d requests failed (%r): trying again in %.1f s", len(records), exc,
+                        delay)
+
+        try:
+            await retry(functools.partial(process_requests, records, self.producer), on_retry=note, first_s=0.5)
+            return
+        except Exception:  # noqa: BLE001, S110 - the data's: each request is answered on its own below
+            pass
         for record in records:
             try:
                 await process_requests([record], self.producer)
@@ -424,7 +420,7 @@ def _dlq_record(record: Any, reason: str) -> DLQRecord:
 
 
 SERVE_WITHIN_S = 5.0  # a batch that cannot be served by then (Redis down...) is answered with errors
-RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 2.0  # its retries: 0.5, 1, 2, 2... s apart, within SERVE_WITHIN_S
 
 
 async def _serve(good: Sequence[tuple[Any, RecommendationRequest]]) -> list[RecommendationResponse]:
@@ -451,17 +447,14 @@ async def _serve(good: Sequence[tuple[Any, RecommendationRequest]]) -> list[Reco
         return responses
 
     deadline = time.monotonic() + SERVE_WITHIN_S
-    delays = iter(RETRY_DELAYS_S)
-    while True:
-        try:
-            return await asyncio.wait_for(once(), max(0.1, deadline - time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - decided below: retry or raise
-            delay = next(delays, None)
-            if not (is_infrastructure(exc) or isinstance(exc, TimeoutError)) or delay is None \
-                    or time.monotonic() + delay >= deadline:
-                raise
-            log.warning("serving %d requests failed (%r): retrying in %.1f s", len(requests), exc, delay)
-            await asyncio.sleep(delay)
+
+    async def attempt() -> list[RecommendationResponse]:
+        return await asyncio.wait_for(once(), max(0.1, deadline - time.monotonic()))  # a timeout: retried
+
+    def note(exc: BaseException, delay: float) -> None:
+        log.warning("serving %d requests failed (%r): retrying in %.1f s", len(requests), exc, delay)
+
+    return await retry(attempt, on_retry=note, first_s=RETRY_FIRST_S, max_s=RETRY_MAX_S, deadline=deadline)
 
 
 async def _serve_isolated(good: Sequence[tuple[Any, RecommendationRequest]]
@@ -472,7 +465,7 @@ async def _serve_isolated(good: Sequence[tuple[Any, RecommendationRequest]]
     try:
         return [(response, None) for response in await _serve(good)]
     except Exception as exc:  # noqa: BLE001 - answered, not dropped
-        if len(good) > 1 and not (is_infrastructure(exc) or isinstance(exc, TimeoutError)):
+        if len(good) > 1 and not is_infrastructure(exc):  # a timeout is an OSError: the infrastructure's
             log.warning("a batch of %d requests failed (%r): serving them one by one", len(good), exc)
             answers = []
             for one in good:
@@ -567,7 +560,7 @@ async def status_page(web: Any, request: Any) -> Any:
         "requests": serving.requests, "errors": serving.errors, "expired": serving.expired,
         "assigned_partitions": request_group.assigned(),
         "stages_ms": serving.stages.snapshot(), "time": time.time(),
-        "log_level": logging.getLevelName(logging.root.level),  # see faust_app._restore_root_log_level
+        "log_level": logging.getLevelName(logging.root.level),  # see streamrec/faust_app.py _restore_root_log_level
         "compute_threads": _compute_threads(),  # see _one_compute_thread
     })
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from generation.dataset_gen_amazon import CATEGORIES
-from models.filtering import (
+from serving.filtering import (
     Candidates,
     FilterConfig,
     FilterConfigError,

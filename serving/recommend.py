@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from models.filtering import (
+from serving.filtering import (
     CandidateBatch,
     Candidates,
     FilterConfig,
@@ -32,7 +32,7 @@ from models.filtering import (
     rows_isin,
     seen_items,
 )
-from models.serving import LoadedModel, UserInput
+from serving.model import LoadedModel, UserInput
 from streamrec.features import ITEM_FEATURES
 from streamrec.schemas import Id, RecommendationRequest, RecommendationResponse, ScoredItem
 
@@ -245,7 +245,7 @@ class Recommender:
         """One response per request, in order. ``received``: epoch seconds each request entered Kafka.
 
         One user-tower pass and one index search for the batch; the filters run over the batch's
-        candidates × requests matrix (:func:`models.filtering.filter_batch`); requests left with fewer than
+        candidates × requests matrix (:func:`serving.filtering.filter_batch`); requests left with fewer than
         k are backfilled from popularity under the same filters, again all at once."""
         now_ms = now_ms if now_ms is not None else time.time() * 1000
         rows = [r or {} for r in user_rows]

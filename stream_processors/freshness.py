@@ -11,43 +11,10 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-import numpy as np
+from streamrec.health import dlq_reason_kind
+from streamrec.stats import percentiles
 
-__all__ = ["FreshnessTracker", "StallWatch", "dlq_reason_kind", "MAX_REASON_KINDS"]
-
-MAX_REASON_KINDS = 32  # reasons come from data: their count must stay bounded whatever is sent
-
-
-def dlq_reason_kind(reason: str, known: Counter[str] | dict[str, int]) -> str:
-    """The counter key of a DLQ reason: the text before its first colon, or "other" once
-    ``MAX_REASON_KINDS`` keys exist (a field path in a reason is attacker-chosen)."""
-    kind = reason.split(":", 1)[0][:60]
-    return kind if kind in known or len(known) < MAX_REASON_KINDS else "other"
-
-
-class StallWatch:
-    """Per partition: has the committed offset stood still for ``after_s`` while the broker holds records
-    past it? Pure bookkeeping; the caller feeds it (committed, end) pairs. A partition with no lag is
-    never stalled, however long it stays put."""
-
-    def __init__(self, after_s: float) -> None:
-        self.after_s = after_s
-        self._since: dict[Any, tuple[int | None, float]] = {}
-
-    def update(self, positions: dict[Any, tuple[int | None, int | None]], now: float) -> list[Any]:
-        """Returns the partitions stalled now."""
-        stalled = []
-        for tp, (committed, end) in positions.items():
-            lagging = end is not None and end > (committed if committed is not None and committed >= 0 else 0)
-            previous = self._since.get(tp)
-            if not lagging or previous is None or previous[0] != committed:
-                self._since[tp] = (committed, now)
-            elif now - previous[1] >= self.after_s:
-                stalled.append(tp)
-        for tp in set(self._since) - set(positions):
-            del self._since[tp]
-        return stalled
-
+__all__ = ["FreshnessTracker"]
 
 
 class FreshnessTracker:
@@ -95,11 +62,7 @@ class FreshnessTracker:
         return sum(n for _, n in recent) / min(max(span, 1.0), self._rate_window_s)
 
     def percentiles(self) -> dict[str, float | None]:
-        if not self._lags:
-            return {"p50": None, "p95": None, "p99": None, "max": None}
-        a = np.fromiter(self._lags, dtype=np.float64)
-        p50, p95, p99 = np.percentile(a, [50, 95, 99])
-        return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(a.max())}
+        return percentiles(self._lags, with_max=True)
 
     def samples(self, limit: int = 5000) -> list[float]:
         return list(self._lags)[-limit:]
@@ -134,23 +97,3 @@ class FreshnessTracker:
             lines.append(f'{prefix}_dlq_total{{reason="{escaped}"}} {value}')
         lines += [f"# TYPE {prefix}_events_per_second gauge", f"{prefix}_events_per_second {self.events_per_s():.3f}"]
         return "\n".join(lines) + "\n"
-
-
-class StageTimes:
-    """Recent durations (ms) of named stages, e.g. where a request's latency goes."""
-
-    def __init__(self, window: int = 5_000) -> None:
-        self._samples: dict[str, deque[float]] = {}
-        self._window = window
-
-    def record(self, stage: str, ms: float, n: int = 1) -> None:
-        ring = self._samples.setdefault(stage, deque(maxlen=self._window))
-        ring.extend([ms] * n)
-
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for stage, ring in self._samples.items():
-            if ring:
-                p50, p99 = np.percentile(np.fromiter(ring, dtype=float), [50, 99])
-                out[stage] = {"p50": float(p50), "p99": float(p99), "samples": len(ring)}
-        return out

@@ -7,7 +7,7 @@ import pytest
 
 from generation.dataset_gen_amazon import Dataset
 from models.features import FeatureError
-from models.serving import LoadedModel, UserInput, load_checkpoint
+from serving.model import LoadedModel, UserInput, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_the_numpy_user_tower_equals_the_torch_one() -> None:
     a batch of one and of many."""
     import torch
 
-    from models.serving import NumpyUserTower
     from models.towers import TwoTower
+    from serving.model import NumpyUserTower
 
     from .test_towers import CFG, _batch
 

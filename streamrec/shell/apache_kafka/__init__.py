@@ -3,7 +3,7 @@
 The jars are fetched once with Maven (``pom.xml`` beside this file names the version) into a cache folder
 and used offline afterwards. A node runs in KRaft combined mode (broker and controller in one JVM);
 ``n`` nodes form one cluster on loopback whose controller quorum is all of them. Nothing here starts a
-long-lived process: :mod:`streamrec.stack` does that.
+long-lived process: :mod:`streamrec.shell.stack` does that.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .._exceptions import StackError
-from ..config import Settings
+from streamrec._exceptions import StackError
+from streamrec.config import Settings
 
 __all__ = ["VERSION", "MIN_JAVA", "cache_dir", "java_binary", "ensure_jars", "server_properties",
            "controller_port", "write_properties", "format_storage", "pristine_storage", "prepare_nodes",

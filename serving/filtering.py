@@ -6,12 +6,11 @@ arrival, price, category codes), each filter returns the (B, M) mask of the cand
 :func:`filter_batch` runs them in order and counts, per request, what each removed (the response's
 ``filtered``). Per-request work is only deciding which rules apply to whom. :class:`Candidates` (one
 request's item ids and columns) and the one-request functions (:func:`availability`, ..., :func:`apply_filters`)
-are the batch of one. Rules come from one YAML file (``models/filters.yaml`` or STREAMREC_FILTERS_CONFIG).
+are the batch of one. Rules come from one YAML file (``serving/filters.yaml`` or STREAMREC_FILTERS_CONFIG).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +54,7 @@ class Candidates:
         columns |= {c: frame[c].to_numpy() for c in COLUMNS if c in frame.columns and c != "arrival_ns"}
         return cls(frame.index.to_numpy(dtype=object), columns)
 DEFAULT_CONFIG = Path(__file__).with_name("filters.yaml")
+HISTORY_LAST_N = 20  # the history filter's window when the rules do not set `history.last_n`
 
 
 class FilterConfigError(StreamrecError):
@@ -77,7 +77,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    history_last_n: int = 20  # items seen in the user's last N events are not recommended again
+    history_last_n: int = HISTORY_LAST_N  # items seen in the user's last N events are not recommended again
     drop_purchased: bool = True
     demographic: tuple[Rule, ...] = ()
     contextual: tuple[Rule, ...] = ()
@@ -125,7 +125,8 @@ def _rule(raw: Mapping[str, Any], where: str, categories: Iterable[str] | None, 
 
 
 def load_filter_config(path: Path | None = None, categories: Iterable[str] | None = None) -> FilterConfig:
-    """Read the rules; ``categories`` (those in the data) lets a typo in a category fail loudly.
+    """Read the rules from ``path`` (None: the shipped serving/filters.yaml); ``categories`` (those in the
+    data) lets a typo in a category fail loudly.
 
     The shipped rules name the generator's categories: on other data (an imported log) the ones the
     data lacks are left out of them, so those rules exclude nothing; a rules file of the user's own
@@ -133,7 +134,7 @@ def load_filter_config(path: Path | None = None, categories: Iterable[str] | Non
     """
     import yaml
 
-    chosen = path or os.environ.get("STREAMREC_FILTERS_CONFIG")
+    chosen = path  # a rules file of the user's own (STREAMREC_FILTERS_CONFIG): its categories must exist
     path = Path(chosen or DEFAULT_CONFIG)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -144,7 +145,7 @@ def load_filter_config(path: Path | None = None, categories: Iterable[str] | Non
     if not set(enabled) <= set(FILTER_ORDER):
         raise FilterConfigError(f"{path}: enabled must be among {FILTER_ORDER}, got {enabled}")
     return FilterConfig(
-        history_last_n=int(raw.get("history", {}).get("last_n", 20)),
+        history_last_n=int(raw.get("history", {}).get("last_n", HISTORY_LAST_N)),
         drop_purchased=bool(raw.get("history", {}).get("drop_purchased", True)),
         demographic=tuple(_rule(r, f"{path}: demographic[{i}]", cats, strict=bool(chosen))
                           for i, r in enumerate(raw.get("demographic", []))),

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from scipy.special import erf
 
-from .checkpoints import CheckpointError, latest_version, read_checkpoint
-from .features import FeatureSchema
-from .towers import TwoTower
+from models.checkpoints import CheckpointError, latest_version, read_checkpoint
+from models.features import FeatureSchema
+from models.towers import TwoTower
 
 __all__ = ["UserInput", "LoadedModel", "NumpyUserTower", "load_checkpoint", "load_latest"]
 

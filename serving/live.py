@@ -26,13 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from streamrec import kafka_clients
 from streamrec._exceptions import StreamrecError
 from streamrec.config import Settings
 from streamrec.features import FeatureStoreError
-from streamrec.offsets import consumer_at_end
 from streamrec.schemas import RecommendationRequest, SchemaError, decode
+from streamrec.stats import percentiles
 from streamrec.topics import RECOMMENDATIONS
 
 __all__ = ["LiveFigures", "RateLimit", "register_live_pages", "user_view", "PAGE"]
@@ -42,15 +41,6 @@ PAGE = Path(__file__).with_name("static") / "live.html"
 WATCH_S = 30.0  # keep sampling this long after the last figures request (a page polls every second)
 SAMPLE_EVERY_S = 0.9  # at most one point per this: several viewers share the points
 HISTORY_POINTS = 900  # 15 minutes at one point a second
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not len(values):
-        return {"p50": None, "p95": None, "p99": None, "max": None}
-    a = np.asarray(values, dtype=np.float64)
-    p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2),
-            "max": round(float(a.max()), 2)}
 
 
 class LiveFigures:
@@ -81,12 +71,12 @@ class LiveFigures:
             self._prev_rows = rows
         else:
             self._prev_rows = None  # a restarted worker counts from 0 again
-        fresh = _percentiles(window)
+        fresh = percentiles(window, with_max=True, digits=2)
         rate = None
         if self._prev_requests is not None and now > self._prev_requests[0]:
             rate = round(max(requests - self._prev_requests[1], 0) / (now - self._prev_requests[0]), 1)
         self._prev_requests = (now, requests)
-        latency = _percentiles(self._latencies)
+        latency = percentiles(self._latencies, with_max=True, digits=2)
         worker = worker or {}
         point = {
             "t": round(now, 3), "worker_up": bool(worker), "events": worker.get("events"),
@@ -200,8 +190,7 @@ class LiveFeed:
         from aiokafka.errors import KafkaError
 
         try:
-            consumer = await consumer_at_end(self.settings.aiokafka_config(), RECOMMENDATIONS,
-                                             fetch_check=self.settings.on_tansu, fetch_max_wait_ms=100)
+            consumer = await kafka_clients.consumer_at_end(self.settings, RECOMMENDATIONS, fetch_max_wait_ms=100)
         except (KafkaError, StreamrecError, OSError) as exc:
             log.warning("live page: cannot follow %s: %s", RECOMMENDATIONS, exc)
             return

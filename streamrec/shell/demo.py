@@ -20,12 +20,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ._exceptions import StreamrecError
-from .config import Settings
+from streamrec._exceptions import StreamrecError
+from streamrec.config import Settings
+from streamrec.stats import percentiles
+
+from .workers import ROOT, get_json, start_worker
 
 __all__ = ["run_demo", "DemoSize"]
 
-ROOT = Path(__file__).resolve().parents[1]
 REPLAY_RATE = 1000.0
 REQUEST_RATE = 50.0
 TRAINING_FRESHNESS_P99_MS = 500.0  # issue 14: a retrain on the same 2 cores must not cost seconds of freshness
@@ -58,14 +60,6 @@ class DemoRun:
         self.rows.append((name, line, f"{time.perf_counter() - started:.1f}"))
         return result
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = self.out_dir / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "streamrec", *args], cwd=ROOT, stdout=out,
-                                    stderr=subprocess.STDOUT, env=os.environ.copy())
-        self.procs.append(proc)
-        return proc
-
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -85,28 +79,6 @@ def _pushed_since(figures: dict[str, Any], rows_before: int) -> list[float]:
     return list(lags[-n:]) if n else []
 
 
-def _get(url: str) -> dict[str, Any]:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StreamrecError(f"a worker exited at start — see {log}")
-        try:
-            state = _get(url)
-            if state["assigned_partitions"] > 0 and state.get("ready", True):
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise StreamrecError(f"a worker was not ready within {timeout:.0f}s — see {log}")
-
-
 def _recall(settings: Settings, version: str | None) -> str:
     if version is None:
         return "-"
@@ -120,9 +92,9 @@ def _steps(run: DemoRun) -> None:
     from models.checkpoints import latest_version
     from producers.replay import replay
     from producers.requests import run_load
+    from streamrec.features import FeatureClient
 
     from . import stack
-    from .features import FeatureClient
 
     s = run.settings
 
@@ -155,11 +127,9 @@ def _steps(run: DemoRun) -> None:
         return None, f"{version}, Recall@10 {_recall(s, version)}"
 
     def workers() -> tuple[None, str]:
-        features = run.spawn("worker-features", "worker")
-        recommender = run.spawn("worker-recommender", "worker", "--app", "recommender")
-        _wait_ready(features, f"http://127.0.0.1:{s.worker_port}/freshness", run.out_dir / "worker-features.log")
-        _wait_ready(recommender, f"http://127.0.0.1:{s.recommender_port}/status",
-                    run.out_dir / "worker-recommender.log")
+        for app, port in (("features", s.worker_port), ("recommender", s.recommender_port)):
+            started = start_worker(os.environ.copy(), run.out_dir / f"worker-{app}.log", app, port=port)
+            run.procs.append(started.proc)
         return None, f"features worker and recommender ready; live page http://127.0.0.1:{s.recommender_port}/live"
 
     def stream() -> tuple[None, str]:
@@ -168,18 +138,18 @@ def _steps(run: DemoRun) -> None:
 
         def retrain() -> None:
             time.sleep(5)  # mid-stream: some new events are already in the topic
-            before = _get(freshness)["rows_pushed"]
+            before = get_json(freshness)["rows_pushed"]
             trainer_done["proc"] = subprocess.run(
                 [sys.executable, "-m", "streamrec", "trainer", "--once", "--epochs", "3"],
                 cwd=ROOT, capture_output=True, text=True)
-            trainer_done["lags_ms"] = _pushed_since(_get(f"{freshness}?samples=1&last=20000"), before)
+            trainer_done["lags_ms"] = _pushed_since(get_json(f"{freshness}?samples=1&last=20000"), before)
 
         retrainer = threading.Thread(target=retrain)
         retrainer.start()
         stats = replay(s, s.data_dir / "recommendation_interactions.parquet", rate=REPLAY_RATE)
         retrainer.join()
         time.sleep(2)  # let the last micro-batches land
-        fig = _get(f"{freshness}?samples=1&last=20000")
+        fig = get_json(f"{freshness}?samples=1&last=20000")
         run.figures["stream"] = fig
         run.figures["while_training_ms"] = trainer_done.get("lags_ms") or []
         proc = trainer_done["proc"]
@@ -195,7 +165,7 @@ def _steps(run: DemoRun) -> None:
         users = list(pd.read_parquet(s.data_dir / "recommendation_users.parquet")["user_id"])
         result = run_load(s, users + ["unknown-user"], run.size.requests, REQUEST_RATE)
         run.figures["requests"] = result
-        served = _get(f"http://127.0.0.1:{s.recommender_port}/status")["model_version"]
+        served = get_json(f"http://127.0.0.1:{s.recommender_port}/status")["model_version"]
         line = f"{result.answered}/{result.sent} answered, {result.errors} errors, model {served}"
         if result.answered != result.sent or result.errors:
             raise StreamrecError(f"not every request was answered without error: {line}")
@@ -226,9 +196,9 @@ def _summary(run: DemoRun) -> Table:
         table.add_row("freshness p50 / p99 (ms)", f"{fr['p50']:.1f} / {fr['p99']:.1f}")
         during = f.get("while_training_ms")
         if during:
-            p50, p99 = np.percentile(during, [50, 99])
+            while_training = percentiles(during, (50, 99))
             table.add_row(f"freshness p50 / p99 while the trainer ran (ms, {len(during):,} rows; goal p99 ≤ "
-                          f"{TRAINING_FRESHNESS_P99_MS:.0f})", f"{p50:.1f} / {p99:.1f}")
+                          f"{TRAINING_FRESHNESS_P99_MS:.0f})", "{p50:.1f} / {p99:.1f}".format(**while_training))
         plot_histogram(stream.get("lags_ms", []), run.out_dir / "freshness.png")
     result = f.get("requests")
     if result:
@@ -281,7 +251,7 @@ def run_demo(settings: Settings, keep_stack: bool = False, console: Console | No
                              "(`streamrec stack down`) or pick free ports with STREAMREC_KAFKA_PORT, "
                              "STREAMREC_REDIS_PORT, STREAMREC_WORKER_PORT, STREAMREC_RECOMMENDER_PORT")
     console = console or Console()
-    out_dir = Path(os.environ.get("STREAMREC_DEMO_DIR", "demo-output"))
+    out_dir = settings.demo_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     run = DemoRun(settings, console, out_dir, size=size or DemoSize())
     stages = Table(title="streamrec demo — stages")

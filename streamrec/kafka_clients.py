@@ -1,0 +1,184 @@
+"""The one Kafka client layer: every producer, consumer, admin client and Faust app of streamrec connects
+through here, from the one :class:`~streamrec.config.Settings`.
+
+- connection settings (brokers, security, SASL credentials, TLS) are built here and nowhere else, for
+  kafka-python (:func:`python_config`), aiokafka (:func:`aio_config`) and Faust (:func:`faust_broker`);
+- the clients: :func:`producer`, :func:`consumer`, :func:`admin` (kafka-python, for the CLI, producers and
+  the trainer) and :func:`aio_producer`, :func:`aio_consumer`, :func:`aio_admin` (aiokafka, for the workers);
+- the embedded broker's workarounds, applied on Tansu and only there (``settings.on_tansu``): end offsets
+  confirmed by a fetch (streamrec/offsets.py) and an ordered producer with one request in flight;
+- :func:`require_reachable`: one clear line, in seconds, when no bootstrap server answers.
+
+A caller states what it needs (``acks``, ``group_id``, waits) as keyword options; the connection part is
+never spelled out twice.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from . import offsets
+from ._exceptions import StreamrecError
+from .config import Settings
+
+__all__ = ["python_config", "aio_config", "faust_broker", "producer", "consumer", "admin", "aio_producer",
+           "aio_consumer", "aio_admin", "ordered", "require_reachable", "accepts", "end_offsets",
+           "end_offsets_sync", "consumer_at_end", "topic_partitions", "EndOffsetError"]
+
+EndOffsetError = offsets.EndOffsetError
+
+
+def _sasl(settings: Settings) -> dict[str, Any]:
+    if not settings.kafka_sasl_mechanism:
+        return {}
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+    return {"sasl_mechanism": settings.kafka_sasl_mechanism, "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": password}
+
+
+def _ssl_context(settings: Settings) -> Any:
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    from aiokafka.helpers import create_ssl_context
+
+    return create_ssl_context()
+
+
+def python_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings for kafka-python clients (may hold a password: never log them)."""
+    return {"bootstrap_servers": settings.bootstrap_servers.split(","),
+            "security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
+
+
+def aio_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings for aiokafka clients (may hold a password: never log them)."""
+    config: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers,
+                              "security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
+    context = _ssl_context(settings)
+    if context is not None:
+        config["ssl_context"] = context
+    return config
+
+
+def faust_broker(settings: Settings) -> dict[str, Any]:
+    """``faust.App`` keyword arguments for the same cluster: ``broker`` and ``broker_credentials``."""
+    import faust
+
+    credentials: Any = None
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        credentials = faust.SASLCredentials(username=settings.kafka_sasl_username, password=password,
+                                            mechanism=settings.kafka_sasl_mechanism,
+                                            ssl_context=_ssl_context(settings))
+    elif settings.kafka_security_protocol == "SSL":
+        credentials = faust.SSLCredentials(_ssl_context(settings))
+    return {"broker": [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+            "broker_credentials": credentials}
+
+
+def ordered(settings: Settings) -> dict[str, Any]:
+    """Producer options that keep each key's records in order when the producer retries. Apache Kafka: the
+    idempotent producer (sequence numbers per partition), which keeps order with 5 requests in flight, so
+    the producer never waits a round trip per batch. Tansu: one request in flight (a retry can then never
+    overtake an earlier batch)."""
+    if settings.on_tansu:
+        return {"retries": 5, "max_in_flight_requests_per_connection": 1}
+    return {"enable_idempotence": True, "max_in_flight_requests_per_connection": 5}
+
+
+# ---- kafka-python (blocking: the CLI, producers, trainer) ----------------------------------------------
+def producer(settings: Settings, **options: Any) -> Any:
+    """A ``kafka.KafkaProducer`` on the cluster; ``options`` as kafka-python's (``acks``, ``linger_ms``...)."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(**python_config(settings), **options)
+
+
+def consumer(settings: Settings, **options: Any) -> Any:
+    """A ``kafka.KafkaConsumer`` on the cluster (no topics: the caller assigns or subscribes)."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(**python_config(settings), **options)
+
+
+def admin(settings: Settings, **options: Any) -> Any:
+    """A ``kafka.admin.KafkaAdminClient`` on the cluster (``bootstrap_servers`` may be overridden)."""
+    from kafka.admin import KafkaAdminClient
+
+    return KafkaAdminClient(**{**python_config(settings), **options})
+
+
+# ---- aiokafka (the workers' event loops) --------------------------------------------------------------
+def aio_producer(settings: Settings, **options: Any) -> Any:
+    """An ``aiokafka.AIOKafkaProducer`` on the cluster (not started)."""
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(**aio_config(settings), **options)
+
+
+def aio_consumer(settings: Settings, **options: Any) -> Any:
+    """An ``aiokafka.AIOKafkaConsumer`` on the cluster (not started, no topics)."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(**aio_config(settings), **options)
+
+
+def aio_admin(settings: Settings, **options: Any) -> Any:
+    """An ``aiokafka.admin.AIOKafkaAdminClient`` on the cluster (not started)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    return AIOKafkaAdminClient(**aio_config(settings), **options)
+
+
+# ---- reachability --------------------------------------------------------------------------------------
+def _refusal(server: str, timeout: float) -> str | None:
+    """Why ``host:port`` refuses a TCP connection; None when it accepts one."""
+    host, _, port = server.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    except ValueError:
+        return "not host:port"
+
+
+def accepts(server: str, timeout: float = 0.5) -> bool:
+    """True when ``host:port`` accepts a TCP connection."""
+    return _refusal(server, timeout) is None
+
+
+def require_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Raise one clear line, within ``timeout_s`` a server, when no bootstrap server accepts a connection
+    (kafka-python would retry for half a minute and end in a traceback)."""
+    reason = None
+    for server in settings.bootstrap_servers.split(","):
+        reason = _refusal(server, timeout_s)
+        if reason is None:
+            return
+    raise StreamrecError(f"cannot reach the Kafka broker at {settings.bootstrap_servers} ({reason}): "
+                         "start it with `streamrec stack up` or set KAFKA_BOOTSTRAP_SERVERS")
+
+
+# ---- end offsets, right on every broker (the fetch check runs on Tansu only) ---------------------------
+async def end_offsets(settings: Settings, partitions: Iterable[Any]) -> dict[Any, int]:
+    """The offset after the last record of each partition."""
+    return await offsets.end_offsets(aio_config(settings), partitions, fetch_check=settings.on_tansu)
+
+
+def end_offsets_sync(settings: Settings, partitions: Iterable[Any]) -> dict[Any, int]:
+    """:func:`end_offsets` from blocking code."""
+    return offsets.end_offsets_sync(python_config(settings), partitions, fetch_check=settings.on_tansu)
+
+
+async def consumer_at_end(settings: Settings, topic: str, **options: Any) -> Any:
+    """A started aiokafka consumer assigned every partition of ``topic``, positioned at its end (what is
+    produced from now on). The caller stops it."""
+    return await offsets.consumer_at_end(aio_config(settings), topic, fetch_check=settings.on_tansu, **options)
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[int]:
+    """The partitions of ``topic``, asked of the broker by name."""
+    return await offsets.topic_partitions(aio_config(settings), topic)
