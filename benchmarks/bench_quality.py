@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import numpy as np
 
+from streamrec.plots import png
 from streamrec.schemas import HISTORY_LENGTH
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "coverage@10")
@@ -129,15 +130,15 @@ def markdown(r: dict[str, Any], command: str) -> str:
 
 
 def plot(r: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     splits = list(r["splits"])
     panels = len(splits) + (1 if "freshness_lift" in r else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
-    for ax, name in zip(axes[0], splits, strict=False):
+    with png(path, panels, size=(5 * panels, 4)) as axes:
+        _draw_quality(r, splits, axes)
+    return path
+
+
+def _draw_quality(r: dict[str, Any], splits: list[str], axes: list[Any]) -> None:
+    for ax, name in zip(axes, splits, strict=False):
         rankers = r["splits"][name]["rankers"]
         names = list(rankers)
         means = [rankers[n]["ndcg@10"] for n in names]
@@ -147,7 +148,7 @@ def plot(r: dict[str, Any], path: Path) -> Path:
         ax.set(title=f"{r['data']['name']}: {name} split", ylabel="NDCG@10 (test, 95% bootstrap interval)")
         ax.tick_params(axis="x", rotation=30)
     if "freshness_lift" in r:
-        ax = axes[0][-1]
+        ax = axes[-1]
         f = r["freshness_lift"]["rankers"]
         x = np.arange(len(f))
         for i, (label, key) in enumerate((("history as of the request", "fresh"), ("day-start snapshot", "stale"))):
@@ -155,11 +156,6 @@ def plot(r: dict[str, Any], path: Path) -> Path:
         ax.set_xticks(x, list(f))
         ax.set(title="freshness lift (temporal split)", ylabel="NDCG@10 per request")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 HEADING = "## Quality (`streamrec bench quality`)"

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from streamrec.plots import png
+
 __all__ = ["train", "trainer"]
 
 _METRICS = ("recall@10", "recall@20", "ndcg@10", "coverage@10")
@@ -69,27 +71,18 @@ def _table(results: dict[str, dict[str, float]], title: str) -> Table:
 
 
 def _plot(history: list[dict[str, float]], baselines: dict[str, dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], marker="o")
-    ax1.set(title="training loss (sampled softmax)", xlabel="epoch", ylabel="loss")
-    for key in ("val_recall@10", "val_ndcg@10"):
-        if history and key in history[0]:
-            ax2.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    for (name, metrics), color in zip(baselines.items(), ("gray", "green", "red"), strict=False):
-        ax2.axhline(metrics["recall@10"], color=color, linestyle="--", linewidth=1,
-                    label=f"{name} recall@10 (test)")  # test-set baselines, for scale
-    ax2.set(title="validation metrics", xlabel="epoch")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with png(path, panels=2, size=(10, 4)) as (ax1, ax2):
+        ax1.plot(epochs, [h["loss"] for h in history], marker="o")
+        ax1.set(title="training loss (sampled softmax)", xlabel="epoch", ylabel="loss")
+        for key in ("val_recall@10", "val_ndcg@10"):
+            if history and key in history[0]:
+                ax2.plot(epochs, [h[key] for h in history], marker="o", label=key)
+        for (name, metrics), color in zip(baselines.items(), ("gray", "green", "red"), strict=False):
+            ax2.axhline(metrics["recall@10"], color=color, linestyle="--", linewidth=1,
+                        label=f"{name} recall@10 (test)")  # test-set baselines, for scale
+        ax2.set(title="validation metrics", xlabel="epoch")
+        ax2.legend(fontsize=7)
 
 
 @click.command("train")

@@ -15,6 +15,8 @@ from rich.table import Table
 
 from streamrec._exceptions import StreamrecError
 from streamrec.config import get_settings
+from streamrec.plots import png
+from streamrec.stats import percentiles
 
 __all__ = ["freshness"]
 
@@ -73,28 +75,20 @@ def _feature_age(user: str) -> Table:
 
 def plot_histogram(lags_ms: list[float], out: Path, title: str = "feature freshness") -> Path:
     """A PNG histogram of freshness samples with p50/p99 marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     if not lags_ms:
         raise StreamrecError("no freshness samples yet: replay some events first")
     a = np.asarray(lags_ms)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    ax.hist(a, bins=min(60, max(10, len(a) // 20)), color="#4C72B0")
-    for q, color in ((50, "#55A868"), (99, "#C44E52")):
-        v = float(np.percentile(a, q))
-        ax.axvline(v, color=color, linestyle="--", label=f"p{q} = {v:.1f} ms")
-    ax.set_xlabel("online-store write time − Kafka record time (ms)")
-    ax.set_ylabel("pushed rows")
-    ax.set_title(f"{title} ({len(a):,} samples)")
-    ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    marks = percentiles(a, (50, 99))
+    with png(out) as (ax,):
+        ax.hist(a, bins=min(60, max(10, len(a) // 20)), color="#4C72B0")
+        for (name, v), color in zip(marks.items(), ("#55A868", "#C44E52"), strict=True):
+            ax.axvline(v, color=color, linestyle="--", label=f"{name} = {v:.1f} ms")
+        ax.set_xlabel("online-store write time − Kafka record time (ms)")
+        ax.set_ylabel("pushed rows")
+        ax.set_title(f"{title} ({len(a):,} samples)")
+        ax.legend()
     return out
 
 
