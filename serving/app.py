@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoints import CheckpointError, latest_version, version_folder
-from serving.filtering import load_filter_config
-from serving.model import load_checkpoint
 from streamrec import kafka_clients
 from streamrec._exceptions import is_infrastructure
 from streamrec.config import get_settings
@@ -48,7 +46,9 @@ from streamrec.schemas import (
 )
 from streamrec.topics import ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUESTS, dlq
 
+from .filtering import load_filter_config
 from .live import register_live_pages
+from .model import load_checkpoint
 from .recommend import Recommender, ServingBundle, load_catalog
 from .stages import StageTimes
 
@@ -63,7 +63,7 @@ app = create_app(settings, settings.recommender_app_id, settings.recommender_por
 
 
 class Serving:
-    """What the agent serves with; `bundle` is replaced whole on a hot swap."""
+    """What the recommender serves with; `bundle` is replaced whole on a hot swap."""
 
     def __init__(self) -> None:
         self.ready = asyncio.Event()
@@ -77,7 +77,7 @@ class Serving:
         self.errors = 0
         self.expired = 0
         self.stalled: list[str] = []
-        # where a request's time goes: Kafka → agent, feature read, model + filters, response delivery
+        # where a request's time goes: Kafka → request group, feature read, model + filters, response delivery
         self.stages = StageTimes()
 
     def refuse(self, reason: str, detail: str) -> None:

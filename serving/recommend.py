@@ -23,18 +23,11 @@ import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from serving.filtering import (
-    CandidateBatch,
-    Candidates,
-    FilterConfig,
-    FilterContext,
-    filter_batch,
-    rows_isin,
-    seen_items,
-)
-from serving.model import LoadedModel, UserInput
 from streamrec.features import ITEM_FEATURES
 from streamrec.schemas import Id, RecommendationRequest, RecommendationResponse, ScoredItem
+
+from .filtering import CandidateBatch, Candidates, FilterConfig, FilterContext, filter_batch, rows_isin, seen_items
+from .model import LoadedModel, UserInput
 
 __all__ = ["ANN_THRESHOLD", "Catalog", "ExactIndex", "ServingBundle", "Recommender", "load_catalog", "user_input"]
 
