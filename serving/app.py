@@ -17,7 +17,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,35 +114,54 @@ class Serving:
 serving = Serving()
 
 
+FOLLOW_RETRY_S = 10.0  # a followed record failing on the infrastructure is tried this long, then passed over
+
+
 async def _follow(consumer: Any, handle: Any, dlq_producer: Any = None) -> None:
     """Apply every record from where the consumer stands, forever (each instance sees them all).
 
     A record that cannot be used is logged and skipped (with ``dlq_producer``, also dead-lettered: the
     features worker already dead-letters bad item updates, nobody else reads model-updates); nothing a
-    record holds stops the follower.
+    record holds stops the follower (:func:`apply_followed`).
     """
+
+    async def send_dead_letter(topic: str, value: bytes, key: bytes | None) -> None:
+        await dlq_producer.send_and_wait(topic, value, key=key)
+
     try:
         while True:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
                 for record in records:
-                    try:
-                        await handle(record.value)
-                    except Exception as exc:  # noqa: BLE001 - a record's content never stops the follower
-                        if is_infrastructure(exc):
-                            log.warning("applying a record of %s failed: %r", record.topic, exc)
-                            continue
-                        log.warning("ignored a bad record on %s (partition %d, offset %d): %s", record.topic,
-                                    record.partition, record.offset, str(exc)[:300])
-                        if dlq_producer is not None:
-                            dead = dead_letter(record.value, str(exc), record.topic, record.partition,
-                                               record.offset, settings.dlq_max_raw_bytes)
-                            await dlq_producer.send_and_wait(dlq(record.topic), encode(dead),
-                                                             key=bounded_key(record.key))
+                    await apply_followed(record, handle, send_dead_letter if dlq_producer is not None else None)
     finally:
         await consumer.stop()
         if dlq_producer is not None:
             await dlq_producer.stop()
+
+
+async def apply_followed(record: Any, handle: Callable[[bytes | None], Awaitable[None]],
+                         send_dead_letter: Callable[[str, bytes, bytes | None], Awaitable[None]] | None = None
+                         ) -> None:
+    """``handle`` one followed record under the workers' error policy (streamrec/retry.py); never raises
+    for the record. The infrastructure's failures are retried for FOLLOW_RETRY_S, then the record is passed
+    over (LATEST, watched every few seconds, still brings a model announced meanwhile); the data's are
+    logged and, with ``send_dead_letter``, dead-lettered, that send retried until the broker takes it."""
+    try:
+        await retry(functools.partial(handle, record.value), deadline=time.monotonic() + FOLLOW_RETRY_S)
+        return
+    except Exception as exc:  # noqa: BLE001 - a record's content never stops the follower
+        if is_infrastructure(exc):
+            log.warning("applying a record of %s failed for %.0f s (%r): passed over", record.topic,
+                        FOLLOW_RETRY_S, exc)
+            return
+        reason = str(exc)
+    log.warning("ignored a bad record on %s (partition %d, offset %d): %s", record.topic, record.partition,
+                record.offset, reason[:300])
+    if send_dead_letter is not None:
+        dead = dead_letter(record.value, reason, record.topic, record.partition, record.offset,
+                           settings.dlq_max_raw_bytes)
+        await retry(functools.partial(send_dead_letter, dlq(record.topic), encode(dead), bounded_key(record.key)))
 
 
 async def _apply_item_update(value: bytes | None) -> None:
