@@ -313,7 +313,12 @@ class Guard:
 
 def guard_acks(topics: Iterable[str]) -> None:
     """Only our agents ack ``topics`` (see the module's text); Faust's gap bookkeeping is off for them.
-    Process-wide (Faust's Consumer class), applied once; on every broker: these are Faust's own bugs."""
+    Process-wide (Faust's Consumer class), applied once; on every broker: these are Faust's own bugs.
+
+    Upstream: a stream acks the events it skips (the ``skipped_value`` of faust-streaming#223, events of an
+    older consumer generation; noack offsets lost on a rebalance, robinhood/faust#604), and the consumer
+    commits across a gap in acks as if it were done (faust-streaming#312). Still so in 0.15.3;
+    ``test_batching.py`` holds the guard to it (it fails without the patch)."""
     from faust.transport.consumer import Consumer
 
     GUARDED_TOPICS.update(topics)

@@ -311,3 +311,34 @@ def test_retry_gives_up_at_its_deadline_and_never_retries_the_datas_errors() -> 
     with pytest.raises(ValueError):
         asyncio.run(retry(bad_data))
     assert calls["n"] == 1
+
+
+def test_faust_acks_and_gaps_on_guarded_topics_count_only_what_our_agents_ack() -> None:
+    """The patch in ``batching.guard_acks``: Faust's consumer, unpatched, counts any ack on a topic (a
+    skipped event's too) and records an offset jump as done; on a guarded topic neither happens unless
+    one of our agents acks a durable batch. A real Faust consumer, never started (no broker needed)."""
+    import faust
+    from faust.types import TP, Message
+
+    from stream_processors.batching import acking, guard_acks
+
+    async def check() -> None:
+        app = faust.App("guard-test", broker="kafka://127.0.0.1:1", store="memory://")
+        guard_acks({"guarded"})
+        app.topics._acking_topics.update({"guarded", "other"})  # as subscribing agents would
+        consumer = app.consumer
+
+        def message(topic: str, offset: int) -> Message:
+            return Message(topic, 0, offset, timestamp=0.0, timestamp_type=0, headers=None, key=b"", value=b"",
+                           checksum=None)
+
+        assert consumer.ack(message("other", 5)) is True  # Faust's own behaviour, left as it is
+        assert consumer.ack(message("guarded", 5)) is False  # skipped by a stream: stays uncommitted
+        with acking():
+            assert consumer.ack(message("guarded", 6)) is True  # our agent, after the batch is durable
+        await consumer._add_gap(TP("other", 0), 10, 20)
+        await consumer._add_gap(TP("guarded", 0), 10, 20)
+        assert consumer._gap[TP("other", 0)] and not consumer._gap[TP("guarded", 0)]
+        consumer._thread.thread_loop.close()  # made for the consumer thread, which never started
+
+    asyncio.run(check())
