@@ -41,7 +41,7 @@ from .history import State, apply_event
 from .sink import FeastSink
 from .states import UNKNOWN, StateCache
 
-__all__ = ["app", "tracker", "create_app", "use_features"]
+__all__ = ["app", "tracker", "use_features"]
 
 log = logging.getLogger("streamrec.worker")
 

@@ -67,11 +67,10 @@ def faust_broker(settings: Settings) -> dict[str, Any]:
     import faust
 
     credentials: Any = None
-    if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
-        credentials = faust.SASLCredentials(username=settings.kafka_sasl_username, password=password,
-                                            mechanism=settings.kafka_sasl_mechanism,
-                                            ssl_context=_ssl_context(settings))
+    sasl = _sasl(settings)
+    if sasl:
+        credentials = faust.SASLCredentials(username=sasl["sasl_plain_username"], password=sasl["sasl_plain_password"],
+                                            mechanism=sasl["sasl_mechanism"], ssl_context=_ssl_context(settings))
     elif settings.kafka_security_protocol == "SSL":
         credentials = faust.SSLCredentials(_ssl_context(settings))
     return {"broker": [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],

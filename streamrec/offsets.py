@@ -8,7 +8,8 @@ Anything that reads "up to the end" stopped short by the rest of the last batch:
 skipped the newest changelog records, so after a kill -9 the users whose state lived there restarted
 from nothing and lost their oldest events (issue #4). So: ask ListOffsets, then fetch from the last
 offset it vouches for and take the larger of the two. Apache Kafka answers ListOffsets right, so there
-(``fetch_check=False``: callers pass ``settings.on_tansu``) ListOffsets alone is the answer.
+(``fetch_check=False``; ``streamrec.kafka_clients`` passes ``settings.on_tansu``, callers go through it)
+ListOffsets alone is the answer.
 """
 
 from __future__ import annotations

@@ -76,11 +76,10 @@ def get_json(url: str, timeout: float = 10) -> dict[str, Any]:
         return json.loads(answer.read())
 
 
-def settings_env(settings: Settings, base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a process that must see exactly ``settings`` (plus ``extra``): every Kafka,
-    Redis and streamrec variable of ``base`` (default: this process's) is dropped first."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a process that must see exactly ``settings`` (plus ``extra``): this process's
+    Kafka, Redis and streamrec variables are dropped first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
     env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
                STREAMREC_REDIS_PORT=str(settings.embedded_redis_port), STREAMREC_DATA_DIR=str(settings.data_dir),
                STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id,
@@ -131,16 +130,12 @@ class WorkerProcess:
                 self.proc.wait(5)
 
 
-def start_worker(env: Mapping[str, str], log: Path, app: str = "features", port: int | None = None,
-                 timeout: float = 120.0) -> WorkerProcess:
-    """Start `streamrec worker --app APP` with ``env`` (its page on ``port``, else the port ``env`` names)
-    and return once it is ready. Raises StreamrecError (one line naming the log) if it exits or is not
-    ready within ``timeout``; it is stopped then."""
-    env = dict(env)
-    if port is not None:
-        env[PORT_VARIABLE[app]] = str(port)
-    default = 6066 if app == "features" else 6067
-    url = f"http://127.0.0.1:{env.get(PORT_VARIABLE[app], default)}"
+def start_worker(env: Mapping[str, str], log: Path, app: str, port: int, timeout: float = 120.0) -> WorkerProcess:
+    """Start `streamrec worker --app APP` with ``env``, its page on ``port``, and return once it is ready.
+    Raises StreamrecError (one line naming the log) if it exits or is not ready within ``timeout``; it is
+    stopped then."""
+    env = {**env, PORT_VARIABLE[app]: str(port)}
+    url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([sys.executable, "-m", "streamrec", "worker", "--app", app], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
