@@ -33,7 +33,7 @@ METRICS = ("recall@10", "recall@20", "ndcg@10", "coverage@10")
 REFERENCE = "two-tower"
 
 
-def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: bool = True,
+def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: bool = True,
         report: Any = print, history: int = HISTORY_LENGTH) -> dict[str, Any]:
     """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict."""
     import torch
@@ -51,6 +51,7 @@ def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: boo
         run_protocol,
     )
     from models.quality import paired_interval as interval
+    from models.selection import MIN_REQUESTS
     from models.train import TrainConfig
 
     raw = load_data(data)
@@ -71,10 +72,21 @@ def run(data: Path, splits: list[str], epochs: int = 10, seed: int = 0, als: boo
                    TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed))]
         if raw.affinities is not None:
             rankers.append(Oracle())
+        warnings = [f"{what} has {n} requests (< {MIN_REQUESTS}): {consequence}"
+                    for what, n, consequence in (
+                        ("the test split", len(protocol.test.rows), "its figures say little; read the intervals"),
+                        ("the validation split", len(protocol.tune.rows),
+                         "nothing was chosen from it (default schedules)"))
+                    if n < MIN_REQUESTS]
+        for line in warnings:
+            report(f"warning: {name}: {line}")
         outcomes = run_protocol(ctx, protocol, rankers, report)
         ref = outcomes[REFERENCE].rows
+        tower = next(r for r in rankers if r.name == REFERENCE)
         out["splits"][name] = {
             "requests": len(protocol.test.rows), "validation_requests": len(protocol.tune.rows),
+            "validation": protocol.tune_kind, "warnings": warnings,
+            "selection": getattr(tower, "selection", ""),
             "targets_per_request": float((protocol.test.targets >= 0).sum(axis=1).mean()),
             "rankers": {r: {**o.metrics, "fit_s": o.train_s, "tune_s": o.tune_s, "params": o.params,
                             "ndcg@10_ci": interval(o.rows["ndcg@10"], np.zeros_like(o.rows["ndcg@10"]))[1:],
@@ -105,7 +117,9 @@ def markdown(r: dict[str, Any], command: str) -> str:
              "bootstrap 95% interval; an interval that contains 0 is no evidence either way.", ""]
     for name, s in r["splits"].items():
         lines += [f"**{name}**: {s['requests']:,} test requests ({s['targets_per_request']:.1f} targets each), "
-                  f"tuned on {s['validation_requests']:,} validation requests.", "",
+                  f"tuned on {s['validation_requests']:,} validation requests ({s.get('validation', 'per-user cut')}); "
+                  f"two-tower epochs: {s.get('selection') or 'chosen on validation'}.", "",
+                  *(f"> **Warning:** {w}." for w in s.get("warnings", ())), *([""] if s.get("warnings") else []),
                   "| ranker | " + " | ".join(METRICS) + " | NDCG@10 − two-tower | fit s | chosen |",
                   "|---|" + "---:|" * len(METRICS) + "---:|---:|---|"]
         for ranker, m in s["rankers"].items():
@@ -126,6 +140,19 @@ def markdown(r: dict[str, Any], command: str) -> str:
                          f"{_ci(x['lift']['recall@10'])} | {x['fresh']['ndcg@10']:.4f} | {x['stale']['ndcg@10']:.4f} "
                          f"| {_ci(x['lift']['ndcg@10'])} |")
         lines.append("")
+        if "controls" in f:
+            c = f["controls"]
+            fresh = f["rankers"][REFERENCE]["fresh"]
+            lines += ["**History controls** (the same two-tower, the same requests, the history as of the request "
+                      "but shuffled, or emptied; fresh minus each, paired):", "",
+                      "| two-tower input | Recall@10 | NDCG@10 | fresh − this, Recall@10 | fresh − this, NDCG@10 |",
+                      "|---|---:|---:|---|---|",
+                      f"| history as of the request | {fresh['recall@10']:.4f} | {fresh['ndcg@10']:.4f} | | |"]
+            for label, key in (("history shuffled (order and recency lost)", "shuffled"),
+                               ("history emptied (profile only)", "empty")):
+                lines.append(f"| {label} | {c[key]['recall@10']:.4f} | {c[key]['ndcg@10']:.4f} | "
+                             f"{_ci(c[key]['worth']['recall@10'])} | {_ci(c[key]['worth']['ndcg@10'])} |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -186,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None,
                     help="folder of the three parquet files (default: $STREAMREC_DATA_DIR)")
     ap.add_argument("--split", choices=["temporal", "leave-last-out", "both"], default="both")
-    ap.add_argument("--epochs", type=int, default=10, help="two-tower epochs at most (early stopping on validation)")
+    ap.add_argument("--epochs", type=int, default=30,
+                    help="two-tower epochs at most (models/selection.py chooses the length on validation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--history", type=int, default=HISTORY_LENGTH,
                     help=f"recent events the two-tower reads (the stream keeps {HISTORY_LENGTH}: another is a what-if)")

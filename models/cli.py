@@ -86,7 +86,9 @@ def _plot(history: list[dict[str, float]], baselines: dict[str, dict[str, float]
 
 
 @click.command("train")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1, 10_000), help="Passes over the data.")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1, 10_000),
+              help="Passes over the data at most: the length is chosen on the validation users and training "
+                   "stops early (models/selection.py); with fewer than 200 of them, 10 passes.")
 @_model_options
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="PNG of loss and metrics per epoch (default: <checkpoint>/training.png).")
@@ -116,7 +118,8 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float,
     p, fitted = report.prepared, report.fit
     table = _table(report.test, "two-tower vs baselines (test split)")
     table.caption = (f"{len(p.split.test):,} test users, {p.enc.schema.n_item_rows - 2:,} items, seen items "
-                     f"excluded; {fitted.seconds:.1f}s training, best epoch {fitted.best_epoch or epochs}")
+                     f"excluded; {fitted.seconds:.1f}s training, epoch {fitted.best_epoch} of "
+                     f"{len(fitted.history)} ({fitted.selection or 'no validation'})")
     console.print(table)
     ts = p.events.ts
     import pandas as pd
@@ -127,6 +130,7 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float,
     path = save_checkpoint(settings.checkpoint_dir, fitted.model.cpu(), p.enc.schema,
                            metrics=report.test["two-tower"], data_window=window,
                            train={**vars(cfg), "history": fitted.history, "best_epoch": fitted.best_epoch,
+                                  "selection": fitted.selection,
                                   "baselines": {k: v for k, v in report.test.items() if k != "two-tower"}},
                            popularity=popularity_ranking(p.raw.interactions))
     if not no_promote:

@@ -15,9 +15,9 @@ import torch
 
 from .data import Encoded, Prepared, user_batch
 from .metrics import ranking_metrics
-from .towers import TwoTower
+from .towers import TwoTower, UserBatch
 
-__all__ = ["Scorer", "EvalSet", "eval_set", "evaluate", "model_scorer", "baseline_scorers"]
+__all__ = ["Scorer", "EvalSet", "eval_set", "evaluate", "shuffled", "emptied", "model_scorer", "baseline_scorers"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # eval-set indices (b,) -> scores (b, n_catalogue)
 
@@ -60,13 +60,28 @@ def evaluate(scorer: Scorer, es: EvalSet, ks: Sequence[int] = (10, 20), chunk: i
     return ranking_metrics(top, es.targets, ks, es.n_catalogue), top
 
 
+def shuffled(u: UserBatch, seed: int = 0) -> UserBatch:
+    """``u`` with each user's history slots in a random order (the same events, order and recency lost)."""
+    g = torch.Generator(device=u.hist_items.device).manual_seed(seed)
+    keys = torch.rand(u.hist_items.shape, generator=g, device=u.hist_items.device)
+    order = keys.masked_fill(u.hist_items == 0, 2.0).argsort(dim=1)  # real slots first, padding stays last
+    return u._replace(hist_items=u.hist_items.gather(1, order), hist_types=u.hist_types.gather(1, order))
+
+
+def emptied(u: UserBatch) -> UserBatch:
+    """``u`` with no history at all: what the profile alone is worth."""
+    return u._replace(hist_items=torch.zeros_like(u.hist_items), hist_types=torch.zeros_like(u.hist_types))
+
+
 @torch.inference_mode()
 def model_scorer(model: TwoTower, enc: Encoded, es: EvalSet, columns: torch.Tensor | None = None,
-                 history_rows: torch.Tensor | None = None) -> Scorer:
+                 history_rows: torch.Tensor | None = None,
+                 transform: Callable[[UserBatch], UserBatch] | None = None) -> Scorer:
     """Scores of ``model`` (encoded by its own ``enc``). ``columns`` maps the eval catalogue to the
     model's item rows (-1 = unknown to it, never recommended); default: the same catalogue.
     ``history_rows`` (E,): the user's history is read as of these event rows instead of ``es.rows``
-    (an older snapshot of the same users, for the freshness lift)."""
+    (an older snapshot of the same users, for the freshness lift). ``transform`` changes each batch's
+    input before the model reads it (:func:`shuffled`, :func:`emptied`: the history controls)."""
     model.eval()
     dev = enc.ev_item.device
     rows = columns if columns is not None else torch.arange(2, enc.schema.n_item_rows, device=dev)
@@ -76,7 +91,8 @@ def model_scorer(model: TwoTower, enc: Encoded, es: EvalSet, columns: torch.Tens
 
     @torch.inference_mode()
     def score(idx: torch.Tensor) -> torch.Tensor:
-        s = model.users(user_batch(enc, hist[idx])) @ item.T  # (b, C)
+        u = user_batch(enc, hist[idx])
+        s = model.users(transform(u) if transform else u) @ item.T  # (b, C)
         return s.masked_fill(unknown, float("-inf"))
 
     return score

@@ -36,9 +36,11 @@ import scipy.sparse as sp
 import torch
 
 from .data import Events, Prepared, RawData, Split, TrainError, encode, split_by_time
-from .evaluation import EvalSet, baseline_scorers, eval_set, evaluate, model_scorer
+from .evaluation import EvalSet, baseline_scorers, emptied, eval_set, evaluate, model_scorer, shuffled
 from .features import FeatureSchema
 from .metrics import per_row_metrics
+from .selection import MIN_REQUESTS
+from .towers import UserBatch
 from .train import TrainConfig, fit, new_model
 
 __all__ = ["Fold", "Protocol", "Context", "Ranker", "Popularity", "EASE", "ALS", "TwoTowerRanker", "Oracle",
@@ -64,6 +66,7 @@ class Protocol:
     name: str
     tune: Fold
     test: Fold
+    tune_kind: str = "per-user cut"  # how the validation requests were drawn
 
 
 @dataclass
@@ -147,20 +150,51 @@ def _period_fold(ctx: Context, start: int, end: int) -> Fold:
     return Fold(train, rows, _targets(pairs[a:b, 1] for a, b in zip(*bounds, strict=True)))
 
 
-def temporal(ctx: Context, test_frac: float = 0.2, val_frac: float = 0.1) -> Protocol:
+def _per_user_fold(ctx: Context, cut: int, frac: float = 0.2) -> Fold:
+    """Validation inside the training period, cut per user: each user's last ``frac`` (at least one) of
+    their first-time positives before ``cut`` are the targets, the first of them the request row; learn
+    from each user's events before their own request (everyone's before ``cut``)."""
+    ev = ctx.ev
+    before = ev.ts < cut
+    nov_rows = np.flatnonzero(ctx.novel & before)
+    nov_user = ev.user[nov_rows]
+    n_novel = np.bincount(nov_user, minlength=len(ev.user_ids))
+    from_end = pd.Series(nov_user).groupby(nov_user).cumcount(ascending=False).to_numpy()
+    n_val = np.maximum(1, np.floor(frac * n_novel)).astype(np.int64)
+    # ≥ 2 first-time positives left to learn from, like leave-last-out's validation users
+    chosen = (from_end < n_val[nov_user]) & (n_novel[nov_user] - n_val[nov_user] >= 2)
+    val_rows = nov_rows[chosen]
+    users, first = np.unique(ev.user[val_rows], return_index=True)  # rows are sorted by (user, time)
+    rows = val_rows[first]
+    cutoff = np.full(len(ev.user_ids), cut, np.int64)
+    cutoff[users] = ev.ts[rows]
+    bounds = np.searchsorted(ev.user[val_rows], users, side="left"), np.searchsorted(ev.user[val_rows], users,
+                                                                                       side="right")
+    return Fold(before & (ev.ts < cutoff[ev.user]), rows,
+                _targets(np.unique(ctx.col[val_rows[a:b]]) for a, b in zip(*bounds, strict=True)))
+
+
+def temporal(ctx: Context, test_frac: float = 0.2, val_frac: float = 0.1,
+             min_requests: int = MIN_REQUESTS) -> Protocol:
     """Global time cut: the last ``test_frac`` of events are the test period, the ``val_frac`` before them
-    the validation period used for tuning."""
+    the validation period used for tuning. Where that period holds fewer than ``min_requests`` requests
+    (users seldom span a global cut on many real logs), tuning uses a per-user cut inside the training
+    period instead (:func:`_per_user_fold`), when that has more."""
     if not 0 < test_frac < 1 or not 0 < val_frac < 1 - test_frac:
         raise ValueError("need 0 < test_frac < 1 and 0 < val_frac < 1 - test_frac")
     ts = np.sort(ctx.ev.ts)
     cut = int(ts[int(len(ts) * (1 - test_frac))])
     val_cut = int(ts[int(len(ts) * (1 - test_frac - val_frac))])
     end = int(ts[-1]) + 1
-    test, tune = _period_fold(ctx, cut, end), _period_fold(ctx, val_cut, cut)
+    test, tune, tune_kind = _period_fold(ctx, cut, end), _period_fold(ctx, val_cut, cut), "global cut"
+    if len(tune.rows) < min_requests:
+        per_user = _per_user_fold(ctx, cut)
+        if len(per_user.rows) > len(tune.rows):
+            tune, tune_kind = per_user, "per-user cut"
     if len(test.rows) == 0 or len(tune.rows) == 0:
         raise TrainError(f"temporal split: {len(tune.rows)} validation and {len(test.rows)} test users; a user "
                          "needs events before the cut and a first-time positive after it")
-    return Protocol("temporal", tune, test)
+    return Protocol("temporal", tune, test, tune_kind)
 
 
 def leave_last_out(ctx: Context) -> Protocol:
@@ -226,12 +260,18 @@ class Popularity(Ranker):
 
 
 class EASE(Ranker):
-    """Steck's closed form, WWW 2019: B = I - P diagMat(1/diag(P)), P = (XᵀX + λI)⁻¹, diag(B) = 0."""
+    """Steck's closed form, WWW 2019: B = I - P diagMat(1/diag(P)), P = (XᵀX + λI)⁻¹, diag(B) = 0.
+
+    Tuning factorises the Gram matrix once, G = V diag(s) Vᵀ, so every λ costs a product with the
+    validation requests' histories instead of an inversion: P = V diag(1/(s + λ)) Vᵀ, and a request's
+    scores x B = x - (x P) / diag(P). The refit on the whole training period inverts once, as before.
+    """
 
     name = "EASE"
 
-    def __init__(self, lambdas: Sequence[float] = (10, 30, 100, 300, 1000, 3000)) -> None:
+    def __init__(self, lambdas: Sequence[float] = (3, 10, 30, 100, 200, 300, 500, 1000, 2000, 3000, 10000)) -> None:
         self.lambdas = tuple(lambdas)
+        self._eig: tuple[Fold, np.ndarray, np.ndarray] | None = None
 
     def grid(self) -> list[dict[str, Any]]:
         return [{"lambda": float(lam)} for lam in self.lambdas]
@@ -239,15 +279,32 @@ class EASE(Ranker):
     def fit(self, ctx: Context, fold: Fold, params: dict[str, Any], val: EvalSet | None = None) -> None:
         self.params = params
         x = ctx.interactions(fold.train)
+        if val is not None:  # tuning: one factorisation for the whole grid (float32 halves it; λ >= 3)
+            if self._eig is None or self._eig[0] is not fold:
+                s, v = np.linalg.eigh((x.T @ x).toarray().astype(np.float32))
+                self._eig = (fold, s.astype(np.float64), v)
+            self.b = None
+            return
+        self._eig = None
         g = (x.T @ x).toarray().astype(np.float64)
         g[np.diag_indices_from(g)] += params["lambda"]
         p = np.linalg.inv(g)
         self.b = p / -np.diag(p)
         self.b[np.diag_indices_from(self.b)] = 0.0
 
+    def _scores(self, hist: sp.csr_matrix) -> np.ndarray:
+        if self.b is not None:
+            return np.asarray(hist @ self.b)
+        assert self._eig is not None
+        _, s, v = self._eig
+        inv = (1.0 / (s + self.params["lambda"])).astype(np.float32)  # (n,)
+        diag_p = (v * v) @ inv  # (n,)
+        xp = ((hist @ v) * inv) @ v.T  # (E, n)
+        return hist.toarray() - xp / diag_p  # B's diagonal, 1 - P_jj / P_jj, is 0 by itself
+
     def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None) -> Scorer:
         rows = es.rows.cpu().numpy() if history_rows is None else history_rows
-        return _dense_scorer(lambda r: np.asarray(ctx.history(r) @ self.b), rows)
+        return _dense_scorer(lambda r: self._scores(ctx.history(r)), rows)
 
 
 class ALS(Ranker):
@@ -314,11 +371,13 @@ class TwoTowerRanker(Ranker):
         self.model = new_model(ctx.enc.schema, ctx.enc, **self.model_options)
         self.result = fit(self.model, p, cfg, val=val)
         if val is not None:
-            self.params["epochs"] = self.result.best_epoch or cfg.epochs
+            self.params["epochs"] = self.result.best_epoch
+            self.selection = self.result.selection
 
-    def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None) -> Scorer:
+    def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None,
+               transform: Callable[[UserBatch], UserBatch] | None = None) -> Scorer:
         hist = None if history_rows is None else torch.as_tensor(history_rows, device=es.rows.device)
-        return model_scorer(self.model, ctx.enc, es, history_rows=hist)
+        return model_scorer(self.model, ctx.enc, es, history_rows=hist, transform=transform)
 
 
 class Oracle(Ranker):
@@ -423,4 +482,18 @@ def freshness_lift(ctx: Context, protocol: Protocol, rankers: Sequence[Ranker],
         out["rankers"][ranker.name] = {
             "fresh": fresh_m, "stale": stale_m,
             "lift": {m: paired_interval(fresh_r[m], stale_r[m]) for m in ("recall@10", "ndcg@10")}}
+        if isinstance(ranker, TwoTowerRanker):
+            out["controls"] = history_controls(ranker, ctx, es, fresh_r)
+    return out
+
+
+def history_controls(ranker: TwoTowerRanker, ctx: Context, es: EvalSet, fresh: dict[str, np.ndarray]
+                     ) -> dict[str, Any]:
+    """The same fitted model on the same requests with each history shuffled (what order and recency are
+    worth) and emptied (what the history itself is worth): metrics, and fresh minus each, paired."""
+    out: dict[str, Any] = {}
+    for name, transform in (("shuffled", shuffled), ("empty", emptied)):
+        metrics, top = evaluate(ranker.scorer(ctx, es, transform=transform), es, KS)
+        rows, _ = per_row_metrics(top, es.targets, KS)
+        out[name] = {**metrics, "worth": {m: paired_interval(fresh[m], rows[m]) for m in ("recall@10", "ndcg@10")}}
     return out

@@ -12,12 +12,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from rich.progress import Progress
 
 from .data import Encoded, Prepared, RawData, TrainError, prepare, user_batch
 from .evaluation import EvalSet, baseline_scorers, eval_set, evaluate, model_scorer
 from .features import FeatureSchema
+from .metrics import per_row_metrics
+from .selection import DEFAULT_EPOCHS, MIN_REQUESTS, choose_epoch, selection_figure, selection_ks, should_stop
 from .towers import TowerConfig, TwoTower
 
 __all__ = ["TrainConfig", "FitResult", "Report", "pick_device", "new_model", "grow_state", "fit",
@@ -26,7 +29,10 @@ __all__ = ["TrainConfig", "FitResult", "Report", "pick_device", "new_model", "gr
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    # at most: with validation requests, models.selection chooses the length and stops early; a long cap
+    # costs little (the curve flattens, patience stops it) where a short one under-trained on real logs
+    epochs: int = 30
+    patience: int = 5  # epochs past the chosen one, all clearly worse, before training stops
     batch_size: int = 256  # in-batch negatives: larger is harder, but 256 keeps ~60 steps/epoch at 20k
     lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -42,7 +48,8 @@ class TrainConfig:
 class FitResult:
     model: TwoTower
     history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int = 0  # the epoch whose weights the model holds (the last one trained without selection)
+    selection: str = ""  # why: models.selection's reason, or why nothing was chosen
     seconds: float = 0.0
 
 
@@ -107,8 +114,13 @@ def _optimizers(model: TwoTower, cfg: TrainConfig) -> list[torch.optim.Optimizer
 
 def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | None = None,
         val: EvalSet | None = None) -> FitResult:
-    """Train on ``p.split.train``; after each epoch score the validation set (``val``, else one built
-    from ``p.split.val``) and keep the best."""
+    """Train on ``p.split.train`` for at most ``cfg.epochs`` epochs; after each, score the validation set
+    (``val``, else one built from ``p.split.val``) and keep the epoch :mod:`models.selection` chooses.
+
+    Without validation requests it trains exactly ``cfg.epochs``; with fewer than
+    :data:`~models.selection.MIN_REQUESTS` it trains the default schedule (``DEFAULT_EPOCHS``, at most
+    ``cfg.epochs``) and chooses nothing from them.
+    """
     dev = p.enc.ev_item.device
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -120,13 +132,16 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
     opts = _optimizers(model, cfg)
     if val is None and len(p.split.val):
         val = eval_set(p.enc, p.split.val)
-    result, best, t0 = FitResult(model), -1.0, time.perf_counter()
+    selecting = val is not None and len(val.rows) >= MIN_REQUESTS
+    epochs = cfg.epochs if selecting or val is None else min(cfg.epochs, DEFAULT_EPOCHS)
+    result, t0 = FitResult(model), time.perf_counter()
     n_batches = max(1, -(-len(rows) // cfg.batch_size))
-    ep_task = progress.add_task("epochs", total=cfg.epochs) if progress else None
+    ep_task = progress.add_task("epochs", total=epochs) if progress else None
     b_task = progress.add_task("batches", total=n_batches) if progress else None
-    best_state = copy.deepcopy(model.state_dict())
+    curves: list[np.ndarray] = []  # each epoch's per-request validation figure
+    states: dict[int, dict[str, torch.Tensor]] = {}  # the epochs that may still be chosen
     # the batch order comes from ``gen`` alone, so a run is reproducible from cfg.seed
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         perm = rows[torch.randperm(len(rows), generator=gen).to(dev)]
         total = torch.zeros((), device=dev)
@@ -143,19 +158,29 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
             total += loss.detach() * len(batch)
             if progress:
                 progress.advance(b_task)
-        # validation after every epoch; the best epoch's weights are the result (early stopping
-        # without stopping: the history shows the whole curve)
         entry = {"epoch": float(epoch), "loss": float(total) / max(1, len(rows))}
         if val is not None:
-            metrics, _ = evaluate(model_scorer(model, p.enc, val), val, (10,))
-            entry |= {"val_recall@10": metrics["recall@10"], "val_ndcg@10": metrics["ndcg@10"]}
-            if metrics["recall@10"] > best:
-                best, result.best_epoch, best_state = metrics["recall@10"], epoch, copy.deepcopy(model.state_dict())
+            ks = selection_ks(val.n_catalogue)
+            _, top = evaluate(model_scorer(model, p.enc, val), val, ks)
+            per_request, _ = per_row_metrics(top, val.targets, ks)
+            entry |= {f"val_{m}": float(v.mean()) for m, v in per_request.items()}
+            if selecting:
+                curves.append(selection_figure(per_request))
+                states[epoch] = copy.deepcopy(model.state_dict())
+                best = choose_epoch(curves).best
+                states = {e: st for e, st in states.items() if e >= best}  # the choice is never before best
         result.history.append(entry)
         if progress:
             progress.update(ep_task, advance=1, description=f"epoch {epoch} loss {entry['loss']:.3f}")
-    if val is not None and result.best_epoch:
-        model.load_state_dict(best_state)
+        if selecting and should_stop(curves, cfg.patience):
+            break
+    result.best_epoch = len(result.history)
+    if selecting:
+        choice = choose_epoch(curves)
+        result.best_epoch, result.selection = choice.epoch, choice.reason
+        model.load_state_dict(states[choice.epoch])
+    elif val is not None:
+        result.selection = f"{len(val.rows)} validation requests < {MIN_REQUESTS}: default schedule, {epochs} epochs"
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result

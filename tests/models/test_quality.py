@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks.bench_quality import markdown, plot, put_section, sections
 from benchmarks.bench_quality import run as run_quality
 from models.checkpoints import save_checkpoint
 from models.data import RawData
+from models.evaluation import emptied, shuffled
 from models.metrics import ranking_metrics
 from models.quality import (
     ALS,
@@ -28,6 +30,7 @@ from models.quality import (
     stale_rows,
     temporal,
 )
+from models.towers import UserBatch
 from models.train import TrainConfig
 from serving.model import load_checkpoint
 
@@ -86,7 +89,8 @@ def test_leave_last_out_requests_are_each_users_last_item_and_learn_from_nothing
 
 
 def test_temporal_requests_see_only_the_past_and_target_first_touches_after_the_cut(ctx) -> None:  # noqa: ANN001
-    p = temporal(ctx, test_frac=0.2, val_frac=0.1)
+    p = temporal(ctx, test_frac=0.2, val_frac=0.1, min_requests=0)
+    assert p.tune_kind == "global cut"
     ev = ctx.ev
     cut = ev.ts[~p.test.train].min()
     assert ev.ts[p.test.train].max() < cut
@@ -97,6 +101,27 @@ def test_temporal_requests_see_only_the_past_and_target_first_touches_after_the_
         assert before and ev.ts[row] >= cut and ev.grp_start[row] == ev.user_start[row] + len(before)
         assert set(targets[targets >= 0]) == after - before
     assert ev.ts[p.tune.train].max() < ev.ts[~p.tune.train].min() <= cut
+
+
+def test_too_few_global_validation_requests_fall_back_to_a_per_user_cut_inside_the_training_period(ctx) -> None:  # noqa: ANN001
+    """15 validation requests once chose the model's training length: below min_requests, tuning reads each
+    user's last first-time positives before the test cut instead, and learns from nothing at or after them."""
+    glob = temporal(ctx, min_requests=0)
+    p = temporal(ctx, min_requests=len(glob.tune.rows) + 1)
+    assert p.tune_kind == "per-user cut" and len(p.tune.rows) > len(glob.tune.rows)
+    ev = ctx.ev
+    cut = ev.ts[~p.test.train].min()
+    assert (p.test.rows == glob.test.rows).all()  # the test split is untouched
+    for row, targets in zip(p.tune.rows, p.tune.targets, strict=True):
+        u = ev.user[row]
+        mine = ev.user == u
+        assert ev.ts[row] < cut
+        # it learns from every event of the user before the request, none at or after it
+        assert (p.tune.train[mine] == (ev.ts[mine] < ev.ts[row])).all()
+        t = targets[targets >= 0]
+        later = mine & (ev.ts >= ev.ts[row]) & (ev.ts < cut) & ctx.novel
+        assert len(t) >= 1 and set(t) == set(ctx.col[later])  # the last fifth of them: here every one after it
+        assert not set(t) & set(ctx.col[mine & (ev.ts < ev.ts[row])])  # never an item of the history
 
 
 def test_popularity_scores_its_hand_computed_answer(ctx) -> None:  # noqa: ANN001
@@ -222,3 +247,33 @@ def test_the_benchmark_runs_end_to_end_on_a_folder(tmp_path: Path) -> None:
     assert "| EASE |" in text and "Freshness lift" in text
     png = plot(r, tmp_path / "q.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "History controls" in text and "history shuffled" in text
+    # the toy log's splits are small: the report says its figures cannot say much
+    assert r["splits"]["temporal"]["warnings"] and "> **Warning:** the test split has" in text
+
+
+def test_ease_tuned_from_one_factorisation_scores_as_the_inverse_does(ctx) -> None:  # noqa: ANN001
+    """Tuning reads every λ off one eigendecomposition of the Gram matrix; the refit inverts. Same scores."""
+    p = leave_last_out(ctx)
+    es = ctx.eval_set(p.tune)
+    idx = torch.arange(len(es.rows))
+    for lam in (1.0, 30.0):
+        tuned, refit = EASE(lambdas=(lam,)), EASE(lambdas=(lam,))
+        tuned.fit(ctx, p.tune, {"lambda": lam}, val=es)
+        refit.fit(ctx, p.tune, {"lambda": lam})
+        assert tuned.b is None and refit.b is not None
+        a, b = tuned.scorer(ctx, es)(idx), refit.scorer(ctx, es)(idx)
+        assert torch.allclose(a, b, atol=1e-4 * float(b.abs().max())), float((a - b).abs().max())
+
+
+def test_history_controls_keep_the_events_and_lose_only_their_order_or_everything() -> None:
+    items = torch.tensor([[5, 4, 3, 2, 0, 0], [7, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    types = torch.where(items > 0, items + 10, 0)
+    u = UserBatch(torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.zeros(3, 1), items, types)
+    s = shuffled(u, seed=3)
+    assert [sorted(r.tolist()) for r in s.hist_items] == [sorted(r.tolist()) for r in items]
+    assert (s.hist_types == torch.where(s.hist_items > 0, s.hist_items + 10, 0)).all()  # pairs kept together
+    assert (s.hist_items[:, 4:] == 0).all() and (s.hist_items[1] == items[1]).all()  # padding stays last
+    assert any((shuffled(u, seed).hist_items[0] != items[0]).any() for seed in range(5))
+    e = emptied(u)
+    assert (e.hist_items == 0).all() and (e.hist_types == 0).all()

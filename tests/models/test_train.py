@@ -129,3 +129,15 @@ def test_too_little_data_is_one_clear_error(tiny) -> None:  # noqa: ANN001 - fix
 
     with pytest.raises(TrainError, match="too little data"):
         prepare(RawData(tiny.users, tiny.items, tiny.interactions.iloc[:3]))
+
+
+def test_the_model_holds_the_weights_of_the_epoch_selection_chose(trained: Report) -> None:
+    """fit keeps the chosen epoch's weights, not the last epoch's: the test figure of the returned model is
+    the validation figure recorded for that epoch, recomputed."""
+    from models.evaluation import eval_set, evaluate, model_scorer
+
+    result, p = trained.fit, trained.prepared
+    assert len(p.split.val) >= 200 and result.selection and 1 <= result.best_epoch <= len(result.history)
+    es = eval_set(p.enc, p.split.val)
+    now = evaluate(model_scorer(result.model, p.enc, es), es, (10,))[0]
+    assert now["ndcg@10"] == pytest.approx(result.history[result.best_epoch - 1]["val_ndcg@10"], abs=1e-6)

@@ -1,0 +1,50 @@
+"""models.selection: the training length read from a validation curve, on curves whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.selection import DEFAULT_EPOCHS, MIN_REQUESTS, choose_epoch, selection_figure, should_stop
+
+
+def _curves(means: list[float], n: int = 1000, noise: float = 0.2, seed: int = 0) -> list[np.ndarray]:
+    """Per-request figures: a shared per-request level (what pairing cancels) plus epoch means and noise."""
+    rng = np.random.default_rng(seed)
+    level = rng.random(n)
+    return [level + m + noise * rng.standard_normal(n) / 10 for m in means]
+
+
+def test_a_clear_peak_is_chosen() -> None:
+    c = choose_epoch(_curves([0.0, 0.1, 0.2, 0.3, 0.2, 0.1, 0.0]))
+    assert (c.best, c.epoch) == (4, 4)
+
+
+def test_a_plateau_is_trained_to_its_end_not_stopped_at_its_first_noisy_high() -> None:
+    """Undertraining was the failure: where later epochs cannot be told from the best, the latest wins."""
+    c = choose_epoch(_curves([0.0, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3], noise=2.0))
+    assert c.epoch == 7 and c.best <= c.epoch
+
+
+def test_a_single_lucky_epoch_does_not_win() -> None:
+    """A one-epoch spike (epoch 2) loses to a broad rise: the curve is smoothed over neighbours first."""
+    c = choose_epoch(_curves([0.0, 0.5, 0.0, 0.2, 0.3, 0.3, 0.3, 0.3]))
+    assert c.best >= 5
+
+
+def test_too_few_requests_choose_nothing() -> None:
+    c = choose_epoch(_curves([0.0, 0.5, 0.0], n=MIN_REQUESTS - 1))
+    assert c.epoch == 3 and "no selection" in c.reason
+    assert not should_stop(_curves([0.3, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0], n=MIN_REQUESTS - 1), patience=2)
+    assert DEFAULT_EPOCHS >= 5  # the documented default schedule is a real one
+
+
+def test_stops_once_the_choice_lies_patience_epochs_back_and_not_before() -> None:
+    falling = [0.0, 0.3, 0.2, 0.1, 0.0, -0.1, -0.2]
+    assert not should_stop(_curves(falling[:4]), patience=3)
+    assert should_stop(_curves(falling), patience=3)
+    assert not should_stop(_curves([0.0, 0.1, 0.2, 0.3, 0.4, 0.5]), patience=3)  # still rising
+
+
+def test_the_figure_averages_every_ndcg_it_is_given() -> None:
+    rows = {"ndcg@10": np.array([1.0, 0.0]), "ndcg@50": np.array([0.5, 0.5]), "recall@10": np.array([9.0, 9.0])}
+    assert selection_figure(rows).tolist() == [0.75, 0.25]
