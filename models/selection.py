@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["MIN_REQUESTS", "DEFAULT_EPOCHS", "SELECTION_KS", "Choice", "selection_ks", "selection_figure",
-           "choose_epoch", "should_stop"]
+           "choose_epoch", "earliest_choice", "should_stop"]
 
 MIN_REQUESTS = 200  # below this a NDCG@10 difference of 0.01 is inside the noise of one request's 0/1 hit
 DEFAULT_EPOCHS = 10
@@ -79,6 +79,17 @@ def choose_epoch(curves: Sequence[np.ndarray], min_requests: int = MIN_REQUESTS)
     reason = ("best smoothed epoch" if chosen == best
               else f"latest epoch within one standard error of the best ({best + 1})")
     return Choice(chosen + 1, best + 1, reason)
+
+
+def earliest_choice(curves: Sequence[np.ndarray]) -> int:
+    """The earliest epoch (1-based) that can still be chosen however training goes on: the best among the
+    epochs whose smoothing window is complete (a later epoch changes only the last ``SMOOTH`` of them).
+    The final best is at or after it, and the choice at or after the best: earlier weights can be freed."""
+    c = np.asarray(curves, np.float64)
+    done = len(c) - SMOOTH
+    if done <= 0:
+        return 1
+    return int(np.argmax(_smoothed(c).mean(axis=1)[:done])) + 1
 
 
 def should_stop(curves: Sequence[np.ndarray], patience: int, min_requests: int = MIN_REQUESTS) -> bool:

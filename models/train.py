@@ -20,7 +20,15 @@ from .data import Encoded, Prepared, RawData, TrainError, prepare, user_batch
 from .evaluation import EvalSet, baseline_scorers, eval_set, evaluate, model_scorer
 from .features import FeatureSchema
 from .metrics import per_row_metrics
-from .selection import DEFAULT_EPOCHS, MIN_REQUESTS, choose_epoch, selection_figure, selection_ks, should_stop
+from .selection import (
+    DEFAULT_EPOCHS,
+    MIN_REQUESTS,
+    choose_epoch,
+    earliest_choice,
+    selection_figure,
+    selection_ks,
+    should_stop,
+)
 from .towers import TowerConfig, TwoTower
 
 __all__ = ["TrainConfig", "FitResult", "Report", "pick_device", "new_model", "grow_state", "fit",
@@ -167,8 +175,8 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
             if selecting:
                 curves.append(selection_figure(per_request))
                 states[epoch] = copy.deepcopy(model.state_dict())
-                best = choose_epoch(curves).best
-                states = {e: st for e, st in states.items() if e >= best}  # the choice is never before best
+                first = earliest_choice(curves)
+                states = {e: st for e, st in states.items() if e >= first}  # never chosen: freed
         result.history.append(entry)
         if progress:
             progress.update(ep_task, advance=1, description=f"epoch {epoch} loss {entry['loss']:.3f}")
