@@ -31,10 +31,11 @@ from streamrec.schemas import HISTORY_LENGTH
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "coverage@10")
 REFERENCE = "two-tower"
+POOLED = "two-tower (pooled)"
 
 
 def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: bool = True,
-        report: Any = print, history: int = HISTORY_LENGTH) -> dict[str, Any]:
+        report: Any = print, history: int = HISTORY_LENGTH, pooled: bool = True) -> dict[str, Any]:
     """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict."""
     import torch
 
@@ -69,7 +70,10 @@ def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: boo
     for name in splits:
         protocol = PROTOCOLS[name](ctx)
         rankers = [Popularity(), EASE(), *([ALS(seed=seed)] if als else []),
-                   TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed))]
+                   TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed)),
+                   # the first user tower (attention pooling, one forward per target), on the same harness
+                   *([TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed), {"user_tower": "pooled"}, POOLED)]
+                     if pooled else [])]
         if raw.affinities is not None:
             rankers.append(Oracle())
         warnings = [f"{what} has {n} requests (< {MIN_REQUESTS}): {consequence}"
@@ -219,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--history", type=int, default=HISTORY_LENGTH,
                     help=f"recent events the two-tower reads (the stream keeps {HISTORY_LENGTH}: another is a what-if)")
     ap.add_argument("--no-als", action="store_true", help="leave ALS out")
+    ap.add_argument("--no-pooled", action="store_true",
+                    help="leave out the first user tower (attention pooling), shown beside the served one")
     ap.add_argument("--out-dir", type=Path, default=Path("quality"), help="where quality.json and quality.png go")
     ap.add_argument("--report", type=Path, default=None,
                     help="Markdown file whose quality section for this data is written (e.g. BENCHMARKS.md)")
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = ["temporal", "leave-last-out"] if args.split == "both" else [args.split]
     with err.status("quality benchmark…") as status:
         r = run(data, splits, epochs=args.epochs, seed=args.seed, als=not args.no_als, history=args.history,
-                report=lambda line: (status.update(line), err.print(line, highlight=False)))
+                pooled=not args.no_pooled, report=lambda line: (status.update(line), err.print(line, highlight=False)))
     command = "streamrec bench quality " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(r, command.strip())
     args.out_dir.mkdir(parents=True, exist_ok=True)

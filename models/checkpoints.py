@@ -174,9 +174,15 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+# fields added after checkpoints were written, with the value that reproduces those checkpoints' model
+_ADDED = {"user_tower": "pooled", "heads": 2}
+
+
 def _config(meta: dict[str, Any], schema: FeatureSchema, where: Path) -> TowerConfig:
     raw = meta["config"]
     names = {f.name for f in fields(TowerConfig)}
+    if isinstance(raw, dict) and set(raw) | set(_ADDED) == names:
+        raw = {**_ADDED, **raw}
     if not isinstance(raw, dict) or set(raw) != names:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{where}: config keys {got} do not match TowerConfig {sorted(names)}")

@@ -32,12 +32,15 @@ def _settings(data_dir: Path | None, out: Path | None) -> Any:
 def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by both commands (training hyper-parameters and folders)."""
     options = [
-        click.option("--batch-size", default=256, show_default=True, type=click.IntRange(2, 65536),
+        click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(2, 65536),
                      help="Examples per step; the other rows of a batch are each example's negatives."),
-        click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+        click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
                      help="Learning rate (AdamW; SparseAdam for the id and title tables)."),
         click.option("--dim", default=64, show_default=True, type=click.IntRange(2, 1024),
                      help="Embedding dimension D (a warm start keeps the current model's)."),
+        click.option("--user-tower", default="sequence", show_default=True, type=click.Choice(["sequence", "pooled"]),
+                     help="User tower: causal self-attention over the history, or attention pooling (the first "
+                          "design); a warm start keeps the current model's."),
         click.option("--temperature", default=0.05, show_default=True,
                      type=click.FloatRange(0, 10, min_open=True), help="Softmax temperature on cosine scores."),
         click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
@@ -94,7 +97,8 @@ def _plot(history: list[dict[str, float]], baselines: dict[str, dict[str, float]
               help="PNG of loss and metrics per epoch (default: <checkpoint>/training.png).")
 @click.option("--no-plot", is_flag=True, help="Do not draw the PNG.")
 @click.option("--no-promote", is_flag=True, help="Save the checkpoint but leave LATEST as it is.")
-def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float, seed: int, targets: str,
+def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, temperature: float, seed: int,
+          targets: str,
           device: str | None, data_dir: Path | None, out: Path | None, plot: Path | None, no_plot: bool,
           no_promote: bool) -> None:
     """Train the two-tower model on the generated data and compare it with baselines.
@@ -114,7 +118,8 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float,
                       device=device)
     raw = load_data(settings.data_dir)
     with _progress(err) as progress:
-        report = train_and_evaluate(raw, cfg, {"dim": dim, "temperature": temperature}, progress)
+        report = train_and_evaluate(raw, cfg, {"dim": dim, "temperature": temperature, "user_tower": user_tower},
+                                    progress)
     p, fitted = report.prepared, report.fit
     table = _table(report.test, "two-tower vs baselines (test split)")
     table.caption = (f"{len(p.split.test):,} test users, {p.enc.schema.n_item_rows - 2:,} items, seen items "
@@ -161,8 +166,8 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, temperature: float,
 @_model_options
 def trainer(every: str | None, after_events: int | None, once: bool, max_runs: int | None, tolerance: float,
             epochs: int, cold_start: bool, topic: str | None, no_publish: bool, threads: int | None, niceness: int,
-            batch_size: int, lr: float, dim: int, temperature: float, seed: int, targets: str, device: str | None,
-            data_dir: Path | None, out: Path | None) -> None:
+            batch_size: int, lr: float, dim: int, user_tower: str, temperature: float, seed: int, targets: str,
+            device: str | None, data_dir: Path | None, out: Path | None) -> None:
     """Retrain periodically on the base data plus new events from Kafka; promote if not worse.
 
     New events on the interactions topic are appended to an offline parquet log in the data
@@ -181,7 +186,7 @@ def trainer(every: str | None, after_events: int | None, once: bool, max_runs: i
         tolerance=tolerance, warm_start=not cold_start, topic=topic or INTERACTIONS, publish=not no_publish,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, targets=targets,  # type: ignore[arg-type]
                           device=device),
-        model={"dim": dim, "temperature": temperature})
+        model={"dim": dim, "temperature": temperature, "user_tower": user_tower})
     every_s = parse_duration(every) if every is not None else None
     if not once and every_s is None and after_events is None:
         raise TrainerError("say when to retrain: --every 10m, --after-events N, or --once")

@@ -22,10 +22,10 @@ from streamrec.frames import string_ids
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 from .features import POSITIVE_TYPES, FeatureSchema
-from .towers import UserBatch
+from .towers import UserBatch, Windows
 
 __all__ = ["TrainError", "RawData", "Events", "Split", "Encoded", "Prepared", "load_data", "split_by_time",
-           "encode", "prepare", "user_batch", "history_positions"]
+           "encode", "prepare", "user_batch", "history_positions", "WindowIndex", "window_index", "window_batch"]
 
 _FILES = {"users": "recommendation_users.parquet", "items": "recommendation_items.parquet",
           "interactions": "recommendation_interactions.parquet"}
@@ -227,3 +227,56 @@ def prepare(raw: RawData, schema: FeatureSchema | None = None, targets: str = "n
                          "(a test target needs a user with two first-time positive events)")
     return Prepared(raw, ev, split, encode(ev, schema, raw.users, raw.items, device))
 
+
+
+@dataclass
+class WindowIndex:
+    """Training targets grouped by the window of ``h`` events (a user's events cut from their first one)
+    that holds the newest event of their history: the sequence tower reads every target of a window in one
+    pass. Targets without any history are left out (nothing to attend to)."""
+
+    start: np.ndarray  # (W,) first event row of each window
+    length: np.ndarray  # (W,) events in it (the user's last window may be short)
+    ptr: np.ndarray  # (W + 1,) CSR over rows/pos
+    rows: np.ndarray  # target event rows, window by window
+    pos: np.ndarray  # position of each target's newest history event in its window
+    h: int
+
+
+def window_index(enc: Encoded, rows: np.ndarray, h: int) -> WindowIndex:
+    us, gs = enc.user_start.cpu().numpy(), enc.grp_start.cpu().numpy()
+    user = enc.ev_user.cpu().numpy()
+    rows = np.asarray(rows, np.int64)
+    rows = rows[gs[rows] > us[rows]]
+    last = gs[rows] - 1  # the newest event strictly before the target's time
+    start = us[rows] + (last - us[rows]) // h * h
+    order = np.lexsort((rows, start))
+    rows, last, start = rows[order], last[order], start[order]
+    starts, first, counts = np.unique(start, return_index=True, return_counts=True)
+    new_user = np.r_[True, user[1:] != user[:-1]]
+    bounds = np.r_[np.flatnonzero(new_user), len(user)]
+    user_end = bounds[np.searchsorted(bounds, starts, side="right")]
+    return WindowIndex(starts, np.minimum(h, user_end - starts), np.r_[0, np.cumsum(counts)], rows,
+                       last - start, h)
+
+
+def window_batch(enc: Encoded, w: WindowIndex, sel: np.ndarray) -> tuple[Windows, torch.Tensor]:
+    """Windows ``sel`` as model input, and their targets' event rows (T,)."""
+    dev = enc.ev_item.device
+    slots = np.arange(w.h)
+    pos_rows = w.start[sel, None] + slots  # (W, L)
+    valid = slots < w.length[sel, None]
+    idx = torch.as_tensor(np.where(valid, pos_rows, 0), device=dev)
+    keep = torch.as_tensor(valid, device=dev)
+    items = torch.where(keep, enc.ev_item[idx], torch.zeros_like(idx))
+    types = torch.where(keep, enc.ev_type[idx], torch.zeros_like(idx))
+    lo, hi = w.ptr[sel], w.ptr[sel + 1]
+    n = hi - lo
+    flat = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(n.sum())
+    tgt = torch.as_tensor(w.rows[flat], device=dev)
+    u = enc.ev_user[tgt]
+    none = torch.zeros((len(tgt), 1), dtype=torch.long, device=dev)
+    profile = UserBatch(enc.profile["age"][u], enc.profile["gender"][u], enc.profile["region"][u],
+                        enc.profile["pref"][u], none, none)
+    win = torch.as_tensor(np.repeat(np.arange(len(sel)), n), device=dev)
+    return Windows(items, types, win, torch.as_tensor(w.pos[flat], device=dev), profile), tgt

@@ -357,8 +357,9 @@ class TwoTowerRanker(Ranker):
 
     name = "two-tower"
 
-    def __init__(self, cfg: TrainConfig | None = None, model: dict[str, Any] | None = None) -> None:
-        self.cfg, self.model_options = cfg or TrainConfig(), model or {}
+    def __init__(self, cfg: TrainConfig | None = None, model: dict[str, Any] | None = None,
+                 name: str = "two-tower") -> None:
+        self.cfg, self.model_options, self.name = cfg or TrainConfig(), model or {}, name
 
     def fit(self, ctx: Context, fold: Fold, params: dict[str, Any], val: EvalSet | None = None) -> None:
         self.params = dict(params)

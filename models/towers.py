@@ -18,7 +18,10 @@ from torch import Tensor, nn
 
 from streamrec.schemas import HISTORY_LENGTH
 
-__all__ = ["TowerConfig", "UserBatch", "ItemTower", "UserTower", "TwoTower"]
+__all__ = ["TowerConfig", "UserBatch", "Windows", "ItemTower", "UserTower", "SequenceUserTower", "TwoTower",
+           "USER_TOWERS"]
+
+USER_TOWERS = ("sequence", "pooled")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,22 @@ class TowerConfig:
     # profile already says everything (true of the generator) and a burst of fresh events barely moves
     # the user; with it they learn to read tastes from the history too (and serve profile-less users)
     profile_dropout: float = 0.5
+    # "sequence": causal self-attention over the history, trained on every position of each user's event
+    # sequence at once (SequenceUserTower); "pooled": the first design, attention pooling with a
+    # profile-only query, one forward per training target (UserTower). Checkpoints without the key are pooled.
+    user_tower: str = "sequence"
+    heads: int = 2
+
+
+class Windows(NamedTuple):
+    """Training input of the sequence tower: runs of one user's events, oldest first, and the targets whose
+    history ends inside them (a target's history = the run up to and including ``pos``)."""
+
+    items: Tensor  # (W, L) item rows, oldest first, 0 = padding (at the end)
+    types: Tensor  # (W, L)
+    win: Tensor  # (T,) the window of each target's newest history event
+    pos: Tensor  # (T,) its position in that window
+    user: UserBatch  # (T,) profiles of the targets' users (history fields unused)
 
 
 class UserBatch(NamedTuple):
@@ -150,13 +169,98 @@ class UserTower(nn.Module):
         return F.normalize(self.mlp(x), dim=-1)  # (B, D)
 
 
+class SequenceUserTower(nn.Module):
+    """Profile + one causal self-attention block over the history (SASRec-style, Kang & McAuley 2018).
+
+    Each event is its item's history vector + its type's vector. Attention is causal with a learned
+    per-head bias for each recency distance (how many events back a key is), so a position's state
+    depends only on its own and earlier events and on how far back they are, not where a window starts:
+    training reads a state at every position of a user's sequence in one pass (``states``), serving reads
+    the newest position of the last ``max_history`` events (``forward``), and both compute the same thing.
+    One block: the keys and values are then linear in each event's vector, so serving precomputes them
+    per item (serving.model.NumpySequenceTower) and only the newest position's query is ever computed.
+    """
+
+    def __init__(self, cfg: TowerConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        if d % cfg.heads:
+            raise ValueError(f"dim {d} is not divisible by heads {cfg.heads}")
+        self.heads = cfg.heads
+        self.age = nn.Embedding(cfg.n_age, d)
+        self.gender = nn.Embedding(cfg.n_gender, d)
+        self.region = nn.Embedding(cfg.n_region, d)
+        self.pref = nn.EmbeddingBag(cfg.n_top, d, mode="mean", padding_idx=0)
+        self.kind = nn.Embedding(cfg.n_types, d, padding_idx=0)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        # recency prior: a key k events back starts at -0.1 k, so the newest events lead before training
+        self.rel_bias = nn.Parameter(-0.1 * torch.arange(cfg.max_history, dtype=torch.float32).repeat(cfg.heads, 1))
+        self.norm1 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.norm2 = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout / 2)  # on the events: a transformer block needs less than the MLPs
+        self.mlp = _mlp(6 * d, cfg.hidden, d, cfg.dropout)
+        self.profile_dropout = cfg.profile_dropout
+
+    def profile(self, u: UserBatch) -> Tensor:
+        if self.training and self.profile_dropout > 0:
+            hide = torch.rand(u.age.shape, device=u.age.device) < self.profile_dropout  # (B,)
+            u = u._replace(age=u.age.masked_fill(hide, 0), gender=u.gender.masked_fill(hide, 0),
+                           region=u.region.masked_fill(hide, 0), pref=u.pref.masked_fill(hide.unsqueeze(1), 0))
+        return torch.cat([self.age(u.age), self.gender(u.gender), self.region(u.region), self.pref(u.pref)],
+                         dim=-1)  # (B, 4D)
+
+    def states(self, hist: Tensor, types: Tensor, valid: Tensor, query: Tensor | None = None) -> Tensor:
+        """Oldest-first events (W, L, D), their types and validity (W, L) -> each position's state (W, L, 2D):
+        the attention block's output and the mean of the events so far; or only the positions ``query``
+        (L,) bool selects: (W, Q, 2D)."""
+        w, n, d = hist.shape
+        x = self.drop(hist + self.kind(types))  # (W, L, D)
+        q, k, v = self.qkv(x).view(w, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (W, h, L, d/h)
+        # the long-term taste beside the attention's short-term one: the mean of every event so far
+        seen = valid.to(x.dtype).unsqueeze(-1)  # (W, L, 1)
+        mean = (x * seen).cumsum(1) / seen.cumsum(1).clamp(min=1)  # (W, L, D)
+        idx = torch.arange(n, device=hist.device)
+        if query is not None:
+            q, x, mean, idx_q = q[:, :, query], x[:, query], mean[:, query], idx[query]
+        else:
+            idx_q = idx
+        dist = idx_q.unsqueeze(1) - idx.unsqueeze(0)  # (Q, L) how many events back each key is
+        allowed = (dist >= 0) & (dist < self.rel_bias.size(1))
+        bias = self.rel_bias[:, dist.clamp(0, self.rel_bias.size(1) - 1)]  # (h, Q, L)
+        mask = allowed.unsqueeze(0) & valid[:, None, None, :]  # (W, 1, Q, L)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(d // self.heads) + bias  # (W, h, Q, L)
+        att = torch.softmax(att.masked_fill(~mask, -1e9), dim=-1) * mask.any(-1, keepdim=True)
+        y = x + self.out((att @ v).transpose(1, 2).reshape(w, -1, d))  # (W, Q, D)
+        return torch.cat([self.norm2(y + self.ffn(self.norm1(y))), mean], dim=-1)  # (W, Q, 2D)
+
+    def head(self, prof: Tensor, state: Tensor) -> Tensor:
+        return F.normalize(self.mlp(torch.cat([prof, state], dim=-1)), dim=-1)  # (B, D)
+
+    def forward(self, u: UserBatch, hist: Tensor) -> Tensor:
+        """``hist`` = item tower history vectors of ``u.hist_items`` (newest first): (B, H, D) -> (B, D)."""
+        flip = lambda t: t.flip(1)  # noqa: E731 - newest first -> oldest first, the newest last
+        valid = flip(u.hist_items > 0)
+        last = torch.zeros(hist.size(1), dtype=torch.bool, device=hist.device)
+        last[-1] = True
+        state = self.states(flip(hist), flip(u.hist_types), valid, last)[:, 0]  # (B, D)
+        return self.head(self.profile(u), state)
+
+
 class TwoTower(nn.Module):
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.item_tower = ItemTower(cfg)
-        self.user_tower = UserTower(cfg)
+        if cfg.user_tower not in USER_TOWERS:
+            raise ValueError(f"user_tower must be one of {USER_TOWERS}, got {cfg.user_tower!r}")
+        self.user_tower = SequenceUserTower(cfg) if cfg.user_tower == "sequence" else UserTower(cfg)
         self.apply(self._init)
+
+    @property
+    def sequential(self) -> bool:
+        return isinstance(self.user_tower, SequenceUserTower)
 
     def _init(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
@@ -174,6 +278,27 @@ class TwoTower(nn.Module):
     def items(self, idx: Tensor) -> Tensor:
         return self.item_tower(idx)  # (N, D)
 
+    def window_users(self, b: Windows) -> Tensor:
+        """The sequence tower's user vector for every target of ``b`` (T, D), all positions in one pass."""
+        tower = self.user_tower
+        assert isinstance(tower, SequenceUserTower)
+        uniq, inv = torch.unique(b.items, return_inverse=True)
+        hist = F.embedding(inv, self.item_tower.history_vectors(uniq))  # (W, L, D)
+        states = tower.states(hist, b.types, b.items > 0)  # (W, L, D)
+        return tower.head(tower.profile(b.user), states[b.win, b.pos])  # (T, D)
+
+    def loss(self, user: Tensor, targets: Tensor, log_q: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """In-batch sampled softmax of user vectors (B, D) against their targets' items (B,): logits, loss."""
+        item = self.items(targets)  # (B, D)
+        logits = user @ item.T / self.cfg.temperature  # (B, B)
+        if log_q is not None:
+            logits = logits - log_q[targets].unsqueeze(0)
+        # the same item twice in a batch is a positive, not a negative, for both rows
+        dup = (targets.unsqueeze(0) == targets.unsqueeze(1)) & ~torch.eye(
+            len(targets), dtype=torch.bool, device=targets.device)
+        logits = logits.masked_fill(dup, float("-inf"))
+        return logits, F.cross_entropy(logits, torch.arange(len(targets), device=targets.device))
+
     def forward(self, u: UserBatch, targets: Tensor | None = None,
                 log_q: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """User vectors (B, D), or with ``targets`` (B,) in-batch logits (B, B) and the loss.
@@ -185,13 +310,4 @@ class TwoTower(nn.Module):
         user = self.users(u)  # (B, D)
         if targets is None:
             return user, None
-        item = self.items(targets)  # (B, D)
-        logits = user @ item.T / self.cfg.temperature  # (B, B)
-        if log_q is not None:
-            logits = logits - log_q[targets].unsqueeze(0)
-        # the same item twice in a batch is a positive, not a negative, for both rows
-        dup = (targets.unsqueeze(0) == targets.unsqueeze(1)) & ~torch.eye(
-            len(targets), dtype=torch.bool, device=targets.device)
-        logits = logits.masked_fill(dup, float("-inf"))
-        loss = F.cross_entropy(logits, torch.arange(len(targets), device=targets.device))
-        return logits, loss
+        return self.loss(user, targets, log_q)

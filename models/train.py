@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,7 +17,17 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from .data import Encoded, Prepared, RawData, TrainError, prepare, user_batch
+from .data import (
+    Encoded,
+    Prepared,
+    RawData,
+    TrainError,
+    WindowIndex,
+    prepare,
+    user_batch,
+    window_batch,
+    window_index,
+)
 from .evaluation import EvalSet, baseline_scorers, eval_set, evaluate, model_scorer
 from .features import FeatureSchema
 from .metrics import per_row_metrics
@@ -41,8 +52,10 @@ class TrainConfig:
     # costs little (the curve flattens, patience stops it) where a short one under-trained on real logs
     epochs: int = 30
     patience: int = 5  # epochs past the chosen one, all clearly worse, before training stops
-    batch_size: int = 256  # in-batch negatives: larger is harder, but 256 keeps ~60 steps/epoch at 20k
-    lr: float = 1e-3
+    # in-batch negatives: larger is harder and, for the sequence tower (whole windows a batch), cheaper per
+    # target; 1024 at lr 2e-3 scored best of 256/1e-3, 1024/2e-3, 1024/4e-3 on ml-100k (BENCHMARKS.md)
+    batch_size: int = 1024
+    lr: float = 2e-3
     weight_decay: float = 1e-5
     seed: int = 0
     # novel: only a user's first touch of an item is a target. "all" adds the funnel repeats (cart
@@ -120,6 +133,29 @@ def _optimizers(model: TwoTower, cfg: TrainConfig) -> list[torch.optim.Optimizer
             torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)]
 
 
+def _target_steps(model: TwoTower, p: Prepared, rows: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
+                  log_q: torch.Tensor | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """One forward per training target (the pooled tower): (examples, loss) per batch."""
+    perm = rows[torch.randperm(len(rows), generator=gen).to(rows.device)]
+    for i in range(0, len(perm), cfg.batch_size):
+        batch = perm[i:i + cfg.batch_size]
+        yield len(batch), model(user_batch(p.enc, batch), p.enc.ev_item[batch], log_q)[1]
+
+
+def _window_steps(model: TwoTower, p: Prepared, w: WindowIndex, cfg: TrainConfig, gen: torch.Generator,
+                  log_q: torch.Tensor | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Every target of a run of windows in one pass (the sequence tower): batches of ~``batch_size``
+    targets, whole windows each, in a random order."""
+    order = torch.randperm(len(w.start), generator=gen).numpy()
+    counts = np.diff(w.ptr)[order]
+    cuts = np.searchsorted(np.cumsum(counts), np.arange(cfg.batch_size, counts.sum(), cfg.batch_size))
+    for sel in np.split(order, np.unique(cuts + 1)):
+        if len(sel) == 0:
+            continue
+        b, targets = window_batch(p.enc, w, sel)
+        yield len(targets), model.loss(model.window_users(b), p.enc.ev_item[targets], log_q)[1]
+
+
 def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | None = None,
         val: EvalSet | None = None) -> FitResult:
     """Train on ``p.split.train`` for at most ``cfg.epochs`` epochs; after each, score the validation set
@@ -143,6 +179,7 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
     selecting = val is not None and len(val.rows) >= MIN_REQUESTS
     epochs = cfg.epochs if selecting or val is None else min(cfg.epochs, DEFAULT_EPOCHS)
     result, t0 = FitResult(model), time.perf_counter()
+    windows = window_index(p.enc, p.split.train, p.enc.schema.max_history) if model.sequential else None
     n_batches = max(1, -(-len(rows) // cfg.batch_size))
     ep_task = progress.add_task("epochs", total=epochs) if progress else None
     b_task = progress.add_task("batches", total=n_batches) if progress else None
@@ -151,19 +188,17 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
     # the batch order comes from ``gen`` alone, so a run is reproducible from cfg.seed
     for epoch in range(1, epochs + 1):
         model.train()
-        perm = rows[torch.randperm(len(rows), generator=gen).to(dev)]
         total = torch.zeros((), device=dev)
         if progress:
             progress.reset(b_task, total=n_batches)
-        for i in range(0, len(perm), cfg.batch_size):
-            batch = perm[i:i + cfg.batch_size]
-            _, loss = model(user_batch(p.enc, batch), p.enc.ev_item[batch], log_q)
+        for batch_rows, loss in (_window_steps(model, p, windows, cfg, gen, log_q) if windows is not None
+                                 else _target_steps(model, p, rows, cfg, gen, log_q)):
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
             for opt in opts:
                 opt.step()
-            total += loss.detach() * len(batch)
+            total += loss.detach() * batch_rows
             if progress:
                 progress.advance(b_task)
         entry = {"epoch": float(epoch), "loss": float(total) / max(1, len(rows))}
@@ -183,7 +218,7 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
         if selecting and should_stop(curves, cfg.patience):
             break
     result.best_epoch = len(result.history)
-    if selecting:
+    if selecting and curves:  # epochs=0: the untrained model, nothing to choose
         choice = choose_epoch(curves)
         result.best_epoch, result.selection = choice.epoch, choice.reason
         model.load_state_dict(states[choice.epoch])

@@ -23,9 +23,10 @@ from scipy.special import erf
 
 from models.checkpoints import CheckpointError, latest_version, read_checkpoint
 from models.features import FeatureSchema
-from models.towers import TwoTower
+from models.towers import SequenceUserTower, TwoTower
 
-__all__ = ["UserInput", "LoadedModel", "NumpyUserTower", "load_checkpoint", "load_latest"]
+__all__ = ["UserInput", "LoadedModel", "NumpyUserTower", "NumpySequenceTower", "numpy_tower", "load_checkpoint",
+           "load_latest"]
 
 _CHUNK = 1024  # users per forward pass: bounds memory for large batches
 
@@ -89,6 +90,97 @@ class NumpyUserTower:
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).numpy().copy()
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + erf(x / np.float32(math.sqrt(2))))  # nn.GELU(): the exact, erf form
+
+
+def _layer_norm(x: np.ndarray, norm: torch.nn.LayerNorm) -> np.ndarray:
+    w, b = _np(norm.weight), _np(norm.bias)
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + np.float32(norm.eps)) * w + b
+
+
+class NumpySequenceTower:
+    """The sequence tower's eval-mode forward in numpy (see NumpyUserTower for why numpy).
+
+    Only the newest position's state is served, and one attention block reads each event's vector
+    linearly, so every item's key and value rows are computed once at load: a request costs gathers, one
+    query, a softmax over ≤ H keys and the small MLPs. The same numbers as ``TwoTower.users`` to float32
+    rounding (tests/models/test_serving_model.py).
+    """
+
+    def __init__(self, model: TwoTower) -> None:
+        user, items = model.user_tower, model.item_tower
+        assert isinstance(user, SequenceUserTower)
+        d = model.cfg.dim
+        with torch.inference_mode():
+            hist = items.history_vectors(torch.arange(model.cfg.n_items))  # (rows, D)
+            w, b = user.qkv.weight, user.qkv.bias  # (3D, D), (3D,)
+            self.hist = _np(hist)
+            self.kinds = _np(user.kind.weight)  # (T, D); row 0 (padding) is zero
+            self.q_w, self.q_b = _np(w[:d]).T, _np(b[:d])
+            # keys and values of every item row and every type: an event's are the sum of its two
+            self.k_item, self.v_item = _np(hist @ w[d:2 * d].T + b[d:2 * d]), _np(hist @ w[2 * d:].T + b[2 * d:])
+            self.k_kind, self.v_kind = _np(user.kind.weight @ w[d:2 * d].T), _np(user.kind.weight @ w[2 * d:].T)
+        self.heads = user.heads
+        self.rel_bias = _np(user.rel_bias)  # (heads, H)
+        self.out_w, self.out_b = _np(user.out.weight).T, _np(user.out.bias)
+        self.norm1, self.norm2 = user.norm1, user.norm2
+        self.f1_w, self.f1_b = _np(user.ffn[0].weight).T, _np(user.ffn[0].bias)
+        self.f2_w, self.f2_b = _np(user.ffn[2].weight).T, _np(user.ffn[2].bias)
+        self.profile = _Profile(user)
+        first, second = user.mlp[1], user.mlp[3]
+        self.w1, self.b1 = _np(first.weight).T, _np(first.bias)
+        self.w2, self.b2 = _np(second.weight).T, _np(second.bias)
+
+    def __call__(self, age: np.ndarray, gender: np.ndarray, region: np.ndarray, pref: np.ndarray,
+                 hist_items: np.ndarray, hist_types: np.ndarray) -> np.ndarray:
+        """(B, D) float32, L2-normalised; histories newest first, as :class:`UserBatch` holds them."""
+        b, h = hist_items.shape
+        d = self.hist.shape[1]
+        dh = d // self.heads
+        valid = hist_items > 0  # (B, H)
+        x_new = self.hist[hist_items[:, 0]] + self.kinds[hist_types[:, 0]]  # (B, D): the newest position
+        q = (x_new @ self.q_w + self.q_b).reshape(b, self.heads, dh)  # (B, h, d/h)
+        k = (self.k_item[hist_items] + self.k_kind[hist_types]).reshape(b, h, self.heads, dh)  # (B, H, h, d/h)
+        v = (self.v_item[hist_items] + self.v_kind[hist_types]).reshape(b, h, self.heads, dh)
+        logits = np.einsum("bnd,bjnd->bnj", q, k) / np.float32(math.sqrt(dh)) + self.rel_bias[:, :h]  # (B, h, H)
+        logits = np.where(valid[:, None, :], logits, np.float32(-1e9))
+        att = np.exp(logits - logits.max(-1, keepdims=True))
+        att *= valid.any(1)[:, None, None] / att.sum(-1, keepdims=True)  # an empty history attends to nothing
+        y = x_new + np.einsum("bnj,bjnd->bnd", att, v).reshape(b, d) @ self.out_w + self.out_b
+        z = y + _gelu(_layer_norm(y, self.norm1) @ self.f1_w + self.f1_b) @ self.f2_w + self.f2_b
+        x = self.hist[hist_items] + self.kinds[hist_types]  # (B, H, D)
+        mean = np.einsum("bh,bhd->bd", valid.astype(np.float32), x) / np.maximum(valid.sum(1, keepdims=True), 1)
+        feats = np.concatenate([self.profile(age, gender, region, pref), _layer_norm(z, self.norm2), mean], axis=1)
+        out = _gelu(feats @ self.w1 + self.b1) @ self.w2 + self.b2
+        return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class _Profile:
+    """Age, gender, region and the mean of the preferred categories, as the towers embed them: (B, 4D)."""
+
+    def __init__(self, user: torch.nn.Module) -> None:
+        self.age, self.gender, self.region = _np(user.age.weight), _np(user.gender.weight), _np(user.region.weight)
+        self.pref, self.padding = _np(user.pref.weight), user.pref.padding_idx
+
+    def __call__(self, age: np.ndarray, gender: np.ndarray, region: np.ndarray, pref: np.ndarray) -> np.ndarray:
+        used = pref != self.padding  # EmbeddingBag(mean, padding_idx): the mean of the real codes
+        pooled = np.einsum("bp,bpd->bd", used.astype(np.float32), self.pref[pref])
+        pooled /= np.maximum(used.sum(1, keepdims=True), 1)
+        return np.concatenate([self.age[age], self.gender[gender], self.region[region], pooled], axis=1)
+
+
+def numpy_tower(model: TwoTower) -> NumpyUserTower | NumpySequenceTower:
+    """The numpy forward that matches ``model``'s user tower."""
+    return NumpySequenceTower(model) if model.sequential else NumpyUserTower(model)
+
+
 class LoadedModel:
     """A validated checkpoint ready to embed; immutable after load (safe to share across threads)."""
 
@@ -109,7 +201,7 @@ class LoadedModel:
             items = model.items(rows).numpy().astype(np.float32)  # (n_items, D)
         items.flags.writeable = False  # shared by every caller: nobody may change it in place
         self._items = items
-        self._users = NumpyUserTower(model)
+        self._users = numpy_tower(model)
 
     @property
     def meta(self) -> dict[str, Any]:

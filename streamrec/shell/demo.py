@@ -117,7 +117,7 @@ def _steps(run: DemoRun) -> None:
         return None, f"{len(views)} feature views; profiles and items in Redis"
 
     def train() -> tuple[None, str]:
-        proc = subprocess.run([sys.executable, "-m", "streamrec", "train", "--epochs", "5", "--no-plot"],
+        proc = subprocess.run([sys.executable, "-m", "streamrec", "train", "--epochs", "15", "--no-plot"],
                               cwd=ROOT, capture_output=True, text=True)
         if proc.returncode:
             raise StreamrecError(f"training failed: {proc.stderr.strip().splitlines()[-1:]}")

@@ -10,7 +10,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models import checkpoints
-from models.checkpoints import CheckpointError, latest_version, list_versions, promote, read_checkpoint
+from models.checkpoints import (
+    CheckpointError,
+    latest_version,
+    list_versions,
+    promote,
+    read_checkpoint,
+    save_checkpoint,
+)
+from models.data import user_batch
 from models.features import popularity_ranking
 from models.train import Report
 from serving.model import load_checkpoint, load_latest
@@ -88,11 +96,11 @@ def test_wrong_shapes_are_refused(copy: Path) -> None:
 def test_missing_tensor_and_nan_are_refused(copy: Path) -> None:
     state = load_file(str(copy / checkpoints.WEIGHTS))
     bad = dict(state)
-    del bad["user_tower.pos_bias"]
+    del bad["user_tower.rel_bias"]
     _rewrite_weights(copy, bad)
     with pytest.raises(CheckpointError, match="missing"):
         read_checkpoint(copy)
-    state["user_tower.pos_bias"][0] = float("nan")
+    state["user_tower.rel_bias"][0, 0] = float("nan")
     _rewrite_weights(copy, state)
     with pytest.raises(CheckpointError, match="NaN"):
         read_checkpoint(copy)
@@ -176,3 +184,25 @@ def test_a_version_folder_linked_out_of_the_checkpoint_dir_is_refused(tmp_path: 
     assert version_folder(root, "v3") == (root / "v3").resolve()
     with pytest.raises(CheckpointError, match="outside"):
         version_folder(root, "v2")
+
+
+def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(tmp_path: Path, trained: Report) -> None:
+    """Checkpoints written before TowerConfig had user_tower/heads held the pooled tower: they still load, as
+    that tower, with the same user vectors."""
+    from dataclasses import replace
+
+    from models.train import new_model
+
+    schema = trained.prepared.enc.schema
+    torch.manual_seed(0)
+    old = new_model(schema, trained.prepared.enc, user_tower="pooled")
+    path = save_checkpoint(tmp_path, old, schema, metrics={}, data_window={})
+    meta = json.loads((path / checkpoints.META).read_text())
+    for key in ("user_tower", "heads"):
+        del meta["config"][key]
+    (path / checkpoints.META).write_text(json.dumps(meta))
+    model, _, _ = read_checkpoint(path)
+    assert model.cfg == replace(old.cfg, heads=2) and not model.sequential
+    u = user_batch(trained.prepared.enc, torch.as_tensor(trained.prepared.split.test[:8]))
+    with torch.inference_mode():
+        assert torch.allclose(model.users(u), old.eval().users(u))

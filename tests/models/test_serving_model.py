@@ -63,33 +63,38 @@ def test_fresh_events_move_the_user_toward_their_category(loaded: LoadedModel, m
         fresh = UserInput(user.profile, (burst + user.recent_item_ids)[:20],
                           (["positive_view"] * len(burst) + user.recent_interaction_types)[:20])
         after = items @ loaded.user_embeddings([fresh])[0]
-        closer += after[cat == c].mean() > before[cat == c].mean()  # no retraining, yet it moved
+        # no retraining, yet it moved: more of C in the user's top 50 (what a recommendation list draws from)
+        closer += (cat[np.argsort(-after)[:50]] == c).sum() > (cat[np.argsort(-before)[:50]] == c).sum()
         gains.append((cat[np.argsort(-after)[:10]] == c).sum() - (top_before == c).sum())
     gains_ = np.array(gains)
-    assert closer == len(users), "a burst of views in C must move every user toward C's items"
+    assert closer == len(users), "a burst of views in C must bring more of C into every user's top 50"
     assert (gains_ > 0).mean() >= 0.6 and gains_.mean() >= 1.0, f"top-10 gains of C items: {gains}"
     assert (gains_ >= 0).all(), f"a burst in C must never push C out of the top-10: {gains}"
 
 
-def test_the_numpy_user_tower_equals_the_torch_one() -> None:
-    """Serving embeds users with NumpyUserTower; it must give TwoTower.users' vectors: random weights
+@pytest.mark.parametrize("tower", ["sequence", "pooled"])
+def test_the_numpy_user_tower_equals_the_torch_one(tower: str) -> None:
+    """Serving embeds users with numpy_tower(model); it must give TwoTower.users' vectors: random weights
     everywhere (biases, recency and type priors too), random and empty histories, OOV and padding codes,
     a batch of one and of many."""
+    from dataclasses import replace
+
     import torch
 
     from models.towers import TwoTower
-    from serving.model import NumpyUserTower
+    from serving.model import NumpySequenceTower, NumpyUserTower, numpy_tower
 
     from .test_towers import CFG, _batch
 
     torch.manual_seed(3)
-    model = TwoTower(CFG).eval()
+    model = TwoTower(replace(CFG, user_tower=tower)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)
         model.item_tower.set_features({"top": torch.randint(0, CFG.n_top, (CFG.n_items,)),
                                        "leaf": torch.randint(0, CFG.n_leaf, (CFG.n_items,))})
-    fast = NumpyUserTower(model)
+    fast = numpy_tower(model)
+    assert isinstance(fast, NumpySequenceTower if tower == "sequence" else NumpyUserTower)
     for batch in (_batch(1), _batch(33), _batch(5, empty=True), _batch(9, h=CFG.max_history)):
         with torch.inference_mode():
             want = model.users(batch).numpy()

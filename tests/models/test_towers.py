@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from models.data import prepare
-from models.towers import TowerConfig, TwoTower, UserBatch
+from models.towers import TowerConfig, TwoTower, UserBatch, Windows
 from models.train import TrainConfig, fit, new_model
 
 from .conftest import raw_of
@@ -26,8 +28,13 @@ def _batch(b: int, h: int = 20, empty: bool = False) -> UserBatch:
                      hist, types)
 
 
-def test_shapes_and_normalisation() -> None:
-    model = TwoTower(CFG).eval()
+@pytest.fixture(params=["sequence", "pooled"])
+def cfg(request: pytest.FixtureRequest) -> TowerConfig:
+    return replace(CFG, user_tower=request.param)
+
+
+def test_shapes_and_normalisation(cfg: TowerConfig) -> None:
+    model = TwoTower(cfg).eval()
     users, loss = model(_batch(8))
     assert users.shape == (8, 16) and loss is None
     assert torch.allclose(users.norm(dim=1), torch.ones(8), atol=1e-5)
@@ -38,8 +45,8 @@ def test_shapes_and_normalisation() -> None:
     assert logits.shape == (8, 8) and loss is not None and loss.dim() == 0
 
 
-def test_empty_history_is_finite() -> None:
-    users, _ = TwoTower(CFG).eval()(_batch(4, empty=True))
+def test_empty_history_is_finite(cfg: TowerConfig) -> None:
+    users, _ = TwoTower(cfg).eval()(_batch(4, empty=True))
     assert torch.isfinite(users).all()
 
 
@@ -62,7 +69,7 @@ def test_the_pooled_user_tower_equals_the_slot_by_slot_formula_with_its_gradient
     """TwoTower.users embeds each distinct history item once and pools the type vectors through the type
     table: the values and every gradient must be those of the plain formula."""
     torch.manual_seed(1)
-    model = TwoTower(CFG).eval()
+    model = TwoTower(replace(CFG, user_tower="pooled")).eval()
     batch = _batch(32)
     ragged = torch.arange(20) >= torch.randint(0, 21, (32, 1))  # histories of every length, some empty
     batch = batch._replace(hist_items=batch.hist_items.masked_fill(ragged, 0),
@@ -107,3 +114,32 @@ def test_training_is_deterministic_for_a_seed(tiny) -> None:  # noqa: ANN001 - f
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
+
+
+def test_the_sequence_tower_reads_every_position_of_a_window_as_serving_reads_that_history() -> None:
+    """Training reads a target's state at its position in a window of the user's events (oldest first, all
+    positions in one pass); serving reads the newest of the same events (newest first). Same vectors, and
+    nothing after the position (the target, the future) reaches it."""
+    torch.manual_seed(2)
+    h = CFG.max_history
+    model = TwoTower(replace(CFG, user_tower="sequence")).eval()
+    g = torch.Generator().manual_seed(3)
+    n_win, lengths = 6, torch.tensor([h, h, 7, 1, h - 1, 30])
+    items = torch.randint(1, CFG.n_items, (n_win, h), generator=g)
+    items = items.masked_fill(torch.arange(h) >= lengths.unsqueeze(1), 0)  # short windows end in padding
+    types = torch.where(items > 0, torch.randint(2, CFG.n_types, (n_win, h), generator=g), 0)
+    win = torch.repeat_interleave(torch.arange(n_win), 4)
+    pos = torch.cat([torch.randint(0, int(n), (4,), generator=g) for n in lengths])
+    prof = _batch(len(win))
+    got = model.window_users(Windows(items, types, win, pos, prof))
+    hist = torch.zeros(len(win), h, dtype=torch.long)
+    kinds = torch.zeros_like(hist)
+    for t, (w, p) in enumerate(zip(win.tolist(), pos.tolist(), strict=True)):
+        hist[t, : p + 1] = items[w, : p + 1].flip(0)  # newest first, as the online store keeps it
+        kinds[t, : p + 1] = types[w, : p + 1].flip(0)
+    want = model.users(prof._replace(hist_items=hist, hist_types=kinds))
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    future = items.clone()
+    future[:, -1] = 1  # change the last slot of every window: only states at that slot may move
+    moved = (model.window_users(Windows(future, types, win, pos, prof)) - got).abs().amax(1) > 1e-6
+    assert not moved[pos < h - 1].any()
