@@ -31,11 +31,11 @@ from streamrec.schemas import HISTORY_LENGTH
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "coverage@10")
 REFERENCE = "two-tower"
-POOLED = "two-tower (pooled)"
+SEQUENCE = "two-tower (sequence)"
 
 
 def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: bool = True,
-        report: Any = print, history: int = HISTORY_LENGTH, pooled: bool = True) -> dict[str, Any]:
+        report: Any = print, history: int = HISTORY_LENGTH, sequence: bool = True) -> dict[str, Any]:
     """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict."""
     import torch
 
@@ -53,7 +53,7 @@ def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: boo
     )
     from models.quality import paired_interval as interval
     from models.selection import MIN_REQUESTS
-    from models.train import TrainConfig
+    from models.train import SEQUENCE_TRAINING, TrainConfig
 
     raw = load_data(data)
     t0 = time.perf_counter()
@@ -71,9 +71,10 @@ def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: boo
         protocol = PROTOCOLS[name](ctx)
         rankers = [Popularity(), EASE(), *([ALS(seed=seed)] if als else []),
                    TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed)),
-                   # the first user tower (attention pooling, one forward per target), on the same harness
-                   *([TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed), {"user_tower": "pooled"}, POOLED)]
-                     if pooled else [])]
+                   # the sequence tower (causal self-attention, every position trained in one pass) on the same
+                   # harness, at the batch and learning rate it was tuned with
+                   *([TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed, **SEQUENCE_TRAINING),
+                                     {"user_tower": "sequence"}, SEQUENCE)] if sequence else [])]
         if raw.affinities is not None:
             rankers.append(Oracle())
         warnings = [f"{what} has {n} requests (< {MIN_REQUESTS}): {consequence}"
@@ -223,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--history", type=int, default=HISTORY_LENGTH,
                     help=f"recent events the two-tower reads (the stream keeps {HISTORY_LENGTH}: another is a what-if)")
     ap.add_argument("--no-als", action="store_true", help="leave ALS out")
-    ap.add_argument("--no-pooled", action="store_true",
-                    help="leave out the first user tower (attention pooling), shown beside the served one")
+    ap.add_argument("--no-sequence", action="store_true",
+                    help="leave out the sequence user tower, shown beside the default (pooled) one")
     ap.add_argument("--out-dir", type=Path, default=Path("quality"), help="where quality.json and quality.png go")
     ap.add_argument("--report", type=Path, default=None,
                     help="Markdown file whose quality section for this data is written (e.g. BENCHMARKS.md)")
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = ["temporal", "leave-last-out"] if args.split == "both" else [args.split]
     with err.status("quality benchmark…") as status:
         r = run(data, splits, epochs=args.epochs, seed=args.seed, als=not args.no_als, history=args.history,
-                pooled=not args.no_pooled, report=lambda line: (status.update(line), err.print(line, highlight=False)))
+                sequence=not args.no_sequence,
+                report=lambda line: (status.update(line), err.print(line, highlight=False)))
     command = "streamrec bench quality " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(r, command.strip())
     args.out_dir.mkdir(parents=True, exist_ok=True)

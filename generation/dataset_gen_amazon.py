@@ -81,6 +81,9 @@ _OPENERS = (
 _CHAIN_LEN_P = np.array([0.55, 0.22, 0.13, 0.10])
 _NEW_SESSION_P = 0.4  # chance that the next chain of a user opens a new session
 _NEGATIVE_VIEW_P = 0.35  # share of bare views that are negative
+# --dynamics: a chain stays in the category of its session's previous chain (of the same kind, preferred
+# or not, so the preference share is kept exactly) with this chance: sessions inside a category
+_SESSION_STAY_P = 0.8
 _MIN_GAP_NS = 1_000_000_000  # 1 s between any two events of one user
 _DAY_NS = 86_400 * 1_000_000_000
 _Firsts = tuple[np.ndarray, np.ndarray]  # (entity index per row, timestamp ns per row)
@@ -101,6 +104,10 @@ class GeneratorConfig:
     end: datetime = DEFAULT_END
     zipf_a: float = 1.1
     n_preferred: int = 2
+    # session dynamics: a user's next events depend on their last ones (see _sticky_sessions); off, every
+    # chain's category is drawn afresh from the user's affinities, and fresh history is worth nothing more
+    # than a day-old snapshot of it by construction
+    dynamics: bool = False
 
 
 @dataclass
@@ -249,6 +256,22 @@ def _pick_categories(rng: np.random.Generator, chain_user: np.ndarray, is_pref: 
     return out
 
 
+def _sticky_sessions(rng: np.random.Generator, chain_cat: np.ndarray, chain_sess: np.ndarray,
+                     is_pref: np.ndarray) -> np.ndarray:
+    """Sessions inside a category: each chain keeps the category of the previous chain of its session and
+    kind (preferred or not) with chance ``_SESSION_STAY_P``, so runs of one category form within sessions
+    while every chain's kind, and so the preference share, stays as calibrated."""
+    out = chain_cat.copy()
+    for flag in (True, False):
+        sel = np.flatnonzero(is_pref == flag)
+        if len(sel) < 2:
+            continue
+        stay = np.r_[False, chain_sess[sel[1:]] == chain_sess[sel[:-1]]] & (rng.random(len(sel)) < _SESSION_STAY_P)
+        src = np.maximum.accumulate(np.where(stay, 0, np.arange(len(sel))))  # the run's first chain
+        out[sel] = chain_cat[sel][src]
+    return out
+
+
 def _pick_items(rng: np.random.Generator, chain_cat: np.ndarray, item_cat: np.ndarray,
                 pop: np.ndarray) -> np.ndarray:
     out = np.empty(len(chain_cat), dtype=np.int64)
@@ -295,6 +318,14 @@ def _interactions(cfg: GeneratorConfig, rng: np.random.Generator, fake: Faker, a
     new_sess = np.ones(n_chains, dtype=bool)
     new_sess[1:] = (chain_user[1:] != chain_user[:-1]) | (rng.random(n_chains - 1) < _NEW_SESSION_P)
     chain_sess = np.cumsum(new_sess) - 1
+    if cfg.dynamics:
+        # a session's preferred chains first, then the others: runs of one kind, which stickiness turns into
+        # runs of one category (whole chains move, so every count and the share stay as calibrated)
+        perm = np.lexsort((np.arange(n_chains), ~is_pref, chain_sess))
+        lens, is_pref, chain_cat = lens[perm], is_pref[perm], chain_cat[perm]
+        chain_cat = _sticky_sessions(rng, chain_cat, chain_sess, is_pref)
+        # drawn after the flat draws, so a seed without --dynamics gives the same data as before the flag
+        chain_item = _pick_items(rng, chain_cat, item_cat, pop)
     n_sess = int(chain_sess[-1]) + 1
     sess_user = chain_user[new_sess]
     sess_start = rng.integers(0, int(span_ns * 0.995), n_sess)
@@ -451,6 +482,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=90, help="length of the time window in days")
     p.add_argument("--end", default=None,
                    help=f"RFC3339 end of the window (default {DEFAULT_END:%Y-%m-%dT%H:%M:%SZ})")
+    p.add_argument("--dynamics", action="store_true",
+                   help="session dynamics: a user's next events depend on their last ones (sessions stay inside "
+                        "a category), so fresh history is worth more than a day-old snapshot (on for make demo)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -470,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = GeneratorConfig(args.n_users, args.n_items, args.n_interactions, args.seed,
-                              args.preference_share, args.days, _parse_end(args.end))
+                              args.preference_share, args.days, _parse_end(args.end), dynamics=args.dynamics)
         validate(cfg)
         out = Path(args.out) if args.out else _data_dir()
         _writable_dir(out)  # fail before spending time on generation

@@ -32,15 +32,15 @@ def _settings(data_dir: Path | None, out: Path | None) -> Any:
 def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by both commands (training hyper-parameters and folders)."""
     options = [
-        click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(2, 65536),
+        click.option("--batch-size", default=256, show_default=True, type=click.IntRange(2, 65536),
                      help="Examples per step; the other rows of a batch are each example's negatives."),
-        click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+        click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
                      help="Learning rate (AdamW; SparseAdam for the id and title tables)."),
         click.option("--dim", default=64, show_default=True, type=click.IntRange(2, 1024),
                      help="Embedding dimension D (a warm start keeps the current model's)."),
-        click.option("--user-tower", default="sequence", show_default=True, type=click.Choice(["sequence", "pooled"]),
-                     help="User tower: causal self-attention over the history, or attention pooling (the first "
-                          "design); a warm start keeps the current model's."),
+        click.option("--user-tower", default="pooled", show_default=True, type=click.Choice(["pooled", "sequence"]),
+                     help="User tower: attention pooling, or causal self-attention over the history (train it "
+                          "with --batch-size 1024 --lr 2e-3); a warm start keeps the current model's."),
         click.option("--temperature", default=0.05, show_default=True,
                      type=click.FloatRange(0, 10, min_open=True), help="Softmax temperature on cosine scores."),
         click.option("--seed", default=0, show_default=True, type=click.IntRange(0),

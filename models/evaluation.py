@@ -17,7 +17,8 @@ from .data import Encoded, Prepared, user_batch
 from .metrics import ranking_metrics
 from .towers import TwoTower, UserBatch
 
-__all__ = ["Scorer", "EvalSet", "eval_set", "evaluate", "shuffled", "emptied", "model_scorer", "baseline_scorers"]
+__all__ = ["Scorer", "EvalSet", "DAY_NS", "day_start_rows", "eval_set", "evaluate", "shuffled", "emptied",
+           "model_scorer", "baseline_scorers"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # eval-set indices (b,) -> scores (b, n_catalogue)
 
@@ -58,6 +59,21 @@ def evaluate(scorer: Scorer, es: EvalSet, ks: Sequence[int] = (10, 20), chunk: i
         tops.append(torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu().numpy())
     top = np.concatenate(tops) if tops else np.zeros((0, k), np.int64)
     return ranking_metrics(top, es.targets, ks, es.n_catalogue), top
+
+
+DAY_NS = 86_400 * 10**9
+
+
+def day_start_rows(ts: np.ndarray, user_start: np.ndarray, rows: np.ndarray, snapshot_ns: int = DAY_NS
+                   ) -> np.ndarray:
+    """For each request row, the row its history would end at in a snapshot taken at the start of its
+    (UTC) day: the user's first event at or after that instant (events sorted by user, then time)."""
+    day_start = ts[rows] - ts[rows] % snapshot_ns
+    out = np.empty(len(rows), np.int64)
+    for i, (r, cut) in enumerate(zip(rows, day_start, strict=True)):
+        start = user_start[r]
+        out[i] = start + np.searchsorted(ts[start:r + 1], cut, side="left")
+    return out
 
 
 def shuffled(u: UserBatch, seed: int = 0) -> UserBatch:

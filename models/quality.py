@@ -36,7 +36,17 @@ import scipy.sparse as sp
 import torch
 
 from .data import Events, Prepared, RawData, Split, TrainError, encode, split_by_time
-from .evaluation import EvalSet, baseline_scorers, emptied, eval_set, evaluate, model_scorer, shuffled
+from .evaluation import (
+    DAY_NS,
+    EvalSet,
+    baseline_scorers,
+    day_start_rows,
+    emptied,
+    eval_set,
+    evaluate,
+    model_scorer,
+    shuffled,
+)
 from .features import FeatureSchema
 from .metrics import per_row_metrics
 from .selection import MIN_REQUESTS
@@ -48,7 +58,6 @@ __all__ = ["Fold", "Protocol", "Context", "Ranker", "Popularity", "EASE", "ALS",
            "paired_interval", "DAY_NS"]
 
 KS = (10, 20)
-DAY_NS = 86_400 * 10**9
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -456,13 +465,7 @@ def paired_interval(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0,
 def stale_rows(ctx: Context, rows: np.ndarray, snapshot_ns: int = DAY_NS) -> np.ndarray:
     """For each request row, the row its history would end at in a snapshot taken at the start of its
     (UTC) day: the user's first event at or after that instant."""
-    ev = ctx.ev
-    day_start = ev.ts[rows] - ev.ts[rows] % snapshot_ns
-    out = np.empty(len(rows), np.int64)
-    for i, (r, cut) in enumerate(zip(rows, day_start, strict=True)):
-        start = ev.user_start[r]
-        out[i] = start + np.searchsorted(ev.ts[start:r + 1], cut, side="left")
-    return out
+    return day_start_rows(ctx.ev.ts, ctx.ev.user_start, rows, snapshot_ns)
 
 
 def freshness_lift(ctx: Context, protocol: Protocol, rankers: Sequence[Ranker],

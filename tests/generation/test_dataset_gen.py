@@ -261,3 +261,26 @@ def test_out_defaults_to_streamrec_data_dir(tmp_path: Path, monkeypatch: pytest.
     assert main(["--n_users", "3", "--n_items", "12", "--n_interactions", "5", "--quiet"]) == 0
     assert (tmp_path / "d" / "recommendation_interactions.parquet").exists()
     assert "realized preference share" in capsys.readouterr().out
+
+
+def _session_category_runs(ds: Dataset) -> float:
+    """Share of a session's consecutive first touches (funnel starts) that stay in the previous one's category."""
+    inter = ds.interactions.sort_values(["user_id", "timestamp"])
+    cat = inter["item_id"].map(ds.items.set_index("item_id")["top_category"])
+    starts = inter.assign(cat=cat).drop_duplicates(["session_id", "item_id"])
+    same_session = starts["session_id"].to_numpy()[1:] == starts["session_id"].to_numpy()[:-1]
+    same_cat = starts["cat"].to_numpy()[1:] == starts["cat"].to_numpy()[:-1]
+    return float(same_cat[same_session].mean())
+
+
+def test_dynamics_keep_sessions_inside_a_category_and_the_preference_share() -> None:
+    """--dynamics: a user's next events depend on their last ones (a session stays in a category), while the
+    calibrated preference share, counts and funnels stay exactly as without it."""
+    flat = generate(GeneratorConfig(400, 1000, 20000, seed=5))
+    dyn = generate(GeneratorConfig(400, 1000, 20000, seed=5, dynamics=True))
+    assert len(dyn.interactions) == 20000
+    _assert_funnels(dyn.interactions)
+    _assert_strictly_increasing_per_user(dyn.interactions)
+    assert dyn.realized_preference_share == pytest.approx(flat.realized_preference_share, abs=1e-12)
+    assert _session_category_runs(dyn) >= _session_category_runs(flat) + 0.3, (
+        _session_category_runs(dyn), _session_category_runs(flat))

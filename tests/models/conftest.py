@@ -30,7 +30,7 @@ def tiny() -> Dataset:
 
 @pytest.fixture(scope="session")
 def trained(medium: Dataset) -> Report:
-    return train_and_evaluate(raw_of(medium), TrainConfig(seed=0))  # the defaults users get
+    return train_and_evaluate(raw_of(medium), TrainConfig(epochs=4, seed=0))
 
 
 @pytest.fixture(scope="session")

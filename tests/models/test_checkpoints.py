@@ -96,11 +96,11 @@ def test_wrong_shapes_are_refused(copy: Path) -> None:
 def test_missing_tensor_and_nan_are_refused(copy: Path) -> None:
     state = load_file(str(copy / checkpoints.WEIGHTS))
     bad = dict(state)
-    del bad["user_tower.rel_bias"]
+    del bad["user_tower.pos_bias"]
     _rewrite_weights(copy, bad)
     with pytest.raises(CheckpointError, match="missing"):
         read_checkpoint(copy)
-    state["user_tower.rel_bias"][0, 0] = float("nan")
+    state["user_tower.pos_bias"][0] = float("nan")
     _rewrite_weights(copy, state)
     with pytest.raises(CheckpointError, match="NaN"):
         read_checkpoint(copy)

@@ -240,7 +240,7 @@ def test_the_benchmark_runs_end_to_end_on_a_folder(tmp_path: Path) -> None:
     r = run_quality(tmp_path, ["temporal", "leave-last-out"], epochs=2, als=False)
     for split in ("temporal", "leave-last-out"):
         rankers = r["splits"][split]["rankers"]
-        assert set(rankers) == {"popularity", "EASE", "two-tower", "two-tower (pooled)"}
+        assert set(rankers) == {"popularity", "EASE", "two-tower", "two-tower (sequence)"}
         assert rankers["two-tower"]["vs_two_tower"]["ndcg@10"] == (0.0, 0.0, 0.0)
     assert set(r["freshness_lift"]["rankers"]) == {"EASE", "two-tower"}
     text = markdown(r, "streamrec bench quality --data X")

@@ -141,3 +141,20 @@ def test_the_model_holds_the_weights_of_the_epoch_selection_chose(trained: Repor
     es = eval_set(p.enc, p.split.val)
     now = evaluate(model_scorer(result.model, p.enc, es), es, (10,))[0]
     assert now["ndcg@10"] == pytest.approx(result.history[result.best_epoch - 1]["val_ndcg@10"], abs=1e-6)
+
+
+@pytest.mark.parametrize("tower, margin", [("pooled", 0.0), ("sequence", 0.02)])
+def test_with_session_dynamics_fresh_history_beats_a_day_start_snapshot(tower: str, margin: float) -> None:
+    """streamrec train reports the served model's freshness lift: the same test targets answered with each
+    history as of the day's start. With the generator's session dynamics the fresh history must win (the
+    sequence tower, which reads the newest events through attention, by a clear margin)."""
+    from generation.dataset_gen_amazon import GeneratorConfig, generate
+    from models.train import SEQUENCE_TRAINING, TrainConfig, train_and_evaluate
+
+    from .conftest import raw_of
+
+    cfg = TrainConfig(seed=0, **(SEQUENCE_TRAINING if tower == "sequence" else {}))
+    report = train_and_evaluate(raw_of(generate(GeneratorConfig(600, 1500, 15_000, seed=11, dynamics=True))),
+                                cfg, {"user_tower": tower}, baselines=False)
+    m = report.test["two-tower"]
+    assert m["recall@10"] > m["day_start_recall@10"] + margin, m
