@@ -143,7 +143,7 @@ def _target_steps(model: TwoTower, p: Prepared, rows: torch.Tensor, cfg: TrainCo
     perm = rows[torch.randperm(len(rows), generator=gen).to(rows.device)]
     for i in range(0, len(perm), cfg.batch_size):
         batch = perm[i:i + cfg.batch_size]
-        yield len(batch), model(user_batch(p.enc, batch), p.enc.ev_item[batch], log_q, p.enc.ev_user[batch])[1]
+        yield len(batch), model(user_batch(p.enc, batch), p.enc.ev_item[batch], log_q)[1]
 
 
 def _window_steps(model: TwoTower, p: Prepared, w: WindowIndex, cfg: TrainConfig, gen: torch.Generator,
@@ -157,7 +157,7 @@ def _window_steps(model: TwoTower, p: Prepared, w: WindowIndex, cfg: TrainConfig
         if len(sel) == 0:
             continue
         b, targets = window_batch(p.enc, w, sel)
-        yield len(targets), model.loss(model.window_users(b), p.enc.ev_item[targets], log_q, p.enc.ev_user[targets])[1]
+        yield len(targets), model.loss(model.window_users(b), p.enc.ev_item[targets], log_q)[1]
 
 
 def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | None = None,
