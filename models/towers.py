@@ -120,6 +120,16 @@ class ItemTower(nn.Module):
         return F.normalize(self.mlp(x), dim=-1)  # (N, D)
 
 
+def _profile(tower: nn.Module, u: UserBatch) -> Tensor:
+    """Age, gender, region and preferred categories (B, 4D), each hidden for ``profile_dropout`` of training
+    users: hidden = encoded as unknown (code 0), exactly how serving sees a user without a profile."""
+    if tower.training and tower.profile_dropout > 0:
+        hide = torch.rand(u.age.shape, device=u.age.device) < tower.profile_dropout  # (B,)
+        u = u._replace(age=u.age.masked_fill(hide, 0), gender=u.gender.masked_fill(hide, 0),
+                       region=u.region.masked_fill(hide, 0), pref=u.pref.masked_fill(hide.unsqueeze(1), 0))
+    return torch.cat([tower.age(u.age), tower.gender(u.gender), tower.region(u.region), tower.pref(u.pref)], dim=-1)
+
+
 class UserTower(nn.Module):
     """Profile (age band, gender, region, preferred categories) + attention-pooled recent history."""
 
@@ -141,13 +151,7 @@ class UserTower(nn.Module):
 
     def forward(self, u: UserBatch, hist: Tensor) -> Tensor:
         """``hist`` = item tower history vectors of ``u.hist_items``: (B, H, D) -> (B, D)."""
-        if self.training and self.profile_dropout > 0:
-            # hidden = encoded as unknown (code 0), exactly how serving sees a user without a profile
-            hide = torch.rand(u.age.shape, device=u.age.device) < self.profile_dropout  # (B,)
-            u = u._replace(age=u.age.masked_fill(hide, 0), gender=u.gender.masked_fill(hide, 0),
-                           region=u.region.masked_fill(hide, 0), pref=u.pref.masked_fill(hide.unsqueeze(1), 0))
-        prof = torch.cat([self.age(u.age), self.gender(u.gender), self.region(u.region),
-                          self.pref(u.pref)], dim=-1)  # (B, 4D)
+        prof = _profile(self, u)  # (B, 4D)
         # Each slot's vector is h = hist + kind[type]; both poolings below are linear in h, so the kind
         # part is pooled through the few type rows instead of materializing h (B x H x D, and its
         # gradient): the same numbers (tests/models/test_towers.py), ~12% less time per training step at
@@ -205,12 +209,7 @@ class SequenceUserTower(nn.Module):
         self.profile_dropout = cfg.profile_dropout
 
     def profile(self, u: UserBatch) -> Tensor:
-        if self.training and self.profile_dropout > 0:
-            hide = torch.rand(u.age.shape, device=u.age.device) < self.profile_dropout  # (B,)
-            u = u._replace(age=u.age.masked_fill(hide, 0), gender=u.gender.masked_fill(hide, 0),
-                           region=u.region.masked_fill(hide, 0), pref=u.pref.masked_fill(hide.unsqueeze(1), 0))
-        return torch.cat([self.age(u.age), self.gender(u.gender), self.region(u.region), self.pref(u.pref)],
-                         dim=-1)  # (B, 4D)
+        return _profile(self, u)  # (B, 4D)
 
     def states(self, hist: Tensor, types: Tensor, valid: Tensor, query: Tensor | None = None) -> Tensor:
         """Oldest-first events (W, L, D), their types and validity (W, L) -> each position's state (W, L, 2D):

@@ -55,9 +55,7 @@ class NumpyUserTower:
         user, items = model.user_tower, model.item_tower
         with torch.inference_mode():
             self.hist = np_(items.history_vectors(torch.arange(model.cfg.n_items)))  # (rows, D)
-        self.age, self.gender, self.region = np_(user.age.weight), np_(user.gender.weight), np_(user.region.weight)
-        self.pref = np_(user.pref.weight)
-        self.pref_padding = user.pref.padding_idx
+        self.profile = _Profile(user)
         self.kinds = np_(user.kind.weight)  # (T, D); row 0 (padding) is zero
         self.kind_bias = np_(user.kind_bias.weight)[:, 0]
         self.pos_bias = np_(user.pos_bias)
@@ -70,10 +68,7 @@ class NumpyUserTower:
     def __call__(self, age: np.ndarray, gender: np.ndarray, region: np.ndarray, pref: np.ndarray,
                  hist_items: np.ndarray, hist_types: np.ndarray) -> np.ndarray:
         """(B, D) float32, L2-normalised; inputs as :class:`UserBatch` holds them, as numpy."""
-        used = pref != self.pref_padding  # EmbeddingBag(mean, padding_idx): the mean of the real codes
-        pooled_pref = np.einsum("bp,bpd->bd", used.astype(np.float32), self.pref[pref])
-        pooled_pref /= np.maximum(used.sum(1, keepdims=True), 1)
-        prof = np.concatenate([self.age[age], self.gender[gender], self.region[region], pooled_pref], axis=1)
+        prof = self.profile(age, gender, region, pref)
         h = self.hist[hist_items] + self.kinds[hist_types]  # (B, H, D): each slot's vector
         valid = hist_items > 0
         q = prof @ self.query_w + self.query_b  # (B, D)
@@ -84,9 +79,7 @@ class NumpyUserTower:
         share = valid / np.maximum(valid.sum(1, keepdims=True), 1)
         x = np.concatenate([prof, np.einsum("bh,bhd->bd", w, h), np.einsum("bh,bhd->bd", share.astype(np.float32), h)],
                            axis=1)
-        hidden = x @ self.w1 + self.b1
-        hidden = 0.5 * hidden * (1 + erf(hidden / np.float32(math.sqrt(2))))  # nn.GELU(): the exact, erf form
-        out = hidden @ self.w2 + self.b2
+        out = _gelu(x @ self.w1 + self.b1) @ self.w2 + self.b2
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
