@@ -1,25 +1,29 @@
-"""The recommender: in process at 5k and 100k items, and over Kafka, beside a bare baseline.
+"""The recommender: in process at 5k and 100k items, and over Kafka, beside a bare echo on the same warm broker.
 
 - in process: ``Recommender.recommend()`` for one request (features given) p50/p99, and the same with
   the Feast online read in front; the baseline is the bare Feast read + tower forward;
-- over Kafka: ``--rate`` requests/s (default 500) through both workers, round trip and server latency;
-  the baseline is the same load answered by a bare aiokafka echo (``benchmarks/echo.py``) on a broker of
-  its own of the same kind: the broker's two hops and the client, nothing of streamrec;
-- a hot swap: the same load while a new version is promoted halfway, p99 during the swap vs outside it;
-- sustained load: ``--sustained-rate`` requests/s (default 2,000) through the same recommender.
+- over Kafka, on one broker: the recommender (both workers running) and a bare aiokafka echo
+  (``benchmarks/echo.py``, on topics of its own: the broker's two hops and the client, nothing of
+  streamrec), each warmed until its p99 stops falling, then measured in interleaved rounds of ``--seconds``
+  at ``--rate`` (default 500/s; the median of the rounds is reported, every round is kept);
+- ``--sustained-rate`` (default 1,000/s) for ``--sustained-seconds`` (30), both services;
+- a hot swap: a new version promoted halfway through a round, p99 during the swap vs outside it;
+- saturation: rising rates until a service's p99 passes 100 ms or a request is shed as `expired`; each
+  service's saturation rate is the highest rate that passed.
 
+The load comes from ``producers/load.py`` (librdkafka, a process of its own); every over-Kafka row carries
+the CPU (cores) of the load generator, the broker's JVM, Redis, the recommender and the echo over its span.
 The broker is ``--broker`` (tansu or kafka; default STREAMREC_BROKER, else tansu). The in-process part
-touches no broker: ``--no-in-process`` skips its timings (the online store is filled all the same, so the
-over-Kafka figures are those of the full run), as `streamrec bench --broker both` does for its second broker.
+touches no broker: ``--no-in-process`` skips its timings, as `streamrec bench --broker both` does for its
+second broker.
 
-    python benchmarks/bench_recommend.py [--items 5000 100000] [--rate 500] [--seconds 10]
-                                         [--sustained-rate 2000] [--broker tansu|kafka] [--no-in-process]
+    python benchmarks/bench_recommend.py [--items 5000 100000] [--rate 500] [--seconds 10] [--rounds 3]
+                                         [--sustained-rate 1000] [--no-saturation] [--broker tansu|kafka]
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import shutil
 import subprocess
@@ -112,31 +116,6 @@ def _in_process(settings: Any, data: Path, rounds: int, users: list[str]) -> dic
             "ratio_p99_full_vs_baseline": f["p99_ms"] / b["p99_ms"], "index": type(bundle.index).__name__}
 
 
-def _echo_baseline(tmp: Path, data: Path, users: list[str], n: int, rate: float, broker: str,
-                   faust: bool = False) -> dict[str, Any]:
-    """``run_load`` against ``benchmarks/echo.py`` (``faust``: ``benchmarks/echo_faust.py``, the same echo
-    from a Faust agent) on a fresh stack of the same broker (Tansu slows as partitions grow)."""
-    from producers.requests import run_load
-
-    name = "echo_faust" if faust else "echo"
-    with own_stack(tmp / name, data, broker=broker, feature_repo=False) as (settings, env):
-        command = ["--web-port", str(free_port())] if faust else ["--bootstrap", settings.bootstrap_servers]
-        echo = subprocess.Popen([sys.executable, "-m", f"benchmarks.{name}", *command],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            lines = iter(echo.stdout.readline, "") if echo.stdout else iter(())
-            # Faust prints its banner first, and its worker logs what is printed (to stderr): the line ends
-            # with "ready"
-            if not any(line.rstrip().endswith("ready") for line in lines):
-                raise RuntimeError(f"the {name} baseline did not start")
-            # keep reading what it prints: a full pipe would stall the Faust echo's logging, and so the echo
-            threading.Thread(target=collections.deque, args=(lines, 0), daemon=True).start()
-            run_load(settings, users, 200, 100.0)  # warm-up, as for the recommender
-            return {"rate": rate, **run_load(settings, users, n, rate).summary()}
-        finally:
-            stop(echo)
-
-
 def _swap_under_load(settings: Any, url: str, checkpoints: Path, users: list[str], n: int,
                      rate: float) -> dict[str, Any]:
     """``n`` requests at ``rate`` while, halfway, a new version is promoted (LATEST) and hot-swapped in.
@@ -159,11 +138,11 @@ def _swap_under_load(settings: Any, url: str, checkpoints: Path, users: list[str
     loader.start()
     time.sleep(n / rate / 2)
     swaps = get_json(url + "/status")["swaps"]
-    began = time.perf_counter()
+    began = time.monotonic()  # the load generator's clock (sent_at)
     promote(checkpoints, new)
-    while get_json(url + "/status")["swaps"] == swaps and time.perf_counter() - began < 30:
+    while get_json(url + "/status")["swaps"] == swaps and time.monotonic() - began < 30:
         time.sleep(0.05)
-    swapped = time.perf_counter()
+    swapped = time.monotonic()
     loader.join()
     load = box["load"]
     sent, trips = np.asarray(load.sent_at), np.asarray(load.round_trip_ms)
@@ -178,13 +157,123 @@ def _swap_under_load(settings: Any, url: str, checkpoints: Path, users: list[str
             "outside": {"requests": int((~during).sum()), "p99_ms": p99(trips[~during])}}
 
 
+ECHO_TOPICS = ("bench-echo-requests", "bench-echo-responses")  # the echo's own, beside the recommender's
+WARMUP_MAX_S = 60.0
+SATURATION_P99_MS = 100.0
+SATURATION_RATES = (500, 750, 1000, 1250, 1500, 2000, 2500, 3000)
+SATURATION_STEP_S = 8.0
+
+
+class _Services:
+    """The recommender and the echo on one warm broker, and the processes whose CPU every row reports."""
+
+    def __init__(self, settings: Any, env: dict[str, str], recommender: subprocess.Popen, users: list[str],
+                 tmp: Path) -> None:
+        from streamrec.shell import stack as _stack
+        from streamrec.topics import ensure_topics
+
+        self.settings, self.users = settings, users
+        ensure_topics(settings, ECHO_TOPICS)
+        self.echo = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.echo", "--bootstrap", settings.bootstrap_servers,
+             "--requests-topic", ECHO_TOPICS[0], "--responses-topic", ECHO_TOPICS[1]],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=(tmp / "echo.log").open("w"), text=True)
+        if not self.echo.stdout or self.echo.stdout.readline().strip() != "ready":
+            raise RuntimeError("the echo did not start")
+        self.watch = {"recommender": recommender.pid, "echo": self.echo.pid}
+        for service in _stack.status(settings):
+            if service.pid and service.running:
+                self.watch["broker" if service.name.startswith("kafka") else service.name] = service.pid
+
+    def measure(self, service: str, rate: float, seconds: float, warmup_max_s: float = 0.0) -> dict[str, Any]:
+        """``service`` ("recommender" or "echo") at ``rate`` for ``seconds``: the load's summary, its rate and
+        the CPU of every watched process."""
+        from producers.requests import run_load
+
+        topics = {} if service == "recommender" else {"requests_topic": ECHO_TOPICS[0],
+                                                      "responses_topic": ECHO_TOPICS[1]}
+        load = run_load(self.settings, self.users, max(1, int(rate * seconds)), rate, warmup_max_s=warmup_max_s,
+                        watch=self.watch, **topics)
+        return {"rate": rate, **load.summary()}
+
+    def close(self) -> None:
+        stop(self.echo)
+
+
+def _median(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one service folded into one row: the median of each percentile and of each process's CPU,
+    the sums of the counts."""
+    def med(values: list[Any]) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else None
+
+    out: dict[str, Any] = {"rate": rounds[0]["rate"], "rounds": len(rounds)}
+    for key in ("sent", "answered", "errors", "expired", "missing", "failed_sends"):
+        out[key] = sum(r[key] for r in rounds)
+    for key in ("round_trip_ms", "server_latency_ms"):
+        out[key] = {q: med([r[key][q] for r in rounds]) for q in rounds[0][key]}
+    out["requests_per_s"] = med([r["requests_per_s"] for r in rounds])
+    out["cpu_cores"] = {name: med([r["cpu_cores"].get(name) for r in rounds]) for name in rounds[0]["cpu_cores"]}
+    return out
+
+
+def _passes(summary: dict[str, Any]) -> bool:
+    p99 = summary["round_trip_ms"]["p99"]
+    return (summary["missing"] == 0 and summary["expired"] == 0 and p99 is not None
+            and p99 <= SATURATION_P99_MS and summary["requests_per_s"] >= 0.97 * summary["rate"])
+
+
+def _saturation(services: _Services, rates: tuple[float, ...], seconds: float) -> dict[str, Any]:
+    """Each service at rising ``rates`` (interleaved) until it fails :func:`_passes`; its saturation rate is
+    the last rate that passed."""
+    result: dict[str, Any] = {name: {"rate": None, "steps": []} for name in ("echo", "recommender")}
+    going = set(result)
+    for rate in rates:
+        for name in ("echo", "recommender"):
+            if name not in going:
+                continue
+            step = services.measure(name, rate, seconds)
+            ok = _passes(step)
+            result[name]["steps"].append({"rate": rate, "passed": ok, "p99_ms": step["round_trip_ms"]["p99"],
+                                          "expired": step["expired"], "missing": step["missing"],
+                                          "requests_per_s": step["requests_per_s"], "cpu_cores": step["cpu_cores"]})
+            if ok:
+                result[name]["rate"] = rate
+            else:
+                going.discard(name)
+                time.sleep(3)  # what is queued drains before the next step
+    result["ratio"] = (result["recommender"]["rate"] / result["echo"]["rate"]
+                       if result["recommender"]["rate"] and result["echo"]["rate"] else None)
+    return result
+
+
+def _over_kafka(services: _Services, url: str, checkpoints: Path, rate: float, seconds: float, rounds: int,
+                sustained_rate: float, sustained_seconds: float, saturation: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"warmup_p99_ms": {}}
+    for name in ("recommender", "echo"):  # each warmed until its p99 stops falling
+        result["warmup_p99_ms"][name] = services.measure(name, rate, 2.0, warmup_max_s=WARMUP_MAX_S)["warmup_p99_ms"]
+    measured: dict[str, list[dict[str, Any]]] = {"recommender": [], "echo": []}
+    for i in range(rounds):  # interleaved, the order alternating: neither always runs on a broker the other warmed
+        for name in (("echo", "recommender") if i % 2 == 0 else ("recommender", "echo")):
+            measured[name].append(services.measure(name, rate, seconds))
+    result["kafka"] = {**_median(measured["recommender"]), "each_round": measured["recommender"]}
+    result["kafka_echo"] = {**_median(measured["echo"]), "each_round": measured["echo"]}
+    if sustained_rate:
+        result["kafka_sustained"] = services.measure("recommender", sustained_rate, sustained_seconds)
+        result["kafka_sustained_echo"] = services.measure("echo", sustained_rate, sustained_seconds)
+    result["kafka_swap"] = _swap_under_load(services.settings, url, checkpoints, services.users, int(rate * seconds),
+                                            rate)
+    if saturation:
+        result["saturation"] = _saturation(services, SATURATION_RATES, SATURATION_STEP_S)
+    return result
+
+
 def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, seconds: float = 10.0,
-        rounds: int = 500, broker: str | None = None, in_process: bool = True,
-        faust_echo: bool = True, sustained_rate: float = 2000.0) -> dict[str, Any]:
-    """In process at each of ``item_counts`` (unless ``in_process`` is False) and over ``broker`` at the first:
-    ``rate`` requests/s, then ``rate`` with a hot swap halfway, then ``sustained_rate`` (0: skipped)."""
+        rounds: int = 3, broker: str | None = None, in_process: bool = True, sustained_rate: float = 1000.0,
+        sustained_seconds: float = 30.0, saturation: bool = True, in_process_rounds: int = 500) -> dict[str, Any]:
+    """In process at each of ``item_counts`` (unless ``in_process`` is False) and, at the first, over
+    ``broker``: the recommender beside the echo (see the module's docstring)."""
     from generation.dataset_gen_amazon import GeneratorConfig, generate, write
-    from producers.requests import run_load
 
     broker = broker_kind(broker)
     result: dict[str, Any] = {"broker": broker, "in_process": {}}
@@ -199,48 +288,52 @@ def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, sec
             with own_stack(tmp_path / f"s{n_items}", data, checkpoints, broker=broker) as (settings, env):
                 seeded = _seed_histories(settings, data)
                 if in_process:
-                    result["in_process"][n_items] = _in_process(settings, data, rounds, seeded)
+                    result["in_process"][n_items] = _in_process(settings, data, in_process_rounds, seeded)
                 if n_items != item_counts[0]:
                     continue
                 features, _ = start_worker(env, tmp_path / "features.log")
                 recommender, url = start_worker(env, tmp_path / "recommender.log", app="recommender")
                 users = list(pd.read_parquet(data / "recommendation_users.parquet")["user_id"])
-                run_load(settings, users, 200, 100.0)  # warm-up
-                summary = run_load(settings, users, int(rate * seconds), rate).summary()
-                result["kafka"] = {"rate": rate, **summary}
-                result["kafka_swap"] = _swap_under_load(settings, url, checkpoints, users, int(rate * seconds), rate)
-                if sustained_rate:
-                    load = run_load(settings, users, int(sustained_rate * seconds), sustained_rate)
-                    result["kafka_sustained"] = {"rate": sustained_rate, **load.summary()}
-                stop(recommender)
-                stop(features)
-            if n_items == item_counts[0]:
-                result["kafka_echo"] = _echo_baseline(tmp_path, data, users, int(rate * seconds), rate, broker)
-                if faust_echo:  # a question asked beside the benchmark: its failure is reported, not fatal
-                    try:
-                        result["kafka_echo_faust"] = _echo_baseline(tmp_path, data, users, int(rate * seconds),
-                                                                    rate, broker, faust=True)
-                    except Exception as exc:  # noqa: BLE001
-                        result["kafka_echo_faust"] = {"error": repr(exc)}
+                services = _Services(settings, env, recommender, users, tmp_path)
+                try:
+                    result.update(_over_kafka(services, url, checkpoints, rate, seconds, rounds, sustained_rate,
+                                              sustained_seconds, saturation))
+                    result["stages_ms"] = get_json(url + "/status").get("stages_ms")
+                finally:
+                    services.close()
+                    stop(recommender)
+                    stop(features)
             shutil.rmtree(data, ignore_errors=True)
     return result
+
+
+def _line(name: str, r: dict[str, Any]) -> str:
+    cpu = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_cores"].items() if v is not None)
+    return (f"{name} at {r['rate']:.0f} req/s (sent at {r['requests_per_s']:.0f}/s; {r['answered']} of {r['sent']} "
+            f"answered, {r['errors']} errors, {r['expired']} expired): round trip p50 "
+            f"{r['round_trip_ms']['p50'] or float('nan'):.1f} / p99 {r['round_trip_ms']['p99'] or float('nan'):.1f} ms;"
+            f" CPU cores: {cpu}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, nargs="+", default=[5000, 100_000])
     parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--sustained-rate", type=float, default=2000.0,
+    parser.add_argument("--seconds", type=float, default=10.0, help="each measured round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the echo and the recommender")
+    parser.add_argument("--sustained-rate", type=float, default=1000.0,
                         help="requests/s of the sustained-load run over Kafka (0: skip it)")
+    parser.add_argument("--sustained-seconds", type=float, default=30.0)
+    parser.add_argument("--no-saturation", dest="saturation", action="store_false",
+                        help="skip the saturation search")
     parser.add_argument("--broker", choices=["tansu", "kafka"], default=None,
                         help="the broker to run on (default: STREAMREC_BROKER, else tansu)")
     parser.add_argument("--no-in-process", dest="in_process", action="store_false",
                         help="skip the in-process timings (they touch no broker)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    r = run(tuple(args.items), args.rate, args.seconds, broker=args.broker, in_process=args.in_process,
-            sustained_rate=args.sustained_rate)
+    r = run(tuple(args.items), args.rate, args.seconds, args.rounds, broker=args.broker, in_process=args.in_process,
+            sustained_rate=args.sustained_rate, sustained_seconds=args.sustained_seconds, saturation=args.saturation)
     if args.json:
         print(json.dumps(r, indent=2))
         return
@@ -252,27 +345,25 @@ def main() -> None:
               f"{f['baseline_feast_read_plus_forward']['p50_ms']:.2f} / p99 "
               f"{f['baseline_feast_read_plus_forward']['p99_ms']:.2f} ms; p99 ratio "
               f"{f['ratio_p99_full_vs_baseline']:.2f}x")
-    k = r.get("kafka")
-    if k:
-        print(f"over Kafka at {k['rate']:.0f} req/s ({k['sent']} sent, {k['answered']} answered, {k['errors']} errors):"
-              f" server p50 {k['server_latency_ms']['p50']:.1f} / p99 {k['server_latency_ms']['p99']:.1f} ms, round "
-              f"trip p50 {k['round_trip_ms']['p50']:.1f} / p99 {k['round_trip_ms']['p99']:.1f} ms")
+    if "warmup_p99_ms" in r:
+        print("warm-up windows' p99, ms: " + "; ".join(
+            f"{k}: {', '.join(f'{v:.0f}' if v is not None else '-' for v in p)}" for k, p in r["warmup_p99_ms"].items()))
+    for key, name in (("kafka", "recommender (median of rounds)"), ("kafka_echo", "bare echo (median of rounds)"),
+                      ("kafka_sustained", "recommender, sustained"), ("kafka_sustained_echo", "bare echo, sustained")):
+        if key in r:
+            print(_line(name, r[key]))
     sw = r.get("kafka_swap")
     if sw:
         print(f"hot swap at {sw['rate']:.0f} req/s (took {sw['swap_s']:.1f} s, {sw['errors']} errors): round trip p99 "
               f"{sw['during']['p99_ms'] or float('nan'):.1f} ms during ({sw['during']['requests']} requests) vs "
               f"{sw['outside']['p99_ms'] or float('nan'):.1f} ms outside")
-    su = r.get("kafka_sustained")
-    if su:
-        print(f"sustained at {su['rate']:.0f} req/s (sent at {su['requests_per_s']:.0f}/s, {su['answered']} of "
-              f"{su['sent']} answered, {su['errors']} errors): round trip p50 {su['round_trip_ms']['p50'] or 0:.1f}"
-              f" / p99 {su['round_trip_ms']['p99'] or 0:.1f} ms")
-    echoes = (("kafka_echo", "raw baseline, a bare aiokafka echo"), ("kafka_echo_faust", "a bare Faust agent echo"))
-    for key, what in echoes:
-        e = r.get(key)
-        if e:
-            print(f"{what} at {e['rate']:.0f} req/s ({e['answered']} of {e['sent']} answered): round trip p50 "
-                  f"{e['round_trip_ms']['p50']:.1f} / p99 {e['round_trip_ms']['p99']:.1f} ms")
+    sat = r.get("saturation")
+    if sat:
+        for name in ("echo", "recommender"):
+            steps = ", ".join(f"{s['rate']:.0f}:{'ok' if s['passed'] else 'no'} p99 {s['p99_ms'] or float('nan'):.0f}"
+                              for s in sat[name]["steps"])
+            print(f"saturation, {name}: {sat[name]['rate'] or '-'} req/s ({steps})")
+        print(f"saturation ratio recommender/echo: {sat['ratio'] if sat['ratio'] is not None else '-'}")
 
 
 if __name__ == "__main__":

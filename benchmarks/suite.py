@@ -49,8 +49,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "stream": {"users": 100_000, "events": 300_000, "rates": [1000.0, 5000.0], "seconds": 20.0,
                    "scale_events": 60_000},
         "train": {"epochs": 10, "big": 1_000_000, "big_epochs": 1},
-        "recommend": {"item_counts": [5000, 100_000], "rate": 500.0, "seconds": 10.0, "rounds": 500,
-                      "sustained_rate": 2000.0},
+        "recommend": {"item_counts": [5000, 100_000], "rate": 500.0, "seconds": 10.0, "rounds": 3,
+                      "in_process_rounds": 500, "sustained_rate": 1000.0, "sustained_seconds": 30.0},
     },
     "quick": {
         "generate": {"n_interactions": 100_000},
@@ -58,7 +58,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "stream": {"users": 10_000, "events": 30_000, "rates": [1000.0, 5000.0], "seconds": 5.0,
                    "scale_events": 10_000},
         "train": {"epochs": 10, "big": 0},
-        "recommend": {"item_counts": [5000], "rate": 200.0, "seconds": 5.0, "rounds": 200, "sustained_rate": 500.0},
+        "recommend": {"item_counts": [5000], "rate": 200.0, "seconds": 5.0, "rounds": 2, "in_process_rounds": 200,
+                      "sustained_rate": 500.0, "sustained_seconds": 5.0, "saturation": False},
     },
 }
 TIMEOUT_S = 30 * 60  # per benchmark: a hung one is stopped and reported, the rest still run

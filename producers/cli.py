@@ -83,11 +83,17 @@ def replay(path: Path | None, rate: float | None, speedup: float | None, loop: b
 @click.option("--load", "load_n", type=click.IntRange(1), metavar="N", help="Send N requests for random users.")
 @click.option("--rate", type=click.FloatRange(min=0.1), default=100.0, show_default=True,
               help="Requests per second with --load.")
+@click.option("--warmup-max-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="With --load: warm the broker and the service first, at the same rate, until the p99 of a "
+                   "3-second window stops falling, for at most this long (0: no warm-up).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON.")
 def request(user: str | None, k: int, context: str | None, exclude: tuple[str, ...], load_n: int | None,
-            rate: float, timeout: float, as_json: bool) -> None:
-    """Publish recommendation requests and print the answers (or, with --load, latency percentiles)."""
+            rate: float, warmup_max_s: float, timeout: float, as_json: bool) -> None:
+    """Publish recommendation requests and print the answers (or, with --load, latency percentiles).
+
+    --load runs the load generator in a process of its own (librdkafka; its own CPU is reported), warms up
+    first (--warmup-max-s), then sends N requests at --rate and reports the rate it actually sent."""
     import json
     import uuid
 
@@ -107,12 +113,14 @@ def request(user: str | None, k: int, context: str | None, exclude: tuple[str, .
         if not path.exists():
             raise StreamrecError(f"no users at {path}: run `streamrec generate` first")
         users = list(pd.read_parquet(path, columns=["user_id"])["user_id"])
-        with console.status(f"sending {load_n} requests at {rate:g}/s…"):
-            summary = run_load(settings, users, load_n, rate, k=k, timeout=timeout).summary()
+        with console.status(f"warming up, then sending {load_n} requests at {rate:g}/s…"):
+            summary = run_load(settings, users, load_n, rate, k=k, timeout=timeout,
+                               warmup_max_s=warmup_max_s).summary()
         if as_json:
             click.echo(json.dumps(summary))
             return
-        table = Table(title=f"{summary['sent']} requests at {summary['requests_per_s']:.0f}/s")
+        table = Table(title=f"{summary['sent']} requests, sent at {summary['requests_per_s']:.0f}/s "
+                            f"(asked {rate:g}/s)")
         for col in ("", "p50 ms", "p95 ms", "p99 ms"):
             table.add_column(col)
         for name in ("round_trip_ms", "server_latency_ms"):
@@ -120,8 +128,11 @@ def request(user: str | None, k: int, context: str | None, exclude: tuple[str, .
             table.add_row(name.replace("_ms", "").replace("_", " "),
                           *("-" if p[q] is None else f"{p[q]:.1f}" for q in ("p50", "p95", "p99")))
         console.print(table)
-        click.echo(f"answered {summary['answered']}, missing {summary['missing']}, errors {summary['errors']}, "
-                   f"fallbacks {summary['fallbacks'] or 'none'}")
+        click.echo(f"answered {summary['answered']}, missing {summary['missing']}, errors {summary['errors']} "
+                   f"{summary['error_codes'] or ''}, fallbacks {summary['fallbacks'] or 'none'}")
+        warm = ", ".join("-" if p is None else f"{p:.0f}" for p in summary["warmup_p99_ms"]) or "none"
+        click.echo(f"sent at {summary['requests_per_s']:.1f} requests/s; load generator CPU "
+                   f"{summary['cpu_cores']['load_generator']:.2f} cores; warm-up windows' p99 (ms): {warm}")
         if summary["missing"]:
             raise StreamrecError(f"{summary['missing']} requests got no answer within {timeout:.0f}s")
         return

@@ -7,24 +7,24 @@ anything is sent (a consumer-group join takes seconds on the embedded broker, as
 from __future__ import annotations
 
 import json
-import threading
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from streamrec import kafka_clients
 from streamrec._exceptions import StreamrecError
 from streamrec.config import Settings
 from streamrec.schemas import RecommendationRequest, RecommendationResponse, encode
-from streamrec.stats import percentiles
+from streamrec.stats import CpuClock, percentiles
 from streamrec.topics import RECOMMENDATIONS, REQUESTS
 
-__all__ = ["RequestClient", "LoadResult", "run_load"]
+__all__ = ["RequestClient", "LoadResult", "LoadError", "run_load"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class RequestTimeout(StreamrecError):
@@ -94,69 +94,85 @@ class RequestClient:
 class LoadResult:
     sent: int = 0
     answered: int = 0
-    errors: int = 0
+    errors: int = 0  # answers with an `error`, every code (``error_codes`` splits them)
+    error_codes: dict[str, int] = field(default_factory=dict)
     fallbacks: dict[str, int] = field(default_factory=dict)
     round_trip_ms: list[float] = field(default_factory=list)
     server_latency_ms: list[float] = field(default_factory=list)
-    sent_at: list[float] = field(default_factory=list)  # perf_counter at send, aligned with round_trip_ms
-    seconds: float = 0.0
+    sent_at: list[float] = field(default_factory=list)  # time.monotonic at send, aligned with round_trip_ms
+    seconds: float = 0.0  # the span the requests were sent over
+    requests_per_s: float = 0.0  # the rate actually sent
+    failed_sends: int = 0
+    generator_cpu_cores: float = 0.0  # the load generator's own CPU over the measured span
+    cpu_cores: dict[str, float] = field(default_factory=dict)  # of the processes watched (``run_load(watch=)``)
+    warmup: list[dict[str, Any]] = field(default_factory=list)  # the warm-up windows: sent, answered, p99_ms
 
     def summary(self) -> dict[str, Any]:
         return {"sent": self.sent, "answered": self.answered, "errors": self.errors,
-                "missing": self.sent - self.answered, "fallbacks": self.fallbacks,
+                "error_codes": self.error_codes, "expired": self.error_codes.get("expired", 0),
+                "missing": self.sent - self.answered, "failed_sends": self.failed_sends,
+                "fallbacks": self.fallbacks,
                 "round_trip_ms": percentiles(self.round_trip_ms),
                 "server_latency_ms": percentiles(self.server_latency_ms),
-                "requests_per_s": self.sent / self.seconds if self.seconds else 0.0}
+                "requests_per_s": self.requests_per_s, "seconds": self.seconds,
+                "cpu_cores": {"load_generator": self.generator_cpu_cores, **self.cpu_cores},
+                "warmup_p99_ms": [w["p99_ms"] for w in self.warmup]}
+
+
+class LoadError(StreamrecError):
+    """The load generator could not run."""
 
 
 def run_load(settings: Settings, users: Sequence[str], n: int, rate: float, k: int = 10,
-             timeout: float = 30.0, seed: int = 0) -> LoadResult:
-    """Send ``n`` requests at ``rate``/s for random ``users``; wait for every answer (or timeout)."""
-    rng = np.random.default_rng(seed)
-    client = RequestClient(settings)
-    result = LoadResult()
-    sent_at: dict[str, float] = {}
-    done = threading.Event()
+             timeout: float = 30.0, seed: int = 0, warmup_max_s: float = 0.0, watch: Mapping[str, int] | None = None,
+             requests_topic: str = REQUESTS, responses_topic: str = RECOMMENDATIONS,
+             tick_ms: float | None = None) -> LoadResult:
+    """Send ``n`` requests at ``rate``/s for random ``users`` from the load generator (producers/load.py, a
+    process of its own, on aiokafka) and wait for every answer (or ``timeout`` after the last send).
 
-    def receive() -> None:
-        while not done.is_set() or len(sent_at) > 0:
-            for response, at in client.poll(50):
-                started = sent_at.pop(response.request_id, None)
-                if started is None:
-                    continue
-                result.answered += 1
-                result.round_trip_ms.append((at - started) * 1000)
-                result.sent_at.append(started)
-                if response.latency_ms is not None:
-                    result.server_latency_ms.append(response.latency_ms)
-                if response.error is not None:
-                    result.errors += 1
-                if response.fallback:
-                    result.fallbacks[response.fallback] = result.fallbacks.get(response.fallback, 0) + 1
-            if done.is_set() and time.monotonic() > deadline[0]:
-                return
+    ``warmup_max_s``: warm the broker and the service first, for at most that long (see producers/load.py).
+    ``watch``: {name: pid} of processes whose CPU (cores) over the measured span the result reports beside
+    the generator's own (the broker's JVM, the service, Redis). ``tick_ms``: requests due within one tick
+    leave together (default: the generator's, 2 ms; 0: each at its own time)."""
+    import subprocess
+    import sys
+    import tempfile
 
-    deadline = [float("inf")]
-    receiver = threading.Thread(target=receive, daemon=True)
-    receiver.start()
-    started = time.perf_counter()
+    from streamrec.shell.workers import settings_env
+
+    with tempfile.NamedTemporaryFile("w", suffix=".users", encoding="utf-8", delete=False) as f:
+        f.write("\n".join(str(u).replace("\n", " ") for u in users) + "\n")
+        users_file = f.name
+    command = [sys.executable, "-m", "producers.load", "--users", users_file, "--n", str(n), "--rate", str(rate),
+               "--k", str(k), "--timeout", str(timeout), "--warmup-max-s", str(warmup_max_s), "--seed", str(seed),
+               "--requests-topic", requests_topic, "--responses-topic", responses_topic,
+               *(["--tick-ms", str(tick_ms)] if tick_ms is not None else [])]
+    clock = CpuClock(watch or {})
     try:
-        for i in range(n):
-            wait = started + i / rate - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            request = RecommendationRequest(request_id=f"load-{uuid.uuid4().hex[:12]}",
-                                            user_id=str(users[int(rng.integers(len(users)))]), k=k)
-            sent_at[request.request_id] = client.send(request)
-            result.sent += 1
-        client.producer.flush()
-        result.seconds = time.perf_counter() - started
+        proc = subprocess.Popen(command, cwd=ROOT, env=settings_env(settings), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "measuring":
+                clock.start()
+            else:
+                lines.append(line)
+        cores = clock.stop()
+        _, err = proc.communicate()
     finally:
-        deadline[0] = time.monotonic() + timeout
-        done.set()
-        receiver.join(timeout + 5)
-        client.close()
-    return result
+        Path(users_file).unlink(missing_ok=True)
+    if proc.returncode != 0 or not lines:
+        last = (err or "").strip().splitlines()[-1:] or ["no output"]
+        raise LoadError(f"the load generator failed (exit {proc.returncode}): {last[0][:300]}")
+    out = json.loads(lines[-1])
+    samples = out["samples"]
+    return LoadResult(sent=out["sent"], answered=out["answered"], errors=sum(out["errors"].values()),
+                      error_codes=out["errors"], fallbacks=out["fallbacks"],
+                      round_trip_ms=[s[1] for s in samples], sent_at=[s[0] for s in samples],
+                      server_latency_ms=[s[2] for s in samples if s[2] is not None], seconds=out["seconds"],
+                      requests_per_s=out["requests_per_s"], failed_sends=out["failed_sends"],
+                      generator_cpu_cores=out["cpu_cores"], cpu_cores=cores, warmup=out["warmup"])
 
 
 def parse_context(text: str | None) -> dict[str, Any] | None:

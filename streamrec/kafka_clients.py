@@ -23,7 +23,7 @@ from . import offsets
 from ._exceptions import StreamrecError
 from .config import Settings
 
-__all__ = ["python_config", "aio_config", "faust_broker", "producer", "consumer", "admin", "aio_producer",
+__all__ = ["python_config", "aio_config", "rdkafka_config", "faust_broker", "producer", "consumer", "admin", "aio_producer",
            "aio_consumer", "aio_admin", "ordered", "require_reachable", "accepts", "end_offsets",
            "end_offsets_sync", "consumer_at_end", "topic_partitions", "EndOffsetError"]
 
@@ -59,6 +59,20 @@ def aio_config(settings: Settings) -> dict[str, Any]:
     context = _ssl_context(settings)
     if context is not None:
         config["ssl_context"] = context
+    return config
+
+
+def rdkafka_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings for confluent-kafka (librdkafka) clients, the load generator's (may hold a
+    password: never log them). TLS trusts the system's CA store, as the other clients do."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers,
+                              "security.protocol": settings.kafka_security_protocol.lower()}
+    sasl = _sasl(settings)
+    if sasl:
+        config.update({"sasl.mechanism": sasl["sasl_mechanism"], "sasl.username": sasl["sasl_plain_username"],
+                       "sasl.password": sasl["sasl_plain_password"]})
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        config["ssl.ca.location"] = "probe"
     return config
 
 
