@@ -176,7 +176,7 @@ class _Services:
         ensure_topics(settings, ECHO_TOPICS)
         self.echo = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.echo", "--bootstrap", settings.bootstrap_servers,
-             "--requests-topic", ECHO_TOPICS[0], "--responses-topic", ECHO_TOPICS[1]],
+             "--requests-topic", ECHO_TOPICS[0], "--responses-topic", ECHO_TOPICS[1], "--fetch-max-wait-ms", "100"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=(tmp / "echo.log").open("w"), text=True)
         if not self.echo.stdout or self.echo.stdout.readline().strip() != "ready":
             raise RuntimeError("the echo did not start")

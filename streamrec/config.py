@@ -85,7 +85,7 @@ class Settings(BaseSettings):
                                     pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_RECOMMENDER_APP_ID")
     recommender_port: int = Field(6067, ge=1, le=65535, validation_alias="STREAMREC_RECOMMENDER_PORT")
     request_batch: int = Field(64, ge=1, le=10_000, validation_alias="STREAMREC_REQUEST_BATCH")
-    request_max_wait_ms: int = Field(3, ge=0, le=1000, validation_alias="STREAMREC_REQUEST_MAX_WAIT_MS")
+    request_max_wait_ms: int = Field(100, ge=0, le=1000, validation_alias="STREAMREC_REQUEST_MAX_WAIT_MS")
 
     # Hostile input (see streamrec/schemas.py): the window a message's timestamp must lie in, how much of a
     # bad record a DLQ record keeps, how old a request may be when read, and when a stuck consumer is

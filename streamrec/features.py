@@ -161,6 +161,31 @@ class FeatureClient:
         histories = self._read("user_recent_history", "user_id", wanted(HISTORY_FEATURES), user_ids)
         return [{"user_id": u, **p, **h} for u, p, h in zip(user_ids, profiles, histories, strict=True)]
 
+    async def users_features_async(self, user_ids: list[str], only: Collection[str] | None = None
+                                   ) -> list[dict[str, Any]]:
+        """:meth:`users_features` on the event loop: Feast's ``online_read_async`` (redis.asyncio), both views
+        read at once. For the recommender, whose loop would otherwise hand each batch's read to a thread and
+        wait for the GIL to come back (the read's p99 was 3x its p50 under load)."""
+        import asyncio
+
+        def wanted(names: tuple[str, ...]) -> tuple[str, ...]:
+            return names if only is None else tuple(n for n in names if n in only)
+
+        profiles, histories = await asyncio.gather(
+            self._read_async("user_profile", "user_id", wanted(PROFILE_FEATURES), user_ids),
+            self._read_async("user_recent_history", "user_id", wanted(HISTORY_FEATURES), user_ids))
+        return [{"user_id": u, **p, **h} for u, p, h in zip(user_ids, profiles, histories, strict=True)]
+
+    async def _read_async(self, view_name: str, join_key: str, fields: tuple[str, ...], ids: list[str]
+                          ) -> list[dict[str, Any]]:
+        view = self._view(view_name)
+        keys = [_entity_key(join_key, i) for i in ids]
+        try:
+            found = await self._provider().online_read_async(self.store.config, view, keys, list(fields))
+        except Exception as exc:
+            raise FeatureStoreError(f"online read of {view_name} failed: {exc}") from exc
+        return _rows(found, fields)
+
     def check_history_view(self) -> None:
         """Raise a clear error unless the registry's `user_recent_history` has every field this version
         writes (a registry applied by an older version lacks the worker's state fields)."""
