@@ -8,8 +8,8 @@
   at ``--rate`` (default 500/s; the median of the rounds is reported, every round is kept);
 - ``--sustained-rate`` (default 1,000/s) for ``--sustained-seconds`` (30), both services;
 - a hot swap: a new version promoted halfway through a round, p99 during the swap vs outside it;
-- saturation: rising rates until a service's p99 passes 100 ms or a request is shed as `expired`; each
-  service's saturation rate is the highest rate that passed.
+- saturation: rising rates (8 s each) until a service's p99 passes 100 ms or a request is shed as
+  `expired`, twice at one rate; each service's saturation rate is the highest rate that passed.
 
 The load comes from ``producers/load.py`` (librdkafka, a process of its own); every over-Kafka row carries
 the CPU (cores) of the load generator, the broker's JVM, Redis, the recommender and the echo over its span.
@@ -160,7 +160,7 @@ def _swap_under_load(settings: Any, url: str, checkpoints: Path, users: list[str
 ECHO_TOPICS = ("bench-echo-requests", "bench-echo-responses")  # the echo's own, beside the recommender's
 WARMUP_MAX_S = 60.0
 SATURATION_P99_MS = 100.0
-SATURATION_RATES = (500, 750, 1000, 1250, 1500, 2000, 2500, 3000)
+SATURATION_RATES = (500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000)
 SATURATION_STEP_S = 8.0
 
 
@@ -224,24 +224,27 @@ def _passes(summary: dict[str, Any]) -> bool:
 
 
 def _saturation(services: _Services, rates: tuple[float, ...], seconds: float) -> dict[str, Any]:
-    """Each service at rising ``rates`` (interleaved) until it fails :func:`_passes`; its saturation rate is
-    the last rate that passed."""
+    """Each service at rising ``rates`` (interleaved) until it fails :func:`_passes` twice at one rate; its
+    saturation rate is the last rate that passed."""
     result: dict[str, Any] = {name: {"rate": None, "steps": []} for name in ("echo", "recommender")}
     going = set(result)
     for rate in rates:
         for name in ("echo", "recommender"):
             if name not in going:
                 continue
-            step = services.measure(name, rate, seconds)
-            ok = _passes(step)
-            result[name]["steps"].append({"rate": rate, "passed": ok, "p99_ms": step["round_trip_ms"]["p99"],
-                                          "expired": step["expired"], "missing": step["missing"],
-                                          "requests_per_s": step["requests_per_s"], "cpu_cores": step["cpu_cores"]})
-            if ok:
-                result[name]["rate"] = rate
+            for _ in range(2):  # a rate that fails is tried once more: one hiccup of a shared machine is not a limit
+                step = services.measure(name, rate, seconds)
+                ok = _passes(step)
+                result[name]["steps"].append({"rate": rate, "passed": ok, "p99_ms": step["round_trip_ms"]["p99"],
+                                              "expired": step["expired"], "missing": step["missing"],
+                                              "requests_per_s": step["requests_per_s"],
+                                              "cpu_cores": step["cpu_cores"]})
+                if ok:
+                    result[name]["rate"] = rate
+                    break
+                time.sleep(3)  # what is queued drains before the next step
             else:
                 going.discard(name)
-                time.sleep(3)  # what is queued drains before the next step
     result["ratio"] = (result["recommender"]["rate"] / result["echo"]["rate"]
                        if result["recommender"]["rate"] and result["echo"]["rate"] else None)
     return result
@@ -258,6 +261,7 @@ def _over_kafka(services: _Services, url: str, checkpoints: Path, rate: float, s
             measured[name].append(services.measure(name, rate, seconds))
     result["kafka"] = {**_median(measured["recommender"]), "each_round": measured["recommender"]}
     result["kafka_echo"] = {**_median(measured["echo"]), "each_round": measured["echo"]}
+    result["stages_ms"] = get_json(url + "/status").get("stages_ms")  # the last 5,000 requests: the rounds
     if sustained_rate:
         result["kafka_sustained"] = services.measure("recommender", sustained_rate, sustained_seconds)
         result["kafka_sustained_echo"] = services.measure("echo", sustained_rate, sustained_seconds)
@@ -298,7 +302,6 @@ def run(item_counts: tuple[int, ...] = (5000, 100_000), rate: float = 500.0, sec
                 try:
                     result.update(_over_kafka(services, url, checkpoints, rate, seconds, rounds, sustained_rate,
                                               sustained_seconds, saturation))
-                    result["stages_ms"] = get_json(url + "/status").get("stages_ms")
                 finally:
                     services.close()
                     stop(recommender)

@@ -10,8 +10,8 @@ here beside a bare echo at 500 requests/s on warm Apache Kafka: ~0.1 core, where
 took 0.15-0.33 (BENCHMARKS.md). Its own CPU time over the measured span is part of the result.
 
 A warm-up comes first when asked (``--warmup-max-s``): windows of WARMUP_WINDOW_S at the same rate until a
-window's p99 stops falling (no lower than MIN_FALL of the best so far), at least MIN_WINDOWS of them. A
-freshly started JVM spends a core compiling for its first ~15 s; measuring through that measures the JIT.
+window's p99 stops falling (no lower than MIN_FALL of the best so far), at least MIN_WINDOWS of them (15 s).
+A freshly started JVM spends a core compiling for its first ~15 s; measuring through that measures the JIT.
 
     python -m producers.load --users FILE --n N --rate R [--k K] [--timeout S] [--warmup-max-s S]
                              [--tick-ms MS] [--requests-topic T --responses-topic T]
@@ -37,7 +37,8 @@ from streamrec.topics import RECOMMENDATIONS, REQUESTS
 __all__ = ["generate", "warm_enough", "main"]
 
 WARMUP_WINDOW_S = 3.0
-MIN_WINDOWS = 3  # 9 s at least: the broker's JIT and the service's first batches are behind
+MIN_WINDOWS = 5  # 15 s at least: a fresh JVM compiles for ~15 s, and its p99 can stand still meanwhile
+                 # (bench recommend, 2026-12-06: three windows at 104, 105, 123 ms, then rounds at 33)
 MIN_FALL = 0.9  # a window whose p99 is not 10% below the best so far: warm
 TICK_S = 0.002
 
