@@ -40,9 +40,9 @@ import pandas as pd
 from streamrec.shell.workers import get_json
 
 try:
-    from ._harness import ROOT, broker_kind, free_port, latency_ms, own_stack, start_worker, stop
+    from ._harness import ROOT, broker_kind, latency_ms, own_stack, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import ROOT, broker_kind, free_port, latency_ms, own_stack, start_worker, stop
+    from _harness import ROOT, broker_kind, latency_ms, own_stack, start_worker, stop
 
 
 def _train(data: Path, checkpoints: Path, epochs: int) -> None:
@@ -349,8 +349,8 @@ def main() -> None:
               f"{f['baseline_feast_read_plus_forward']['p99_ms']:.2f} ms; p99 ratio "
               f"{f['ratio_p99_full_vs_baseline']:.2f}x")
     if "warmup_p99_ms" in r:
-        print("warm-up windows' p99, ms: " + "; ".join(
-            f"{k}: {', '.join(f'{v:.0f}' if v is not None else '-' for v in p)}" for k, p in r["warmup_p99_ms"].items()))
+        windows = {k: ", ".join(f"{v:.0f}" if v is not None else "-" for v in p) for k, p in r["warmup_p99_ms"].items()}
+        print("warm-up windows' p99, ms: " + "; ".join(f"{k}: {v}" for k, v in windows.items()))
     for key, name in (("kafka", "recommender (median of rounds)"), ("kafka_echo", "bare echo (median of rounds)"),
                       ("kafka_sustained", "recommender, sustained"), ("kafka_sustained_echo", "bare echo, sustained")):
         if key in r:

@@ -29,7 +29,8 @@ async def serve(bootstrap: str, stop: asyncio.Event, fetch_max_wait_ms: int = 3,
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
-    consumer = await consumer_at_end({"bootstrap_servers": bootstrap}, requests_topic, fetch_max_wait_ms=fetch_max_wait_ms)
+    consumer = await consumer_at_end({"bootstrap_servers": bootstrap}, requests_topic,
+                                     fetch_max_wait_ms=fetch_max_wait_ms)
     answered = 0
     try:
         print("ready", flush=True)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from streamrec import kafka_clients
 from streamrec._exceptions import StreamrecError
-from streamrec.config import Settings
+from streamrec.config import Settings, settings_env
 from streamrec.schemas import RecommendationRequest, RecommendationResponse, encode
 from streamrec.stats import CpuClock, percentiles
 from streamrec.topics import RECOMMENDATIONS, REQUESTS
@@ -137,8 +137,6 @@ def run_load(settings: Settings, users: Sequence[str], n: int, rate: float, k: i
     import subprocess
     import sys
     import tempfile
-
-    from streamrec.shell.workers import settings_env
 
     with tempfile.NamedTemporaryFile("w", suffix=".users", encoding="utf-8", delete=False) as f:
         f.write("\n".join(str(u).replace("\n", " ") for u in users) + "\n")

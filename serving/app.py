@@ -398,8 +398,10 @@ class RequestGroup:
                 self.room.clear()
                 await self.room.wait()
             batches = await self.consumer.getmany(timeout_ms=500, max_records=limit - len(self.queue))
-            for records in batches.values():
-                self.queue.extend(records)
+            assigned = self.consumer.assignment()  # a rebalance may have run between the fetch and now
+            for tp, records in batches.items():
+                if tp in assigned:
+                    self.queue.extend(records)
             if self.queue:
                 self.arrived.set()
 

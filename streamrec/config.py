@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ._exceptions import ConfigError
 from .schemas import TimeWindow
 
-__all__ = ["Settings", "get_settings", "load_settings"]
+__all__ = ["Settings", "get_settings", "load_settings", "settings_env"]
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -251,3 +251,31 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
     return load_settings()
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a process that must see exactly ``settings`` (plus ``extra``): this process's
+    Kafka, Redis and streamrec variables are dropped first."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
+    env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
+               STREAMREC_REDIS_PORT=str(settings.embedded_redis_port), STREAMREC_DATA_DIR=str(settings.data_dir),
+               STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id,
+               STREAMREC_RECOMMENDER_APP_ID=settings.recommender_app_id,
+               STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir), STREAMREC_BROKER=settings.broker,
+               STREAMREC_KAFKA_BROKERS=str(settings.kafka_brokers))
+    if settings.kafka_cache_dir is not None:
+        env["STREAMREC_KAFKA_CACHE"] = str(settings.kafka_cache_dir)
+    if settings.kafka_bootstrap_servers:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
+    # an external cluster's security and Redis travel too (in the environment only, never on a command line)
+    env["KAFKA_SECURITY_PROTOCOL"] = settings.kafka_security_protocol
+    for name, value in (("KAFKA_SASL_MECHANISM", settings.kafka_sasl_mechanism),
+                        ("KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+                        ("KAFKA_SASL_PASSWORD", settings.kafka_sasl_password),
+                        ("REDIS_URL", settings.redis_url)):
+        if value is not None:
+            env[name] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    env.update(extra)
+    return env

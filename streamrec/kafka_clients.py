@@ -23,8 +23,8 @@ from . import offsets
 from ._exceptions import StreamrecError
 from .config import Settings
 
-__all__ = ["python_config", "aio_config", "rdkafka_config", "faust_broker", "producer", "consumer", "admin", "aio_producer",
-           "aio_consumer", "aio_admin", "ordered", "require_reachable", "accepts", "end_offsets",
+__all__ = ["python_config", "aio_config", "rdkafka_config", "faust_broker", "producer", "consumer", "admin",
+           "aio_producer", "aio_consumer", "aio_admin", "ordered", "require_reachable", "accepts", "end_offsets",
            "end_offsets_sync", "consumer_at_end", "topic_partitions", "EndOffsetError"]
 
 EndOffsetError = offsets.EndOffsetError

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 import click
 
 from streamrec._exceptions import StreamrecError
-from streamrec.config import Settings, get_settings
+from streamrec.config import get_settings, settings_env
 
 __all__ = ["worker", "WorkerProcess", "start_worker", "settings_env", "get_json", "ROOT", "APPS"]
 
@@ -74,24 +73,6 @@ def worker(which: str, loglevel: str, faust_args: tuple[str, ...]) -> None:
 def get_json(url: str, timeout: float = 10) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=timeout) as answer:
         return json.loads(answer.read())
-
-
-def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a process that must see exactly ``settings`` (plus ``extra``): this process's
-    Kafka, Redis and streamrec variables are dropped first."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMREC_"))}
-    env.update(STREAMREC_STACK_DIR=str(settings.stack_dir), STREAMREC_KAFKA_PORT=str(settings.embedded_kafka_port),
-               STREAMREC_REDIS_PORT=str(settings.embedded_redis_port), STREAMREC_DATA_DIR=str(settings.data_dir),
-               STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id,
-               STREAMREC_RECOMMENDER_APP_ID=settings.recommender_app_id,
-               STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir), STREAMREC_BROKER=settings.broker,
-               STREAMREC_KAFKA_BROKERS=str(settings.kafka_brokers))
-    if settings.kafka_cache_dir is not None:
-        env["STREAMREC_KAFKA_CACHE"] = str(settings.kafka_cache_dir)
-    if settings.kafka_bootstrap_servers:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
-    env.update(extra)
-    return env
 
 
 @dataclass

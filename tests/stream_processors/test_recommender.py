@@ -375,3 +375,28 @@ def test_hot_swap_under_load_has_no_errors_and_refuses_a_corrupt_checkpoint(
     assert response.model_version == "v2" and response.error is None and len(response.items) == 10
     assert np.isfinite([i.score for i in response.items]).all()
     assert encode(response)
+
+
+def test_request_load_warms_up_sends_at_the_rate_asked_and_reports_its_own_cpu(
+        env_stack: Settings, trained_checkpoint: Path, worker_factory: Callable[..., Worker]) -> None:
+    import subprocess
+    import sys
+
+    from streamrec.shell.workers import settings_env
+
+    _start_both(env_stack, worker_factory, trained_checkpoint)
+
+    def load(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "streamrec", "request", *args], env=settings_env(env_stack),
+                              cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=180)
+
+    done = load("--load", "150", "--rate", "100", "--warmup-max-s", "2", "--json")
+    assert done.returncode == 0, done.stderr[-500:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["sent"], summary["answered"], summary["errors"], summary["expired"]) == (150, 150, 0, 0)
+    assert 80 < summary["requests_per_s"] < 120  # the rate it actually sent, not the one asked
+    assert 0 < summary["cpu_cores"]["load_generator"] < 1
+    assert len(summary["warmup_p99_ms"]) == 1  # one 3-second window fills the 2 s allowed; not counted above
+    shown = load("--load", "20", "--rate", "50", "--warmup-max-s", "0")
+    assert shown.returncode == 0, shown.stderr[-500:]
+    assert "answered 20, missing 0" in shown.stdout and "load generator CPU" in shown.stdout

@@ -139,3 +139,22 @@ def test_every_streamrec_variable_is_read_through_settings(monkeypatch: pytest.M
                              "feature_repo") for p in (root / top).rglob("*.py")]
     readers = [p.relative_to(root) for p in sources if "environ.get(\"STREAMREC_" in p.read_text(encoding="utf-8")]
     assert readers == []
+
+
+def test_a_child_process_gets_exactly_these_settings_security_and_redis_included(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamrec.config import settings_env
+
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "the-parent's")  # this process's own: never inherited
+    monkeypatch.setenv("STREAMREC_STRAY", "1")
+    plain = settings_env(load_settings(kafka_sasl_password=None))
+    assert "KAFKA_SASL_PASSWORD" not in plain and "STREAMREC_STRAY" not in plain and "REDIS_URL" not in plain
+    assert plain["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
+    secured = settings_env(load_settings(kafka_bootstrap_servers="k:9093", kafka_security_protocol="SASL_SSL",
+                                         kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="svc",
+                                         kafka_sasl_password="s3cret", redis_url="rediss://:pw@r:6380/0"))
+    assert {k: secured[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM",
+                                    "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "REDIS_URL")} == {
+        "KAFKA_BOOTSTRAP_SERVERS": "k:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "s3cret",
+        "REDIS_URL": "rediss://:pw@r:6380/0"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streamrec import load_settings
-from streamrec.kafka_clients import aio_config, faust_broker, ordered, python_config
+from streamrec.kafka_clients import aio_config, faust_broker, ordered, python_config, rdkafka_config
 
 
 def test_per_user_order_on_retry_is_kept_by_idempotence_on_kafka_and_one_request_in_flight_on_tansu() -> None:
@@ -31,3 +31,14 @@ def test_plaintext_has_no_credentials() -> None:
     settings = load_settings(kafka_bootstrap_servers="a:9092")
     assert faust_broker(settings)["broker_credentials"] is None
     assert "sasl_mechanism" not in python_config(settings) and "ssl_context" not in aio_config(settings)
+
+
+def test_the_load_generator_s_librdkafka_config_carries_the_same_cluster_and_security() -> None:
+    plain = rdkafka_config(load_settings(kafka_bootstrap_servers="a:9092,b:9092"))
+    assert plain == {"bootstrap.servers": "a:9092,b:9092", "security.protocol": "plaintext"}
+    secured = rdkafka_config(load_settings(
+        kafka_bootstrap_servers="a:9093", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-256",
+        kafka_sasl_username="svc", kafka_sasl_password="s3cret"))
+    assert secured == {"bootstrap.servers": "a:9093", "security.protocol": "sasl_ssl",
+                       "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "svc", "sasl.password": "s3cret",
+                       "ssl.ca.location": "probe"}
