@@ -295,7 +295,8 @@ class RequestGroup:
     saturated below 400 requests/s (requests queued for seconds before the agent saw them, while the
     agent itself was idle half the time). A plain group consumer's ``getmany`` gives every request
     already fetched in one call: that is the micro-batch, with no extra wait. Offsets are committed only
-    after a batch's responses and DLQ records are delivered; a rebalance waits for the batch in hand.
+    after a batch's responses and DLQ records are delivered (at most every COMMIT_EVERY_S, and whenever the
+    group settles); a rebalance waits for the batch in hand and commits.
 
     Batches are pipelined: while batch N's answers travel to the broker and its offsets are committed (a
     task, :meth:`_complete`), batch N+1 is read from Feast, ranked and its answers sent. Each batch commits
