@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 from streamrec import kafka_clients
 from streamrec.shell.workers import get_json
-from streamrec.stats import percentiles
+from streamrec.stats import cpu_seconds, percentiles
 
 try:
     from ._harness import broker_kind, own_stack, start_worker, stop
@@ -64,11 +63,6 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _end_offsets(settings: Any) -> dict[int, int]:
@@ -166,14 +160,14 @@ def _drain(env: dict[str, str], logs: Path, n_workers: int, n_events: int, app_i
         while True:
             done = sum(_figures(u)["events"] for u in urls)
             if done and first is None:
-                first = (time.perf_counter(), done, sum(_cpu_s(p.pid) for p, _ in workers))
+                first = (time.perf_counter(), done, sum(cpu_seconds(p.pid) or 0.0 for p, _ in workers))
             if done >= n_events:
                 break
             if time.perf_counter() - t0 > 900:
                 raise RuntimeError(f"drain stalled at {done} of {n_events} events")
             time.sleep(0.2)
         span = time.perf_counter() - first[0]
-        cpu = sum(_cpu_s(p.pid) for p, _ in workers) - first[2]
+        cpu = sum(cpu_seconds(p.pid) or 0.0 for p, _ in workers) - first[2]
         lags = [lag for u in urls for lag in _figures(u, samples=True)["lags_ms"]]
         return {"workers": n_workers, "events_per_s": (done - first[1]) / span, "cpu_s": cpu,
                 "events_per_cpu_s": (done - first[1]) / cpu if cpu else None,

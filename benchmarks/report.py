@@ -219,7 +219,6 @@ def _train(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
 
 def _recommend(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    first_baseline = None
     in_process = dig(r, "in_process")
     if p.get("in_process", True) is False:  # a later broker's run: the in-process part was measured once
         in_process = {}
@@ -231,8 +230,6 @@ def _recommend(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
         base = "Feast read + tower forward"
         b50 = dig(f, "baseline_feast_read_plus_forward", "p50_ms")
         b99 = dig(f, "baseline_feast_read_plus_forward", "p99_ms")
-        if first_baseline is None:
-            first_baseline = b99
         na = "" if n == RECOMMEND_ITEMS else f"goal is at {RECOMMEND_ITEMS:,} items"
         rec99 = dig(f, "recommend", "p99_ms")
         rows += [

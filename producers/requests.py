@@ -94,8 +94,7 @@ class RequestClient:
 class LoadResult:
     sent: int = 0
     answered: int = 0
-    errors: int = 0  # answers with an `error`, every code (``error_codes`` splits them)
-    error_codes: dict[str, int] = field(default_factory=dict)
+    error_codes: dict[str, int] = field(default_factory=dict)  # answers with an `error`, by code
     fallbacks: dict[str, int] = field(default_factory=dict)
     round_trip_ms: list[float] = field(default_factory=list)
     server_latency_ms: list[float] = field(default_factory=list)
@@ -106,6 +105,11 @@ class LoadResult:
     generator_cpu_cores: float = 0.0  # the load generator's own CPU over the measured span
     cpu_cores: dict[str, float] = field(default_factory=dict)  # of the processes watched (``run_load(watch=)``)
     warmup: list[dict[str, Any]] = field(default_factory=list)  # the warm-up windows: sent, answered, p99_ms
+
+    @property
+    def errors(self) -> int:
+        """Answers with an `error`, every code."""
+        return sum(self.error_codes.values())
 
     def summary(self) -> dict[str, Any]:
         return {"sent": self.sent, "answered": self.answered, "errors": self.errors,
@@ -128,12 +132,12 @@ def run_load(settings: Settings, users: Sequence[str], n: int, rate: float, k: i
              requests_topic: str = REQUESTS, responses_topic: str = RECOMMENDATIONS,
              tick_ms: float | None = None) -> LoadResult:
     """Send ``n`` requests at ``rate``/s for random ``users`` from the load generator (producers/load.py, a
-    process of its own, on aiokafka) and wait for every answer (or ``timeout`` after the last send).
+    process of its own, on librdkafka) and wait for every answer (or ``timeout`` after the last send).
 
     ``warmup_max_s``: warm the broker and the service first, for at most that long (see producers/load.py).
     ``watch``: {name: pid} of processes whose CPU (cores) over the measured span the result reports beside
     the generator's own (the broker's JVM, the service, Redis). ``tick_ms``: requests due within one tick
-    leave together (default: the generator's, 2 ms; 0: each at its own time)."""
+    leave together (default: the generator's, 2 ms; at least 1 ms)."""
     import subprocess
     import sys
     import tempfile
@@ -165,8 +169,7 @@ def run_load(settings: Settings, users: Sequence[str], n: int, rate: float, k: i
         raise LoadError(f"the load generator failed (exit {proc.returncode}): {last[0][:300]}")
     out = json.loads(lines[-1])
     samples = out["samples"]
-    return LoadResult(sent=out["sent"], answered=out["answered"], errors=sum(out["errors"].values()),
-                      error_codes=out["errors"], fallbacks=out["fallbacks"],
+    return LoadResult(sent=out["sent"], answered=out["answered"], error_codes=out["errors"], fallbacks=out["fallbacks"],
                       round_trip_ms=[s[1] for s in samples], sent_at=[s[0] for s in samples],
                       server_latency_ms=[s[2] for s in samples if s[2] is not None], seconds=out["seconds"],
                       requests_per_s=out["requests_per_s"], failed_sends=out["failed_sends"],

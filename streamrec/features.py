@@ -154,12 +154,8 @@ class FeatureClient:
     def users_features(self, user_ids: list[str], only: Collection[str] | None = None) -> list[dict[str, Any]]:
         """Profiles and recent histories of many users: one batch read of the online store per view.
         ``only``: read just these features (e.g. SERVING_FEATURES); each value read costs a proto parse."""
-        def wanted(names: tuple[str, ...]) -> tuple[str, ...]:
-            return names if only is None else tuple(n for n in names if n in only)
-
-        profiles = self._read("user_profile", "user_id", wanted(PROFILE_FEATURES), user_ids)
-        histories = self._read("user_recent_history", "user_id", wanted(HISTORY_FEATURES), user_ids)
-        return [{"user_id": u, **p, **h} for u, p, h in zip(user_ids, profiles, histories, strict=True)]
+        profile, history = _user_views(only)
+        return _merged(user_ids, self._read(*profile, user_ids), self._read(*history, user_ids))
 
     async def users_features_async(self, user_ids: list[str], only: Collection[str] | None = None
                                    ) -> list[dict[str, Any]]:
@@ -168,13 +164,10 @@ class FeatureClient:
         wait for the GIL to come back (the read's p99 was 3x its p50 under load)."""
         import asyncio
 
-        def wanted(names: tuple[str, ...]) -> tuple[str, ...]:
-            return names if only is None else tuple(n for n in names if n in only)
-
-        profiles, histories = await asyncio.gather(
-            self._read_async("user_profile", "user_id", wanted(PROFILE_FEATURES), user_ids),
-            self._read_async("user_recent_history", "user_id", wanted(HISTORY_FEATURES), user_ids))
-        return [{"user_id": u, **p, **h} for u, p, h in zip(user_ids, profiles, histories, strict=True)]
+        profile, history = _user_views(only)
+        profiles, histories = await asyncio.gather(self._read_async(*profile, user_ids),
+                                                   self._read_async(*history, user_ids))
+        return _merged(user_ids, profiles, histories)
 
     async def _read_async(self, view_name: str, join_key: str, fields: tuple[str, ...], ids: list[str]
                           ) -> list[dict[str, Any]]:
@@ -300,6 +293,20 @@ class FeatureClient:
             client = getattr(getattr(provider, "online_store", None), "_client", None)
             if client is not None:
                 client.close()
+
+
+def _user_views(only: Collection[str] | None) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """(view, join key, fields) of the two user views, each field restricted to ``only`` when given."""
+    def wanted(names: tuple[str, ...]) -> tuple[str, ...]:
+        return names if only is None else tuple(n for n in names if n in only)
+
+    return (("user_profile", "user_id", wanted(PROFILE_FEATURES)),
+            ("user_recent_history", "user_id", wanted(HISTORY_FEATURES)))
+
+
+def _merged(user_ids: list[str], profiles: list[dict[str, Any]], histories: list[dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+    return [{"user_id": u, **p, **h} for u, p, h in zip(user_ids, profiles, histories, strict=True)]
 
 
 @lru_cache(maxsize=100_000)

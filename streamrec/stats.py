@@ -3,6 +3,8 @@ stage times, the live page, the request load, the demo and the benchmarks)."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -26,8 +28,6 @@ def percentiles(values: Iterable[float], qs: Sequence[int] = (50, 95, 99), with_
 
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds process ``pid`` has used so far (Linux /proc), None if it cannot be read."""
-    import os
-
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -45,15 +45,11 @@ class CpuClock:
         self._at = 0.0
 
     def start(self) -> None:
-        import time
-
         self._started = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self._at = time.monotonic()
 
     def stop(self) -> dict[str, float]:
         """Cores per process since :meth:`start` (a process that could not be read is left out)."""
-        import time
-
         if not self._started:
             return {}
         wall = time.monotonic() - self._at
