@@ -35,7 +35,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["MicroBatcher", "InOrder", "Guard", "Verdict", "acking", "ack_all", "in_order", "agent_acking",
+__all__ = ["MicroBatcher", "InOrder", "Guard", "Verdict", "acking", "ack_all", "release", "in_order", "agent_acking",
            "guard_acks", "GUARDED_TOPICS"]
 
 log = logging.getLogger("streamrec.batching")
@@ -67,6 +67,18 @@ def ack_all(events: Iterable[Any]) -> None:
     with acking():
         for event in events:
             event.ack()
+
+
+def release(events: Iterable[Any]) -> None:
+    """Let a rebalance go on without ``events``, which this worker drops unapplied (a fenced batch).
+
+    Faust's revoke waits, with no bound, until every message its streams delivered is acked
+    (``Consumer.wait_empty``; robinhood/faust#402): a batch dropped unacked held the revoke, and with it the
+    whole group, until the member was thrown out (on Tansu, forever: test_fencing.py). Marked done for that
+    wait only (``Message.acked``), never acked: the offsets do not join the consumer's acked list, so the
+    commit cannot pass them, and the partition's next owner reads the events again."""
+    for event in events:
+        event.message.acked = True
 
 
 class Verdict(enum.Enum):

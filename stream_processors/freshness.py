@@ -30,6 +30,7 @@ class FreshnessTracker:
         self.rows_pushed = 0
         self.pushes = 0
         self.push_retries = 0
+        self.fenced_batches = 0  # batches dropped unacked: their partitions were taken away before the write
         self.dlq: Counter[str] = Counter()
         self.started = time.time()
         self.last_push_at: float | None = None
@@ -73,7 +74,7 @@ class FreshnessTracker:
             "freshness_ms": self.percentiles(), "samples": len(self._lags),
             "events_per_s": round(self.events_per_s(), 1), "events": self.events, "applied": self.applied,
             "duplicates_skipped": self.duplicates, "rows_pushed": self.rows_pushed, "pushes": self.pushes,
-            "push_retries": self.push_retries, "dlq": dict(self.dlq), "dlq_total": sum(self.dlq.values()),
+            "push_retries": self.push_retries, "fenced_batches": self.fenced_batches, "dlq": dict(self.dlq), "dlq_total": sum(self.dlq.values()),
             "uptime_s": round(time.time() - self.started, 1), "last_push_at": self.last_push_at,
         }
 
@@ -88,7 +89,8 @@ class FreshnessTracker:
         lines.append(f"{prefix}_freshness_ms_count {self.rows_pushed}")
         counters = {"events_total": self.events, "events_applied_total": self.applied,
                     "events_duplicate_total": self.duplicates, "rows_pushed_total": self.rows_pushed,
-                    "pushes_total": self.pushes, "push_retries_total": self.push_retries}
+                    "pushes_total": self.pushes, "push_retries_total": self.push_retries,
+                    "fenced_batches_total": self.fenced_batches}
         for name, value in counters.items():
             lines += [f"# TYPE {prefix}_{name} counter", f"{prefix}_{name} {value}"]
         lines.append(f"# TYPE {prefix}_dlq_total counter")

@@ -191,8 +191,9 @@ class Settings(BaseSettings):
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
         return parts._replace(netloc=netloc).geturl()
 
-    def feast_redis_connection_string(self) -> str:
-        """Feast's ``connection_string`` form of the Redis URL: ``host:port,password=..,ssl=true,db=N``."""
+    def feast_redis_connection_string(self, client_name: str | None = None) -> str:
+        """Feast's ``connection_string`` form of the Redis URL: ``host:port,password=..,ssl=true,db=N``;
+        ``client_name`` names its connections (CLIENT SETNAME: who is who in CLIENT LIST and MONITOR)."""
         parts = urlsplit(self.redis)
         if parts.scheme == "unix":
             raise ConfigError("REDIS_URL: Feast's Redis online store needs host:port, not a unix socket")
@@ -214,6 +215,8 @@ class Settings(BaseSettings):
         # silent one.
         fields += [f"socket_timeout={REDIS_SOCKET_TIMEOUT_S}", f"socket_connect_timeout={REDIS_SOCKET_TIMEOUT_S}",
                    "retry=null"]
+        if client_name:
+            fields.append(f"client_name={_redis_client_name(client_name)}")
         return ",".join(fields)
 
     def time_window(self) -> TimeWindow:
@@ -222,6 +225,11 @@ class Settings(BaseSettings):
 
 
 _SECRET_FIELDS = frozenset({"redis_url", "kafka_sasl_password"})
+
+
+def _redis_client_name(name: str) -> str:
+    """A Redis client name (no spaces, no Feast separators ``,`` and ``=``): other characters become ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.:-]", "-", name)[:100]
 
 
 def _env_name(field: str) -> str:

@@ -64,9 +64,10 @@ def _definitions() -> Any:
 
 
 class FeatureClient:
-    """A Feast store for ``settings``; ``project`` separates tests sharing one Redis."""
+    """A Feast store for ``settings``; ``project`` separates tests sharing one Redis; ``client_name`` names
+    its Redis connections."""
 
-    def __init__(self, settings: Settings, project: str = "streamrec") -> None:
+    def __init__(self, settings: Settings, project: str = "streamrec", client_name: str | None = None) -> None:
         from feast import FeatureStore, RepoConfig
 
         self.settings = settings
@@ -76,7 +77,7 @@ class FeatureClient:
                 project=project,
                 provider="local",
                 registry={"path": str(self.data_dir / "registry.db"), "cache_ttl_seconds": 0},
-                online_store={"type": "redis", "connection_string": settings.feast_redis_connection_string(),
+                online_store={"type": "redis", "connection_string": settings.feast_redis_connection_string(client_name),
                               **online},
                 offline_store={"type": "file"},
                 entity_key_serialization_version=3,

@@ -5,17 +5,16 @@ Every failure is one of two kinds (:func:`streamrec._exceptions.is_infrastructur
   for as long as it takes, or until a deadline where the work has one (a request's answer). The worker
   stalls rather than dropping anything, which backpressures Kafka and shows on its health page;
 - **the data's** (anything else): never retried. :func:`isolated` narrows a failing batch down to the
-  record that fails on its own, which is dead-lettered or answered with an error, while every other record
-  of the batch still takes effect.
+  record that fails on its own, which is dead-lettered, while every other record of the batch still takes
+  effect.
 
-The stream worker (its Feast sink and its batches) and the recommender (serving a batch, answering one
-whose delivery failed) all use these two functions.
+Each failure meets one retry: the worker retries each call to Redis or the broker (never the batch around
+it, whose dead letters would be sent twice), the recommender a batch's answers within their deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,30 +59,25 @@ def isolated(process: Process, reject: Callable[[Any, str], Awaitable[None]],
              retryable: Callable[[BaseException], bool] = is_infrastructure) -> Process:
     """``process`` with per-record isolation: one poison record never takes its batch down with it.
 
-    A batch that fails on the infrastructure is tried again whole (:func:`retry`, for as long as it
-    takes). A batch that fails for any other reason is split in halves, each processed in order, until the
-    single record that fails on its own is found: ``reject(record, reason)`` dead-letters and acks it, and
-    every other record of the batch still takes effect. ``process`` must be idempotent per record (the
-    history state dedupes by offset), since the good part of a failed half is applied again.
+    A batch that fails for its data is split in halves, each processed in order, until the single record
+    that fails on its own is found: ``reject(record, reason)`` dead-letters and acks it, and every other
+    record of the batch still takes effect. ``process`` retries its own calls to the infrastructure
+    (:func:`retry`, the one retry layer); a failure of the infrastructure that still reaches here is
+    raised, never blamed on a record. ``process`` must be idempotent per record (the history state dedupes
+    by offset), since the good part of a failed half is applied again.
     """
-
-    def note(size: int) -> Callable[[BaseException, float], None]:
-        def warn(exc: BaseException, delay: float) -> None:
-            log.warning("a batch of %d failed on the infrastructure (%s): again in %.1f s", size,
-                        str(exc).splitlines()[0][:200] if str(exc) else repr(exc), delay)
-
-        return warn
 
     async def run(events: Sequence[Any]) -> None:
         try:
-            await retry(functools.partial(process, events), on_retry=note(len(events)), retryable=retryable)
+            await process(events)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the data's: narrowed down below, never dropped
+            if retryable(exc):
+                raise
             if len(events) == 1:
                 log.error("a record failed on its own, dead-lettering it: %r", exc)
-                await retry(functools.partial(reject, events[0], f"unprocessable: {exc!r}"[:2048]),
-                            retryable=retryable)
+                await reject(events[0], f"unprocessable: {exc!r}"[:2048])
                 return
             middle = len(events) // 2
             await run(events[:middle])

@@ -48,9 +48,11 @@ def worker(which: str, loglevel: str, faust_args: tuple[str, ...]) -> None:
     """
     settings = get_settings()
     if which == "features":
+        from stream_processors.sink import client_name
         from streamrec.features import FeatureClient
 
-        client = FeatureClient(settings)  # the state lives in the rows: their schema must be this version's
+        # the state lives in the rows: their schema must be this version's
+        client = FeatureClient(settings, client_name=client_name(settings))
         try:
             client.check_history_view()
         except BaseException:

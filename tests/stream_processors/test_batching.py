@@ -256,10 +256,13 @@ def test_a_poison_record_is_rejected_alone_and_the_rest_of_its_batch_applies_in_
     assert [e for e, _ in rejected] == [3, 17] and all("poison" in r for _, r in rejected)
 
 
-def test_an_infrastructure_failure_retries_the_whole_batch_and_rejects_nothing() -> None:
-    run, applied, rejected = _isolating(set(), infra_failures=3)
-    asyncio.run(run(list(range(10))))
-    assert applied == list(range(10)) and rejected == []
+def test_an_infrastructure_failure_is_raised_never_blamed_on_a_record() -> None:
+    """``process`` retries its own calls (the one retry layer); one that still fails on the infrastructure
+    leaves its batch unacked: neither retried here again nor split down to a record to dead-letter."""
+    run, applied, rejected = _isolating(set(), infra_failures=1)
+    with pytest.raises(Infra):
+        asyncio.run(run(list(range(10))))
+    assert applied == [] and rejected == []
 
 
 def test_every_record_poisoned_still_terminates() -> None:
