@@ -18,9 +18,9 @@ from models.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
+from models.compare import Report
 from models.data import user_batch
 from models.features import popularity_ranking
-from models.train import Report
 from serving.model import load_checkpoint, load_latest
 
 
