@@ -3,12 +3,13 @@
     streamrec bench quality --data DIR [--split temporal|leave-last-out|both] [--report BENCHMARKS.md]
 
 DIR holds the project's three parquet files (`streamrec generate`, or `streamrec import movielens|table`).
-Every ranker answers the same requests on the same split (see models/quality.py for the protocols):
-Recall@10/20, NDCG@10, coverage@10, seconds to fit, and the paired bootstrap 95% interval of each
-baseline's NDCG@10 and Recall@10 minus the two-tower's. The freshness lift scores the temporal split's
-two-tower and EASE with each request's history as of the request (the stream's online features) and as
-of the start of its day (a nightly snapshot). Writes a table, ``quality.json`` and ``quality.png`` (in
---out-dir) and, with --report, the same as a section of that Markdown file (kept by `streamrec bench`).
+Every ranker (models/rankers.py, shared with `streamrec train`'s table) answers the same requests on the
+same split (models/quality.py draws them): Recall@10/20, NDCG@10, coverage@10, seconds to fit, and the paired
+bootstrap 95% interval of each baseline's NDCG@10 and Recall@10 minus the two-tower's. The freshness lift
+scores the temporal split's two-tower and EASE with each request's history as of the request (the stream's
+online features) and as of the start of its day (a nightly snapshot). Writes a table, ``quality.json`` and
+``quality.png`` (in --out-dir) and, with --report, the same as a section of that Markdown file (kept by
+`streamrec bench`).
 """
 
 from __future__ import annotations
@@ -40,18 +41,9 @@ def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: boo
     import torch
 
     from models.data import load_data
-    from models.quality import (
-        ALS,
-        EASE,
-        PROTOCOLS,
-        Oracle,
-        Popularity,
-        TwoTowerRanker,
-        context,
-        freshness_lift,
-        run_protocol,
-    )
+    from models.quality import PROTOCOLS, freshness_lift, run_protocol
     from models.quality import paired_interval as interval
+    from models.rankers import ALS, EASE, Oracle, Popularity, TwoTowerRanker, context
     from models.selection import MIN_REQUESTS
     from models.train import SEQUENCE_TRAINING, TrainConfig
 

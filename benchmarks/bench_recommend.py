@@ -47,9 +47,10 @@ except ImportError:  # run as a script
 
 def _train(data: Path, checkpoints: Path, epochs: int) -> None:
     from models.checkpoints import promote, save_checkpoint
+    from models.compare import train_and_evaluate
     from models.data import load_data
     from models.features import popularity_ranking
-    from models.train import TrainConfig, train_and_evaluate
+    from models.train import TrainConfig
 
     report = train_and_evaluate(load_data(data), TrainConfig(epochs=epochs, seed=0))
     path = save_checkpoint(checkpoints, report.fit.model, report.prepared.enc.schema,

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from generation.dataset_gen_amazon import GeneratorConfig, generate
+from models.compare import train_and_evaluate
 from models.data import Prepared, RawData, prepare
 from models.evaluation import EvalSet, eval_set, evaluate
-from models.train import TrainConfig, fit, new_model, pick_device, train_and_evaluate
+from models.train import TrainConfig, fit, new_model, pick_device
 
 TIME_GOAL_S, ORACLE_GOAL, CEILING_GOAL = 20.0, 0.8, 0.95
 PREFERENCE_SHARE = 0.7  # the generator's default: share of events in the preferred categories

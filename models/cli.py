@@ -108,9 +108,10 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, te
     and oracle baselines, save v<N> under the checkpoint folder and promote it (LATEST).
     """
     from .checkpoints import promote, save_checkpoint
+    from .compare import train_and_evaluate
     from .data import load_data
     from .features import popularity_ranking
-    from .train import TrainConfig, train_and_evaluate
+    from .train import TrainConfig
 
     settings = _settings(data_dir, out)
     console, err = Console(), Console(stderr=True)

@@ -1,8 +1,9 @@
-"""The evaluation protocol, shared by the model and every baseline.
+"""The evaluation protocol, shared by the model and every ranker it is compared with (:mod:`models.rankers`).
 
 Each target event is one request: the whole catalogue is ranked with every item the user touched
 before the target removed, for the model and every baseline alike (see :mod:`models.data` for how
-targets and histories are drawn).
+targets and histories are drawn). A :data:`Scorer` maps requests to catalogue scores; :func:`evaluate`
+ranks and measures them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import Encoded, Prepared, user_batch
+from .data import Encoded, user_batch
 from .metrics import ranking_metrics
 from .towers import TwoTower, UserBatch
 
 __all__ = ["Scorer", "EvalSet", "DAY_NS", "day_start_rows", "eval_set", "evaluate", "shuffled", "emptied",
-           "model_scorer", "baseline_scorers"]
+           "model_scorer"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # eval-set indices (b,) -> scores (b, n_catalogue)
 
@@ -112,25 +113,3 @@ def model_scorer(model: TwoTower, enc: Encoded, es: EvalSet, columns: torch.Tens
         return s.masked_fill(unknown, float("-inf"))
 
     return score
-
-
-def baseline_scorers(p: Prepared, es: EvalSet, seed: int = 0) -> dict[str, Scorer]:
-    """random, popularity (training-target counts) and, with affinities, the generator's oracle."""
-    dev = es.rows.device
-    pop = torch.bincount(p.enc.ev_item[torch.as_tensor(p.split.train, device=dev)] - 2,
-                         minlength=es.n_catalogue).double()
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    out: dict[str, Scorer] = {
-        "random": lambda idx: torch.rand((len(idx), es.n_catalogue), generator=gen, device=dev),
-        "popularity": lambda idx: pop.expand(len(idx), -1),
-    }
-    if p.raw.affinities is not None:
-        cats = list(p.enc.schema.top_categories)
-        aff = p.raw.affinities.pivot_table(index="user_id", columns="category", values="affinity")
-        aff = aff.reindex(index=p.events.user_ids, columns=cats).fillna(0.0).to_numpy()
-        aff = torch.as_tensor(np.c_[np.zeros((len(aff), 2)), aff], device=dev)  # PAD/OOV columns
-        top = p.enc.items["top"][2:]
-        # ties within a category broken by popularity: pop/(max+1) < 1e-9 never beats an affinity gap
-        tie = 1e-9 * pop / (pop.max() + 1)
-        out["oracle"] = lambda idx: aff[p.enc.ev_user[es.rows[idx]]][:, top] + tie
-    return out

@@ -1,5 +1,6 @@
-"""Offline quality: the two-tower beside popularity, ALS and EASE on one split, paired bootstrap
-intervals on the differences, and the freshness lift (what the streaming half of the system buys).
+"""Offline quality: the two-tower beside popularity, ALS and EASE (:mod:`models.rankers`) on one split,
+paired bootstrap intervals on the differences, and the freshness lift (what the streaming half of the
+system buys). This module draws the splits and runs the rankers on them.
 
 Every ranker answers the same requests through :func:`models.evaluation.evaluate`: a request is an event row,
 its history the user's events before that row's time, and every item the user touched before it is
@@ -27,49 +28,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-import torch
 
-from .data import Events, Prepared, RawData, Split, TrainError, encode, split_by_time
-from .evaluation import (
-    DAY_NS,
-    EvalSet,
-    baseline_scorers,
-    day_start_rows,
-    emptied,
-    eval_set,
-    evaluate,
-    model_scorer,
-    shuffled,
-)
-from .features import FeatureSchema
+from .data import TrainError, split_by_time
+from .evaluation import DAY_NS, EvalSet, day_start_rows, emptied, evaluate, shuffled
 from .metrics import per_row_metrics
+from .rankers import Context, Fold, Ranker, TwoTowerRanker
 from .selection import MIN_REQUESTS
-from .towers import UserBatch
-from .train import TrainConfig, fit, new_model
 
-__all__ = ["Fold", "Protocol", "Context", "Ranker", "Popularity", "EASE", "ALS", "TwoTowerRanker", "Oracle",
-           "context", "temporal", "leave_last_out", "PROTOCOLS", "run_protocol", "freshness_lift",
-           "paired_interval", "DAY_NS"]
+__all__ = ["Protocol", "temporal", "leave_last_out", "PROTOCOLS", "Outcome", "run_protocol", "paired_interval",
+           "stale_rows", "freshness_lift", "history_controls", "DAY_NS"]
 
 KS = (10, 20)
-Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Fold:
-    """One cut: what rankers may learn from, and the requests they answer."""
-
-    train: np.ndarray  # (N,) bool over event rows
-    rows: np.ndarray  # (E,) request rows: history = the user's events before this row's time
-    targets: np.ndarray  # (E, T) catalogue columns, -1 padded
-
-
+# ---- protocols ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Protocol:
     name: str
@@ -78,60 +55,6 @@ class Protocol:
     tune_kind: str = "per-user cut"  # how the validation requests were drawn
 
 
-@dataclass
-class Context:
-    """The log once sorted and encoded, shared by every ranker and fold."""
-
-    raw: RawData
-    ev: Events
-    enc: Any  # models.data.Encoded
-    col: np.ndarray  # (N,) catalogue column of each event
-    positive: np.ndarray  # (N,) bool
-    novel: np.ndarray  # (N,) bool: a positive event that is the user's first touch of the item
-
-    @property
-    def n_items(self) -> int:
-        return self.enc.schema.n_item_rows - 2
-
-    def eval_set(self, fold: Fold) -> EvalSet:
-        return replace(eval_set(self.enc, fold.rows), targets=fold.targets)
-
-    def history(self, rows: np.ndarray, positive_only: bool = True) -> sp.csr_matrix:
-        """(E, n_items) binary: the items of each request's history (its user's events before it)."""
-        start, end = self.ev.user_start[rows], self.ev.grp_start[rows]
-        lens = end - start
-        flat = np.repeat(start - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
-        req = np.repeat(np.arange(len(rows)), lens)
-        if positive_only:
-            keep = self.positive[flat]
-            flat, req = flat[keep], req[keep]
-        m = sp.csr_matrix((np.ones(len(flat), np.float32), (req, self.col[flat])), shape=(len(rows), self.n_items))
-        m.data[:] = 1.0  # duplicates summed: binary again
-        return m
-
-    def interactions(self, train: np.ndarray) -> sp.csr_matrix:
-        """(n_users, n_items) binary positives among the ``train`` events."""
-        keep = train & self.positive
-        m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (self.ev.user[keep], self.col[keep])),
-                          shape=(len(self.ev.user_ids), self.n_items))
-        m.data[:] = 1.0
-        return m
-
-
-def context(raw: RawData, device: torch.device | str = "cpu", **schema_options: Any) -> Context:
-    """Sort and encode ``raw`` once (schema over the whole catalogue and every logged item; ``schema_options``:
-    FeatureSchema options such as ``max_history``)."""
-    if raw.interactions.empty:
-        raise TrainError("no interactions to evaluate")
-    ev = Events.from_frame(raw.interactions)
-    schema = FeatureSchema.build(raw.users, raw.items, ev.frame, **schema_options)
-    enc = encode(ev, schema, raw.users, raw.items, device)
-    positive = ev.positive
-    novel = positive & ~ev.frame.duplicated(["user_id", "item_id"]).to_numpy()
-    return Context(raw, ev, enc, enc.ev_item.cpu().numpy() - 2, positive, novel)
-
-
-# ---- protocols ----------------------------------------------------------------------------------
 def _targets(groups: Iterable[np.ndarray]) -> np.ndarray:
     groups = list(groups)
     width = max((len(g) for g in groups), default=1)
@@ -227,181 +150,6 @@ def leave_last_out(ctx: Context) -> Protocol:
 
 
 PROTOCOLS: dict[str, Callable[[Context], Protocol]] = {"temporal": temporal, "leave-last-out": leave_last_out}
-
-
-# ---- rankers ------------------------------------------------------------------------------------
-class Ranker:
-    """Fits on a fold's training events; scores requests from their history (rows) alone."""
-
-    name = "ranker"
-    params: dict[str, Any]
-
-    def grid(self) -> list[dict[str, Any]]:
-        return [{}]
-
-    def fit(self, ctx: Context, fold: Fold, params: dict[str, Any], val: EvalSet | None = None) -> None:
-        raise NotImplementedError
-
-    def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None) -> Scorer:
-        raise NotImplementedError
-
-    def final_params(self) -> dict[str, Any]:
-        """What the tuning fold chose, for the refit on the whole training period."""
-        return self.params
-
-
-def _dense_scorer(score: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> Scorer:
-    def run(idx: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(score(rows[idx.cpu().numpy()]), dtype=torch.float64)
-
-    return run
-
-
-class Popularity(Ranker):
-    name = "popularity"
-
-    def fit(self, ctx: Context, fold: Fold, params: dict[str, Any], val: EvalSet | None = None) -> None:
-        self.params = params
-        self.counts = np.asarray(ctx.interactions(fold.train).sum(axis=0)).ravel().astype(np.float64)
-
-    def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None) -> Scorer:
-        return lambda idx: torch.as_tensor(self.counts).expand(len(idx), -1)
-
-
-class EASE(Ranker):
-    """Steck's closed form, WWW 2019: B = I - P diagMat(1/diag(P)), P = (XᵀX + λI)⁻¹, diag(B) = 0.
-
-    Tuning factorises the Gram matrix once, G = V diag(s) Vᵀ, so every λ costs a product with the
-    validation requests' histories instead of an inversion: P = V diag(1/(s + λ)) Vᵀ, and a request's
-    scores x B = x - (x P) / diag(P). The refit on the whole training period inverts once, as before.
-    """
-
-    name = "EASE"
-
-    def __init__(self, lambdas: Sequence[float] = (3, 10, 30, 100, 200, 300, 500, 1000, 2000, 3000, 10000)) -> None:
-        self.lambdas = tuple(lambdas)
-        self._eig: tuple[Fold, np.ndarray, np.ndarray] | None = None
-
-    def grid(self) -> list[dict[str, Any]]:
-        return [{"lambda": float(lam)} for lam in self.lambdas]
-
-    def fit(self, ctx: Context, fold: Fold, params: dict[str, Any], val: EvalSet | None = None) -> None:
-        self.params = params
-        x = ctx.interactions(fold.train)
-        if val is not None:  # tuning: one factorisation for the whole grid (float32 halves it; λ >= 3)
-            if self._eig is None or self._eig[0] is not fold:
-                s, v = np.linalg.eigh((x.T @ x).toarray().astype(np.float32))
-                self._eig = (fold, s.astype(np.float64), v)
-            self.b = None
-            return
-        self._eig = None
-        g = (x.T @ x).toarray().astype(np.float64)
-        g[np.diag_indices_from(g)] += params["lambda"]
-        p = np.linalg.inv(g)
-        self.b = p / -np.diag(p)
-        self.b[np.diag_indices_from(self.b)] = 0.0
-
-    def _scores(self, hist: sp.csr_matrix) -> np.ndarray:
-        if self.b is not None:
-            return np.asarray(hist @ self.b)
-        assert self._eig is not None
-        _, s, v = self._eig
-        inv = (1.0 / (s + self.params["lambda"])).astype(np.float32)  # (n,)
-        diag_p = (v * v) @ inv  # (n,)
-        xp = ((hist @ v) * inv) @ v.T  # (E, n)
-        return hist.toarray() - xp / diag_p  # B's diagonal, 1 - P_jj / P_jj, is 0 by itself
-
-    def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None) -> Scorer:
-        rows = es.rows.cpu().numpy() if history_rows is None else history_rows
-        return _dense_scorer(lambda r: self._scores(ctx.history(r)), rows)
-
-
-class ALS(Ranker):
-    """implicit's conjugate-gradient ALS (Hu, Koren, Volinsky 2008); a request's user vector is solved
-    from its own history against the fitted item factors (fold-in), like every other ranker here."""
-
-    name = "ALS"
-
-    def __init__(self, factors: Sequence[int] = (32, 64, 128), alphas: Sequence[float] = (1.0, 10.0),
-                 regularization: float = 0.05, iterations: int = 15, seed: int = 0) -> None:
-        self.factors, self.alphas = tuple(factors), tuple(alphas)
-        self.regularization, self.iterations, self.seed = regularization, iterations, seed
-
-    def grid(self) -> list[dict[str, Any]]:
-        return [{"factors": f, "alpha": a} for f in self.factors for a in self.alphas]
-
-    def fit(self, ctx: Context, fold: Fold, params: dict[str, Any], val: EvalSet | None = None) -> None:
-        from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
-
-        self.params = params
-        with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's, do the work
-            model = AlternatingLeastSquares(factors=params["factors"], regularization=self.regularization,
-                                            alpha=params["alpha"], iterations=self.iterations,
-                                            random_state=self.seed)
-            model.fit(ctx.interactions(fold.train), show_progress=False)
-        self.items = np.asarray(model.item_factors, dtype=np.float64)  # (n_items, F)
-        self.gram = self.items.T @ self.items
-
-    def _users(self, hist: sp.csr_matrix) -> np.ndarray:
-        """Minimise Σ c_ui (p_ui - u·y_i)² + reg |u|², c = 1 + alpha on the history, p = 1 there."""
-        alpha, reg = self.params["alpha"], self.regularization
-        out = np.zeros((hist.shape[0], self.items.shape[1]))
-        eye = reg * np.eye(self.items.shape[1])
-        for r in range(hist.shape[0]):
-            idx = hist.indices[hist.indptr[r]:hist.indptr[r + 1]]
-            if len(idx):
-                y = self.items[idx]
-                out[r] = np.linalg.solve(self.gram + alpha * y.T @ y + eye, (1 + alpha) * y.sum(axis=0))
-        return out
-
-    def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None) -> Scorer:
-        rows = es.rows.cpu().numpy() if history_rows is None else history_rows
-        return _dense_scorer(lambda r: self._users(ctx.history(r)) @ self.items.T, rows)
-
-
-class TwoTowerRanker(Ranker):
-    """The project's model, trained by :func:`models.train.fit` on the fold's first-time positives;
-    tuning picks the epoch count (early stopping on the validation requests), the refit trains that long."""
-
-    name = "two-tower"
-
-    def __init__(self, cfg: TrainConfig | None = None, model: dict[str, Any] | None = None,
-                 name: str = "two-tower") -> None:
-        self.cfg, self.model_options, self.name = cfg or TrainConfig(), model or {}, name
-
-    def fit(self, ctx: Context, fold: Fold, params: dict[str, Any], val: EvalSet | None = None) -> None:
-        self.params = dict(params)
-        cfg = replace(self.cfg, epochs=params.get("epochs", self.cfg.epochs))
-        train_rows = np.flatnonzero(fold.train & (ctx.novel if cfg.targets == "novel" else ctx.positive))
-        if len(train_rows) == 0:
-            raise TrainError("no training targets before the cut")
-        p = Prepared(ctx.raw, ctx.ev, Split(train_rows, np.zeros(0, np.int64), fold.rows), ctx.enc)
-        torch.manual_seed(cfg.seed)
-        self.model = new_model(ctx.enc.schema, ctx.enc, **self.model_options)
-        self.result = fit(self.model, p, cfg, val=val)
-        if val is not None:
-            self.params["epochs"] = self.result.best_epoch
-            self.selection = self.result.selection
-
-    def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None,
-               transform: Callable[[UserBatch], UserBatch] | None = None) -> Scorer:
-        hist = None if history_rows is None else torch.as_tensor(history_rows, device=es.rows.device)
-        return model_scorer(self.model, ctx.enc, es, history_rows=hist, transform=transform)
-
-
-class Oracle(Ranker):
-    """The generator's own user-category affinities (synthetic data only): a leaky ceiling, not a rival."""
-
-    name = "oracle"
-
-    def fit(self, ctx: Context, fold: Fold, params: dict[str, Any], val: EvalSet | None = None) -> None:
-        self.params, self.fold = params, fold
-
-    def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None) -> Scorer:
-        p = Prepared(ctx.raw, ctx.ev, Split(np.flatnonzero(self.fold.train & ctx.positive), es.rows.numpy(),
-                                            es.rows.numpy()), ctx.enc)
-        return baseline_scorers(p, es)["oracle"]
 
 
 # ---- running ------------------------------------------------------------------------------------

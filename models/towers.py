@@ -4,6 +4,8 @@ Both towers end in an L2-normalised D-vector, so a user-item score is a cosine a
 index can be an inner-product index. The user tower pools the user's recent history through the
 item tower's own id/category embeddings: a new event changes the user vector at once, no retrain.
 Loss: in-batch sampled softmax with logQ correction and a temperature (Yi et al., RecSys 2019).
+Serving runs the user tower in numpy (serving/model.py); each user tower names the arrays that forward reads
+(``serving_arrays``) beside its own torch forward.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,6 +83,34 @@ class UserBatch(NamedTuple):
 
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+
+# ---- serving arrays: each user tower's eval-mode weights as the numpy forward in serving/model.py reads them,
+# named here beside the torch forward they come from, so a change to one is a change to the other
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy().copy()
+
+
+def _linear_arrays(seq: nn.Sequential, *names: str) -> dict[str, np.ndarray]:
+    """``seq``'s Linear layers in order (dropout is the identity in eval mode, GELU has no weights) as
+    ``x @ {name}_w + {name}_b`` operands."""
+    layers = [m for m in seq if isinstance(m, nn.Linear)]
+    if len(layers) != len(names):
+        raise ValueError(f"{len(layers)} Linear layers, {len(names)} names")
+    out: dict[str, np.ndarray] = {}
+    for name, layer in zip(names, layers, strict=True):
+        out[f"{name}_w"], out[f"{name}_b"] = _np(layer.weight).T, _np(layer.bias)
+    return out
+
+
+def _norm_arrays(norm: nn.LayerNorm, name: str) -> dict[str, np.ndarray]:
+    return {f"{name}_w": _np(norm.weight), f"{name}_b": _np(norm.bias), f"{name}_eps": np.asarray(norm.eps, np.float32)}
+
+
+def _profile_arrays(tower: nn.Module) -> dict[str, np.ndarray]:
+    """What :func:`_profile` reads: the four tables and the preferred-category padding code."""
+    return {"age": _np(tower.age.weight), "gender": _np(tower.gender.weight), "region": _np(tower.region.weight),
+            "pref": _np(tower.pref.weight), "pref_padding": np.asarray(tower.pref.padding_idx)}
 
 
 class ItemTower(nn.Module):
@@ -173,6 +204,15 @@ class UserTower(nn.Module):
         x = torch.cat([prof, pools[:, 0], pools[:, 1]], dim=-1)  # (B, 6D)
         return F.normalize(self.mlp(x), dim=-1)  # (B, D)
 
+    @torch.inference_mode()
+    def serving_arrays(self, hist: Tensor) -> dict[str, np.ndarray]:
+        """:meth:`forward`'s weights for serving.model.NumpyUserTower; ``hist`` (n_items, D): every item
+        row's history vector."""
+        return {"hist": _np(hist), **_profile_arrays(self), "kinds": _np(self.kind.weight),
+                "kind_bias": _np(self.kind_bias.weight)[:, 0], "pos_bias": _np(self.pos_bias),
+                "query_w": _np(self.query.weight).T, "query_b": _np(self.query.bias),
+                **_linear_arrays(self.mlp, "mlp1", "mlp2")}
+
 
 class SequenceUserTower(nn.Module):
     """Profile + one causal self-attention block over the history (SASRec-style, Kang & McAuley 2018).
@@ -247,6 +287,23 @@ class SequenceUserTower(nn.Module):
         state = self.states(flip(hist), flip(u.hist_types), valid, last)[:, 0]  # (B, D)
         return self.head(self.profile(u), state)
 
+    @torch.inference_mode()
+    def serving_arrays(self, hist: Tensor) -> dict[str, np.ndarray]:
+        """:meth:`forward`'s weights for serving.model.NumpySequenceTower; ``hist`` (n_items, D): every item
+        row's history vector. One block reads each event linearly, so every item's and every type's key and
+        value rows are computed here once (an event's are the sum of its item's and its type's)."""
+        d = hist.size(1)
+        w, b = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,): query, key, value rows
+        kinds = self.kind.weight  # (T, D); row 0 (padding) is zero
+        return {"hist": _np(hist), "kinds": _np(kinds), **_profile_arrays(self),
+                "q_w": _np(w[:d]).T, "q_b": _np(b[:d]),
+                "k_item": _np(hist @ w[d:2 * d].T + b[d:2 * d]), "v_item": _np(hist @ w[2 * d:].T + b[2 * d:]),
+                "k_kind": _np(kinds @ w[d:2 * d].T), "v_kind": _np(kinds @ w[2 * d:].T),
+                "rel_bias": _np(self.rel_bias),  # (heads, H)
+                "out_w": _np(self.out.weight).T, "out_b": _np(self.out.bias),
+                **_norm_arrays(self.norm1, "norm1"), **_norm_arrays(self.norm2, "norm2"),
+                **_linear_arrays(self.ffn, "ffn1", "ffn2"), **_linear_arrays(self.mlp, "mlp1", "mlp2")}
+
 
 class TwoTower(nn.Module):
     def __init__(self, cfg: TowerConfig) -> None:
@@ -274,6 +331,12 @@ class TwoTower(nn.Module):
         # backward touches U rows per table instead of B x H (~10% of a training step at H=50).
         uniq, inv = torch.unique(u.hist_items, return_inverse=True)
         return self.user_tower(u, F.embedding(inv, self.item_tower.history_vectors(uniq)))  # (B, D)
+
+    @torch.inference_mode()
+    def serving_arrays(self) -> dict[str, np.ndarray]:
+        """The user tower's weights, named, for its numpy forward in serving/model.py (``numpy_tower``)."""
+        rows = torch.arange(self.cfg.n_items, device=self.item_tower.f_top.device)
+        return self.user_tower.serving_arrays(self.item_tower.history_vectors(rows))  # (n_items, D) history vectors
 
     def items(self, idx: Tensor) -> Tensor:
         return self.item_tower(idx)  # (N, D)

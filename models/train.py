@@ -1,8 +1,8 @@
-"""Training the two-tower model, top to bottom: config -> data -> model -> optimisers -> epochs -> test.
+"""Training the two-tower model, top to bottom: config -> data -> model -> optimisers -> epochs.
 
-:func:`train_and_evaluate` is the whole run; :func:`fit` is the epoch loop, which the periodic
-trainer and the quality study also call on data they prepared. How examples and the time split are
-built lives in :mod:`models.data`; the ranking protocol and the baselines in :mod:`models.evaluation`.
+:func:`fit` is the epoch loop, which `streamrec train` (:mod:`models.compare`), the periodic trainer and
+the quality study call on data they prepared. How examples and the time split are built lives in
+:mod:`models.data`; the ranking protocol in :mod:`models.evaluation`, the baselines in :mod:`models.rankers`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,13 @@ from rich.progress import Progress
 from .data import (
     Encoded,
     Prepared,
-    RawData,
     TrainError,
     WindowIndex,
-    prepare,
     user_batch,
     window_batch,
     window_index,
 )
-from .evaluation import EvalSet, baseline_scorers, day_start_rows, eval_set, evaluate, model_scorer
+from .evaluation import EvalSet, eval_set, evaluate, model_scorer
 from .features import FeatureSchema
 from .metrics import per_row_metrics
 from .selection import (
@@ -42,8 +40,7 @@ from .selection import (
 )
 from .towers import TowerConfig, TwoTower
 
-__all__ = ["TrainConfig", "SEQUENCE_TRAINING", "FitResult", "Report", "pick_device", "new_model", "grow_state", "fit",
-           "train_and_evaluate"]
+__all__ = ["TrainConfig", "SEQUENCE_TRAINING", "FitResult", "pick_device", "new_model", "grow_state", "fit"]
 
 
 @dataclass(frozen=True)
@@ -76,13 +73,6 @@ class FitResult:
     best_epoch: int = 0  # the epoch whose weights the model holds (the last one trained without selection)
     selection: str = ""  # why: models.selection's reason, or why nothing was chosen
     seconds: float = 0.0
-
-
-@dataclass
-class Report:
-    prepared: Prepared
-    fit: FitResult
-    test: dict[str, dict[str, float]]  # model and baselines -> metrics on the test targets
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -231,23 +221,3 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def train_and_evaluate(raw: RawData, cfg: TrainConfig, model_options: dict[str, Any] | None = None,
-                       progress: Progress | None = None, baselines: bool = True) -> Report:
-    """Split, train from scratch, and score the model and the baselines on the same test targets."""
-    p = prepare(raw, None, cfg.targets, pick_device(cfg.device))
-    torch.manual_seed(cfg.seed)  # before the model exists: its initial weights are part of the run
-    model = new_model(p.enc.schema, p.enc, **(model_options or {}))
-    result = fit(model, p, cfg, progress)
-    es = eval_set(p.enc, p.split.test)
-    test = {"two-tower": evaluate(model_scorer(model, p.enc, es), es)[0]}
-    # the same model and targets with each history as a nightly snapshot would hold it: what fresh features
-    # are worth to the served model (the demo's summary shows it)
-    stale = day_start_rows(p.events.ts, p.events.user_start, p.split.test)
-    day_start = evaluate(model_scorer(model, p.enc, es, history_rows=torch.as_tensor(stale, device=es.rows.device)),
-                         es)[0]
-    test["two-tower"] |= {f"day_start_{k}": v for k, v in day_start.items() if k in ("recall@10", "ndcg@10")}
-    if baselines:
-        test |= {name: evaluate(s, es)[0] for name, s in baseline_scorers(p, es, cfg.seed).items()}
-    return Report(p, result, test)

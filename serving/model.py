@@ -23,7 +23,7 @@ from scipy.special import erf
 
 from models.checkpoints import CheckpointError, latest_version, read_checkpoint
 from models.features import FeatureSchema
-from models.towers import SequenceUserTower, TwoTower
+from models.towers import TwoTower
 
 __all__ = ["UserInput", "LoadedModel", "NumpyUserTower", "NumpySequenceTower", "numpy_tower", "load_checkpoint",
            "load_latest"]
@@ -39,30 +39,21 @@ class UserInput:
 
 
 class NumpyUserTower:
-    """The user tower's eval-mode forward in numpy, from a trained :class:`TwoTower`'s weights.
+    """The user tower's eval-mode forward in numpy, from the arrays ``UserTower.serving_arrays`` names.
 
     Serving answers micro-batches of a few requests: there torch spends ~25 µs dispatching each of the
     tower's ~60 small ops (1.7 ms for one user on this project's 2-core machine), numpy a few. Every
     history slot's item vector (id + top + leaf category: ``ItemTower.history_vectors``) is computed once
     for the whole catalogue at load. The same numbers as ``TwoTower.users`` to float32 rounding
-    (tests/models/test_serving.py pins it on trained and random weights); training stays in torch.
+    (tests/models/test_serving_model.py pins it on trained and random weights); training stays in torch.
     """
 
-    def __init__(self, model: TwoTower) -> None:
-        def np_(t: torch.Tensor) -> np.ndarray:
-            return t.detach().to(torch.float32).numpy().copy()
-
-        user, items = model.user_tower, model.item_tower
-        with torch.inference_mode():
-            self.hist = np_(items.history_vectors(torch.arange(model.cfg.n_items)))  # (rows, D)
-        self.profile = _Profile(user)
-        self.kinds = np_(user.kind.weight)  # (T, D); row 0 (padding) is zero
-        self.kind_bias = np_(user.kind_bias.weight)[:, 0]
-        self.pos_bias = np_(user.pos_bias)
-        self.query_w, self.query_b = np_(user.query.weight).T, np_(user.query.bias)
-        first, second = user.mlp[1], user.mlp[3]
-        self.w1, self.b1 = np_(first.weight).T, np_(first.bias)
-        self.w2, self.b2 = np_(second.weight).T, np_(second.bias)
+    def __init__(self, a: dict[str, np.ndarray]) -> None:
+        self.hist = a["hist"]  # (rows, D)
+        self.profile = _Profile(a)
+        self.kinds, self.kind_bias, self.pos_bias = a["kinds"], a["kind_bias"], a["pos_bias"]  # kinds' row 0 is 0
+        self.query_w, self.query_b = a["query_w"], a["query_b"]
+        self.w1, self.b1, self.w2, self.b2 = a["mlp1_w"], a["mlp1_b"], a["mlp2_w"], a["mlp2_b"]
         self.scale = np.float32(1 / math.sqrt(self.hist.shape[1]))
 
     def __call__(self, age: np.ndarray, gender: np.ndarray, region: np.ndarray, pref: np.ndarray,
@@ -83,23 +74,20 @@ class NumpyUserTower:
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).numpy().copy()
-
-
 def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1 + erf(x / np.float32(math.sqrt(2))))  # nn.GELU(): the exact, erf form
 
 
-def _layer_norm(x: np.ndarray, norm: torch.nn.LayerNorm) -> np.ndarray:
-    w, b = _np(norm.weight), _np(norm.bias)
+def _layer_norm(x: np.ndarray, a: dict[str, np.ndarray], name: str) -> np.ndarray:
+    w, b, eps = a[f"{name}_w"], a[f"{name}_b"], a[f"{name}_eps"]
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + np.float32(norm.eps)) * w + b
+    return (x - mu) / np.sqrt(var + eps) * w + b
 
 
 class NumpySequenceTower:
-    """The sequence tower's eval-mode forward in numpy (see NumpyUserTower for why numpy).
+    """The sequence tower's eval-mode forward in numpy (see NumpyUserTower for why numpy), from the arrays
+    ``SequenceUserTower.serving_arrays`` names.
 
     Only the newest position's state is served, and one attention block reads each event's vector
     linearly, so every item's key and value rows are computed once at load: a request costs gathers, one
@@ -107,60 +95,43 @@ class NumpySequenceTower:
     rounding (tests/models/test_serving_model.py).
     """
 
-    def __init__(self, model: TwoTower) -> None:
-        user, items = model.user_tower, model.item_tower
-        assert isinstance(user, SequenceUserTower)
-        d = model.cfg.dim
-        with torch.inference_mode():
-            hist = items.history_vectors(torch.arange(model.cfg.n_items))  # (rows, D)
-            w, b = user.qkv.weight, user.qkv.bias  # (3D, D), (3D,)
-            self.hist = _np(hist)
-            self.kinds = _np(user.kind.weight)  # (T, D); row 0 (padding) is zero
-            self.q_w, self.q_b = _np(w[:d]).T, _np(b[:d])
-            # keys and values of every item row and every type: an event's are the sum of its two
-            self.k_item, self.v_item = _np(hist @ w[d:2 * d].T + b[d:2 * d]), _np(hist @ w[2 * d:].T + b[2 * d:])
-            self.k_kind, self.v_kind = _np(user.kind.weight @ w[d:2 * d].T), _np(user.kind.weight @ w[2 * d:].T)
-        self.heads = user.heads
-        self.rel_bias = _np(user.rel_bias)  # (heads, H)
-        self.out_w, self.out_b = _np(user.out.weight).T, _np(user.out.bias)
-        self.norm1, self.norm2 = user.norm1, user.norm2
-        self.f1_w, self.f1_b = _np(user.ffn[0].weight).T, _np(user.ffn[0].bias)
-        self.f2_w, self.f2_b = _np(user.ffn[2].weight).T, _np(user.ffn[2].bias)
-        self.profile = _Profile(user)
-        first, second = user.mlp[1], user.mlp[3]
-        self.w1, self.b1 = _np(first.weight).T, _np(first.bias)
-        self.w2, self.b2 = _np(second.weight).T, _np(second.bias)
+    def __init__(self, a: dict[str, np.ndarray]) -> None:
+        self.a = a
+        self.hist, self.kinds = a["hist"], a["kinds"]  # (rows, D), (T, D)
+        self.heads = a["rel_bias"].shape[0]
+        self.profile = _Profile(a)
 
     def __call__(self, age: np.ndarray, gender: np.ndarray, region: np.ndarray, pref: np.ndarray,
                  hist_items: np.ndarray, hist_types: np.ndarray) -> np.ndarray:
         """(B, D) float32, L2-normalised; histories newest first, as :class:`UserBatch` holds them."""
+        a = self.a
         b, h = hist_items.shape
         d = self.hist.shape[1]
         dh = d // self.heads
         valid = hist_items > 0  # (B, H)
         x_new = self.hist[hist_items[:, 0]] + self.kinds[hist_types[:, 0]]  # (B, D): the newest position
-        q = (x_new @ self.q_w + self.q_b).reshape(b, self.heads, dh)  # (B, h, d/h)
-        k = (self.k_item[hist_items] + self.k_kind[hist_types]).reshape(b, h, self.heads, dh)  # (B, H, h, d/h)
-        v = (self.v_item[hist_items] + self.v_kind[hist_types]).reshape(b, h, self.heads, dh)
-        logits = np.einsum("bnd,bjnd->bnj", q, k) / np.float32(math.sqrt(dh)) + self.rel_bias[:, :h]  # (B, h, H)
+        q = (x_new @ a["q_w"] + a["q_b"]).reshape(b, self.heads, dh)  # (B, h, d/h)
+        k = (a["k_item"][hist_items] + a["k_kind"][hist_types]).reshape(b, h, self.heads, dh)  # (B, H, h, d/h)
+        v = (a["v_item"][hist_items] + a["v_kind"][hist_types]).reshape(b, h, self.heads, dh)
+        logits = np.einsum("bnd,bjnd->bnj", q, k) / np.float32(math.sqrt(dh)) + a["rel_bias"][:, :h]  # (B, h, H)
         logits = np.where(valid[:, None, :], logits, np.float32(-1e9))
         att = np.exp(logits - logits.max(-1, keepdims=True))
         att *= valid.any(1)[:, None, None] / att.sum(-1, keepdims=True)  # an empty history attends to nothing
-        y = x_new + np.einsum("bnj,bjnd->bnd", att, v).reshape(b, d) @ self.out_w + self.out_b
-        z = y + _gelu(_layer_norm(y, self.norm1) @ self.f1_w + self.f1_b) @ self.f2_w + self.f2_b
+        y = x_new + np.einsum("bnj,bjnd->bnd", att, v).reshape(b, d) @ a["out_w"] + a["out_b"]
+        z = y + _gelu(_layer_norm(y, a, "norm1") @ a["ffn1_w"] + a["ffn1_b"]) @ a["ffn2_w"] + a["ffn2_b"]
         x = self.hist[hist_items] + self.kinds[hist_types]  # (B, H, D)
         mean = np.einsum("bh,bhd->bd", valid.astype(np.float32), x) / np.maximum(valid.sum(1, keepdims=True), 1)
-        feats = np.concatenate([self.profile(age, gender, region, pref), _layer_norm(z, self.norm2), mean], axis=1)
-        out = _gelu(feats @ self.w1 + self.b1) @ self.w2 + self.b2
+        feats = np.concatenate([self.profile(age, gender, region, pref), _layer_norm(z, a, "norm2"), mean], axis=1)
+        out = _gelu(feats @ a["mlp1_w"] + a["mlp1_b"]) @ a["mlp2_w"] + a["mlp2_b"]
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 class _Profile:
     """Age, gender, region and the mean of the preferred categories, as the towers embed them: (B, 4D)."""
 
-    def __init__(self, user: torch.nn.Module) -> None:
-        self.age, self.gender, self.region = _np(user.age.weight), _np(user.gender.weight), _np(user.region.weight)
-        self.pref, self.padding = _np(user.pref.weight), user.pref.padding_idx
+    def __init__(self, a: dict[str, np.ndarray]) -> None:
+        self.age, self.gender, self.region = a["age"], a["gender"], a["region"]
+        self.pref, self.padding = a["pref"], a["pref_padding"]
 
     def __call__(self, age: np.ndarray, gender: np.ndarray, region: np.ndarray, pref: np.ndarray) -> np.ndarray:
         used = pref != self.padding  # EmbeddingBag(mean, padding_idx): the mean of the real codes
@@ -170,8 +141,9 @@ class _Profile:
 
 
 def numpy_tower(model: TwoTower) -> NumpyUserTower | NumpySequenceTower:
-    """The numpy forward that matches ``model``'s user tower."""
-    return NumpySequenceTower(model) if model.sequential else NumpyUserTower(model)
+    """The numpy forward that matches ``model``'s user tower, from the weights it names for serving."""
+    arrays = model.serving_arrays()
+    return NumpySequenceTower(arrays) if model.sequential else NumpyUserTower(arrays)
 
 
 class LoadedModel:

@@ -8,9 +8,10 @@ import pytest
 
 from generation.dataset_gen_amazon import Dataset, GeneratorConfig, generate
 from models.checkpoints import promote, save_checkpoint
+from models.compare import Report, train_and_evaluate
 from models.data import RawData
 from models.features import popularity_ranking
-from models.train import Report, TrainConfig, train_and_evaluate
+from models.train import TrainConfig
 
 
 def raw_of(ds: Dataset) -> RawData:

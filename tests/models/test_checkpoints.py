@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,9 +19,9 @@ from models.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
+from models.compare import Report
 from models.data import user_batch
 from models.features import popularity_ranking
-from models.train import Report
 from serving.model import load_checkpoint, load_latest
 
 
@@ -188,10 +189,11 @@ def test_a_version_folder_linked_out_of_the_checkpoint_dir_is_refused(tmp_path: 
 
 def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(tmp_path: Path, trained: Report) -> None:
     """Checkpoints written before TowerConfig had user_tower/heads held the pooled tower: they still load, as
-    that tower, with the same user vectors."""
+    that tower, with the same user vectors, in torch and in serving's numpy forward."""
     from dataclasses import replace
 
     from models.train import new_model
+    from serving.model import NumpyUserTower
 
     schema = trained.prepared.enc.schema
     torch.manual_seed(0)
@@ -206,3 +208,6 @@ def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(t
     u = user_batch(trained.prepared.enc, torch.as_tensor(trained.prepared.split.test[:8]))
     with torch.inference_mode():
         assert torch.allclose(model.users(u), old.eval().users(u))
+        served = load_checkpoint(path)._users
+        assert isinstance(served, NumpyUserTower)
+        assert np.allclose(served(*(t.cpu().numpy() for t in u)), old.users(u).numpy(), atol=2e-5)

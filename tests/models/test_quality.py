@@ -16,20 +16,8 @@ from models.checkpoints import save_checkpoint
 from models.data import RawData
 from models.evaluation import emptied, shuffled
 from models.metrics import ranking_metrics
-from models.quality import (
-    ALS,
-    DAY_NS,
-    EASE,
-    Popularity,
-    TwoTowerRanker,
-    context,
-    freshness_lift,
-    leave_last_out,
-    paired_interval,
-    run_protocol,
-    stale_rows,
-    temporal,
-)
+from models.quality import DAY_NS, freshness_lift, leave_last_out, paired_interval, run_protocol, stale_rows, temporal
+from models.rankers import ALS, EASE, Popularity, TwoTowerRanker, context
 from models.towers import UserBatch
 from models.train import TrainConfig
 from serving.model import load_checkpoint

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,55 @@ def test_shapes_and_normalisation(cfg: TowerConfig) -> None:
 def test_empty_history_is_finite(cfg: TowerConfig) -> None:
     users, _ = TwoTower(cfg).eval()(_batch(4, empty=True))
     assert torch.isfinite(users).all()
+
+
+class _Reads(dict):
+    """A state dict that remembers which tensors were read."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__(state)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        self.read.add(key)
+        return super().__getitem__(key).float()
+
+
+def test_serving_arrays_are_the_checkpoints_user_tower_tensors_by_name(cfg: TowerConfig) -> None:
+    """serving/model.py's numpy forward reads ``TwoTower.serving_arrays()``: each array is the checkpoint's tensor
+    of that name (transposed for ``x @ w``), and every user-tower tensor of the checkpoint reaches serving."""
+    torch.manual_seed(1)
+    model = TwoTower(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    s = _Reads({k.removeprefix("user_tower."): v for k, v in model.state_dict().items() if k.startswith("user_tower.")})
+    with torch.inference_mode():
+        hist = model.item_tower.history_vectors(torch.arange(cfg.n_items))
+    d = cfg.dim
+    want = {"hist": hist, "age": s["age.weight"], "gender": s["gender.weight"], "region": s["region.weight"],
+            "pref": s["pref.weight"], "pref_padding": torch.tensor(0), "kinds": s["kind.weight"],
+            "mlp1_w": s["mlp.1.weight"].T, "mlp1_b": s["mlp.1.bias"], "mlp2_w": s["mlp.3.weight"].T,
+            "mlp2_b": s["mlp.3.bias"]}
+    if cfg.user_tower == "pooled":
+        want |= {"kind_bias": s["kind_bias.weight"][:, 0], "pos_bias": s["pos_bias"],
+                 "query_w": s["query.weight"].T, "query_b": s["query.bias"]}
+    else:
+        w, b = s["qkv.weight"], s["qkv.bias"]
+        want |= {"q_w": w[:d].T, "q_b": b[:d], "k_item": hist @ w[d:2 * d].T + b[d:2 * d],
+                 "v_item": hist @ w[2 * d:].T + b[2 * d:], "k_kind": s["kind.weight"] @ w[d:2 * d].T,
+                 "v_kind": s["kind.weight"] @ w[2 * d:].T, "rel_bias": s["rel_bias"],
+                 "out_w": s["out.weight"].T, "out_b": s["out.bias"],
+                 "ffn1_w": s["ffn.0.weight"].T, "ffn1_b": s["ffn.0.bias"], "ffn2_w": s["ffn.2.weight"].T,
+                 "ffn2_b": s["ffn.2.bias"], "norm1_w": s["norm1.weight"], "norm1_b": s["norm1.bias"],
+                 "norm2_w": s["norm2.weight"], "norm2_b": s["norm2.bias"],
+                 "norm1_eps": torch.tensor(1e-5), "norm2_eps": torch.tensor(1e-5)}
+    got = model.serving_arrays()
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name].shape == tuple(value.shape), name
+        assert np.allclose(got[name], value.numpy(), atol=1e-6), name
+    assert s.read == set(s)
 
 
 def _user_vectors_slot_by_slot(model: TwoTower, u: UserBatch) -> torch.Tensor:

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.compare import Report
 from models.data import Events, TrainError, encode, load_data, split_by_time, user_batch
 from models.features import POSITIVE_TYPES, FeatureSchema
-from models.train import Report
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 EVENTS = st.lists(
@@ -149,7 +149,8 @@ def test_with_session_dynamics_fresh_history_beats_a_day_start_snapshot(tower: s
     history as of the day's start. With the generator's session dynamics the fresh history must win (the
     sequence tower, which reads the newest events through attention, by a clear margin)."""
     from generation.dataset_gen_amazon import GeneratorConfig, generate
-    from models.train import SEQUENCE_TRAINING, TrainConfig, train_and_evaluate
+    from models.compare import train_and_evaluate
+    from models.train import SEQUENCE_TRAINING, TrainConfig
 
     from .conftest import raw_of
 

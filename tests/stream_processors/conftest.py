@@ -94,9 +94,10 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_checkpoint(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-tower model trained briefly on the generated data: v1 in a checkpoint folder."""
     from models.checkpoints import promote, save_checkpoint
+    from models.compare import train_and_evaluate
     from models.data import load_data
     from models.features import popularity_ranking
-    from models.train import TrainConfig, train_and_evaluate
+    from models.train import TrainConfig
 
     report = train_and_evaluate(load_data(generated), TrainConfig(epochs=4, seed=0))
     root = tmp_path_factory.mktemp("checkpoints")
