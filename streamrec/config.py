@@ -7,6 +7,7 @@ raises :class:`ConfigError` with that variable's name and what was expected.
 from __future__ import annotations
 
 import re
+import typing
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -16,10 +17,11 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AwareDatetime, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, StreamrecError
 from .schemas import TimeWindow
 
-__all__ = ["Settings", "get_settings", "load_settings", "settings_env"]
+__all__ = ["Settings", "configuration_table", "get_settings", "load_settings", "settings_env",
+           "with_configuration_table"]
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -288,7 +290,13 @@ class Settings(BaseSettings):
         return TimeWindow(floor=self.event_time_floor, max_future_skew_s=self.max_future_skew_s)
 
 
-_SECRET_FIELDS = frozenset({"redis_url", "kafka_sasl_password"})
+def _kinds(annotation: Any) -> tuple[Any, ...]:
+    """The types an annotation allows, ``X | None`` and ``Literal`` unpacked one level."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is not Literal else (annotation,)
+
+
+_SECRET_FIELDS = frozenset(name for name, field in Settings.model_fields.items()
+                           if SecretStr in (field.annotation, *_kinds(field.annotation)))
 
 
 def _env_name(field: str) -> str:
@@ -347,3 +355,47 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(extra)
     return env
 
+
+# ---- the README's configuration table ------------------------------------------------------------
+TABLE_MARKERS = ("<!-- settings-table:begin -->", "<!-- settings-table:end -->")
+
+
+def _shown_default(name: str) -> str:
+    if name in _SECRET_FIELDS:
+        return "(secret)"  # never a value, not even a default's
+    value = Settings.model_fields[name].default
+    if value is None:
+        return "unset"
+    if isinstance(value, datetime):
+        value = value.isoformat().replace("+00:00", "Z")
+    return f"`{value}`"
+
+
+def _choices(annotation: Any) -> list[str]:
+    for kind in (annotation, *_kinds(annotation)):
+        if typing.get_origin(kind) is Literal:
+            return [str(choice) for choice in typing.get_args(kind)]
+    return []
+
+
+def configuration_table() -> str:
+    """The README's configuration table, drawn from the fields themselves so that it cannot drift from them:
+    variable, default and meaning (the description; the choices of a ``Literal`` are added)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = field.description or ""
+        if choices := _choices(field.annotation):
+            meaning += "; one of " + ", ".join(f"`{c}`" for c in choices)
+        cells = (f"`{_env_name(name)}`", _shown_default(name), meaning)
+        rows.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def with_configuration_table(readme: str) -> str:
+    """``readme`` with the text between its :data:`TABLE_MARKERS` replaced by :func:`configuration_table`."""
+    begin, end = TABLE_MARKERS
+    head, found_begin, rest = readme.partition(begin)
+    _, found_end, tail = rest.partition(end)
+    if not (found_begin and found_end):
+        raise StreamrecError(f"the README lacks the markers {begin} and {end} around its configuration table")
+    return f"{head}{begin}\n{configuration_table()}{end}{tail}"
