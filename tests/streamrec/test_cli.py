@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from streamrec.config import TABLE_MARKERS, configuration_table
 from streamrec.shell.cli import cli
 
 
@@ -83,3 +85,14 @@ def test_the_demo_refuses_a_busy_port_and_starts_nothing(tmp_path) -> None:  # n
     assert f"127.0.0.1:{port} (STREAMREC_WORKER_PORT) is in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "stack").exists()  # nothing was started, so nothing to stop
+
+
+def test_config_prints_the_settings_table_and_rewrites_a_readme_between_its_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{TABLE_MARKERS[0]}\n| stale |\n{TABLE_MARKERS[1]}\nrest\n", encoding="utf-8")
+    printed = run("config")
+    rewritten = run("config", "--readme", str(readme))
+    assert (printed.returncode, rewritten.returncode) == (0, 0), printed.stderr + rewritten.stderr
+    assert printed.stdout == configuration_table()
+    assert readme.read_text(encoding="utf-8") == (
+        f"intro\n{TABLE_MARKERS[0]}\n{configuration_table()}{TABLE_MARKERS[1]}\nrest\n")

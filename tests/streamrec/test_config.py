@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec import ConfigError, kafka_clients, load_settings
+from streamrec import ConfigError, Settings, StreamrecError, kafka_clients, load_settings
+from streamrec.config import _SECRET_FIELDS, TABLE_MARKERS, _env_name, configuration_table, with_configuration_table
 
 VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "STREAMREC_DATA_DIR", "STREAMREC_CHECKPOINT_DIR",
              "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
@@ -158,3 +159,38 @@ def test_a_child_process_gets_exactly_these_settings_security_and_redis_included
         "KAFKA_BOOTSTRAP_SERVERS": "k:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "s3cret",
         "REDIS_URL": "rediss://:pw@r:6380/0"}
+
+
+def _table_rows() -> dict[str, tuple[str, str]]:
+    rows = [line.strip("|").split(" | ") for line in configuration_table().splitlines()[2:]]
+    return {variable.strip(" `"): (default, meaning.strip()) for variable, default, meaning in rows}
+
+
+def test_every_setting_says_what_it_is_for() -> None:
+    """The README's table is drawn from these descriptions: a field without one would be a blank meaning."""
+    assert [name for name, field in Settings.model_fields.items() if not (field.description or "").strip()] == []
+
+
+def test_the_table_has_a_row_per_variable_with_its_default_as_users_write_it() -> None:
+    rows = _table_rows()
+    assert list(rows) == [_env_name(name) for name in Settings.model_fields]
+    assert rows["STREAMREC_DATA_DIR"][0] == "`feature_repo/data`"
+    assert rows["STREAMREC_EVENT_TIME_FLOOR"][0] == "`1990-01-01T00:00:00Z`"
+    assert rows["KAFKA_BOOTSTRAP_SERVERS"][0] == "unset"
+    assert rows["STREAMREC_BROKER"][1].endswith("; one of `tansu`, `kafka`")
+    assert rows["KAFKA_SASL_MECHANISM"][1].endswith("; one of `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`")
+
+
+def test_the_table_shows_no_default_of_a_secret() -> None:
+    assert _SECRET_FIELDS == {"redis_url", "kafka_sasl_password"}  # drawn from the SecretStr annotations
+    rows = _table_rows()
+    assert [rows[_env_name(name)][0] for name in Settings.model_fields if name in _SECRET_FIELDS] == [
+        "(secret)", "(secret)"]
+
+
+def test_the_readme_table_is_replaced_between_its_markers_only() -> None:
+    begin, end = TABLE_MARKERS
+    readme = f"# title\n\n{begin}\n| stale |\n{end}\n\nafter\n"
+    assert with_configuration_table(readme) == f"# title\n\n{begin}\n{configuration_table()}{end}\n\nafter\n"
+    with pytest.raises(StreamrecError, match="settings-table"):
+        with_configuration_table("# a README without the markers\n")
