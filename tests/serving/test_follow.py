@@ -25,9 +25,9 @@ class Record:
 
 @pytest.fixture(scope="module")
 def follow() -> Any:
-    from serving import app
+    from serving import updates
 
-    return app
+    return updates
 
 
 def _failing(times: int, exc: BaseException, calls: list[Any]) -> Any:
