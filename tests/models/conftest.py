@@ -9,13 +9,9 @@ import pytest
 from generation.dataset_gen_amazon import Dataset, GeneratorConfig, generate
 from models.checkpoints import promote, save_checkpoint
 from models.compare import Report, train_and_evaluate
-from models.data import RawData
 from models.features import popularity_ranking
 from models.train import TrainConfig
-
-
-def raw_of(ds: Dataset) -> RawData:
-    return RawData(ds.users, ds.items, ds.interactions, ds.affinities)
+from tests.helpers import raw_of
 
 
 @pytest.fixture(scope="session")

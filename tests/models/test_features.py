@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from models.features import OOV, FeatureError, FeatureSchema, popularity_ranking, text_hashes
-
-from .conftest import raw_of
+from tests.helpers import raw_of
 
 
 @pytest.fixture(scope="module")

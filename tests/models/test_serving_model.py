@@ -82,8 +82,7 @@ def test_the_numpy_user_tower_equals_the_torch_one(tower: str) -> None:
 
     from models.towers import TwoTower
     from serving.model import NumpySequenceTower, NumpyUserTower, numpy_tower
-
-    from .test_towers import CFG, _batch
+    from tests.towers import CFG, random_batch
 
     torch.manual_seed(3)
     model = TwoTower(replace(CFG, user_tower=tower)).eval()
@@ -94,7 +93,8 @@ def test_the_numpy_user_tower_equals_the_torch_one(tower: str) -> None:
                                        "leaf": torch.randint(0, CFG.n_leaf, (CFG.n_items,))})
     fast = numpy_tower(model)
     assert isinstance(fast, NumpySequenceTower if tower == "sequence" else NumpyUserTower)
-    for batch in (_batch(1), _batch(33), _batch(5, empty=True), _batch(9, h=CFG.max_history)):
+    for batch in (random_batch(1), random_batch(33), random_batch(5, empty=True),
+                  random_batch(9, h=CFG.max_history)):
         with torch.inference_mode():
             want = model.users(batch).numpy()
         got = fast(*(t.numpy() for t in batch))

@@ -11,22 +11,8 @@ import torch.nn.functional as F
 from models.data import prepare
 from models.towers import TowerConfig, TwoTower, UserBatch, Windows
 from models.train import TrainConfig, fit, new_model
-
-from .conftest import raw_of
-
-CFG = TowerConfig(n_items=50, n_top=6, n_leaf=10, n_price=5, n_rating=5, n_count=5, n_text=64, text_tokens=4,
-                  n_age=7, n_gender=4, n_region=6, dim=16, hidden=32)
-
-
-def _batch(b: int, h: int = 20, empty: bool = False) -> UserBatch:
-    g = torch.Generator().manual_seed(0)
-    hist = torch.zeros(b, h, dtype=torch.long) if empty else torch.randint(0, CFG.n_items, (b, h), generator=g)
-    def ints(high: int, *shape: int) -> torch.Tensor:
-        return torch.randint(0, high, shape, generator=g)
-
-    types = torch.where(hist > 0, torch.randint(2, CFG.n_types, (b, h), generator=g), 0)
-    return UserBatch(ints(CFG.n_age, b), ints(CFG.n_gender, b), ints(CFG.n_region, b), ints(CFG.n_top, b, 4),
-                     hist, types)
+from tests.helpers import raw_of
+from tests.towers import CFG, random_batch
 
 
 @pytest.fixture(params=["sequence", "pooled"])
@@ -36,18 +22,18 @@ def cfg(request: pytest.FixtureRequest) -> TowerConfig:
 
 def test_shapes_and_normalisation(cfg: TowerConfig) -> None:
     model = TwoTower(cfg).eval()
-    users, loss = model(_batch(8))
+    users, loss = model(random_batch(8))
     assert users.shape == (8, 16) and loss is None
     assert torch.allclose(users.norm(dim=1), torch.ones(8), atol=1e-5)
     items = model.items(torch.arange(2, 50))
     assert items.shape == (48, 16)
     assert torch.allclose(items.norm(dim=1), torch.ones(48), atol=1e-5)
-    logits, loss = model(_batch(8), torch.arange(2, 10), torch.zeros(CFG.n_items))
+    logits, loss = model(random_batch(8), torch.arange(2, 10), torch.zeros(CFG.n_items))
     assert logits.shape == (8, 8) and loss is not None and loss.dim() == 0
 
 
 def test_empty_history_is_finite(cfg: TowerConfig) -> None:
-    users, _ = TwoTower(cfg).eval()(_batch(4, empty=True))
+    users, _ = TwoTower(cfg).eval()(random_batch(4, empty=True))
     assert torch.isfinite(users).all()
 
 
@@ -120,7 +106,7 @@ def test_the_pooled_user_tower_equals_the_slot_by_slot_formula_with_its_gradient
     table: the values and every gradient must be those of the plain formula."""
     torch.manual_seed(1)
     model = TwoTower(replace(CFG, user_tower="pooled")).eval()
-    batch = _batch(32)
+    batch = random_batch(32)
     ragged = torch.arange(20) >= torch.randint(0, 21, (32, 1))  # histories of every length, some empty
     batch = batch._replace(hist_items=batch.hist_items.masked_fill(ragged, 0),
                            hist_types=batch.hist_types.masked_fill(ragged, 0))
@@ -140,7 +126,7 @@ def test_the_pooled_user_tower_equals_the_slot_by_slot_formula_with_its_gradient
 
 def test_duplicate_targets_are_not_negatives() -> None:
     model = TwoTower(CFG).eval()
-    logits, loss = model(_batch(3), torch.tensor([5, 5, 7]))
+    logits, loss = model(random_batch(3), torch.tensor([5, 5, 7]))
     assert logits[0, 1] == float("-inf") and logits[1, 0] == float("-inf")
     assert torch.isfinite(logits.diagonal()).all() and torch.isfinite(loss)
 
@@ -180,7 +166,7 @@ def test_the_sequence_tower_reads_every_position_of_a_window_as_serving_reads_th
     types = torch.where(items > 0, torch.randint(2, CFG.n_types, (n_win, h), generator=g), 0)
     win = torch.repeat_interleave(torch.arange(n_win), 4)
     pos = torch.cat([torch.randint(0, int(n), (4,), generator=g) for n in lengths])
-    prof = _batch(len(win))
+    prof = random_batch(len(win))
     got = model.window_users(Windows(items, types, win, pos, prof))
     hist = torch.zeros(len(win), h, dtype=torch.long)
     kinds = torch.zeros_like(hist)

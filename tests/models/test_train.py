@@ -106,8 +106,7 @@ def test_logged_events_are_added_once(tiny, tmp_path) -> None:  # noqa: ANN001 -
 def test_warm_start_grows_vocabularies_in_place(tiny) -> None:  # noqa: ANN001 - fixture
     from models.data import prepare
     from models.train import grow_state, new_model
-
-    from .conftest import raw_of
+    from tests.helpers import raw_of
 
     raw = raw_of(tiny)
     old = prepare(raw)
@@ -151,8 +150,7 @@ def test_with_session_dynamics_fresh_history_beats_a_day_start_snapshot(tower: s
     from generation.dataset_gen_amazon import GeneratorConfig, generate
     from models.compare import train_and_evaluate
     from models.train import SEQUENCE_TRAINING, TrainConfig
-
-    from .conftest import raw_of
+    from tests.helpers import raw_of
 
     cfg = TrainConfig(seed=0, **(SEQUENCE_TRAINING if tower == "sequence" else {}))
     report = train_and_evaluate(raw_of(generate(GeneratorConfig(600, 1500, 15_000, seed=11, dynamics=True))),

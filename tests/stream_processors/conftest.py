@@ -10,29 +10,21 @@
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from generation.dataset_gen_amazon import GeneratorConfig, generate, write
-from streamrec import StreamrecError, kafka_clients, load_settings
+from streamrec import StreamrecError, load_settings
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
 from streamrec.shell import stack as _stack
 from streamrec.shell.stack import free_port, free_ports
-from streamrec.shell.workers import WorkerProcess, settings_env, start_worker
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-
+from streamrec.shell.workers import settings_env, start_worker
+from tests.helpers import Worker, fresh_topics
 
 BROKER = os.environ.get("STREAMREC_BROKER", "tansu")
 
@@ -51,35 +43,6 @@ def shared_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | Non
         yield settings.bootstrap_servers
     finally:
         _stack.down(settings)
-
-
-def fresh_topics(settings: Settings) -> None:
-    """Delete the contract's topics on a shared broker and create them empty again."""
-    from kafka.admin import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    from streamrec.topics import ALL_TOPICS, ensure_topics
-
-    admin = KafkaAdminClient(client_id="streamrec-tests", **kafka_clients.python_config(settings))
-    try:
-        present = [t for t in ALL_TOPICS if t in set(admin.list_topics())]
-        if present:
-            admin.delete_topics(present, timeout_ms=30_000)
-        deadline = time.monotonic() + 30
-        while set(present) & set(admin.list_topics()):  # deletion finishes in the background
-            assert time.monotonic() < deadline, "topics were not deleted within 30 s"
-            time.sleep(0.1)
-    finally:
-        admin.close()
-    deadline = time.monotonic() + 30
-    while True:  # a name may be refused for a moment while its deletion settles
-        try:
-            ensure_topics(settings)
-            return
-        except (KafkaError, StreamrecError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
@@ -142,20 +105,6 @@ def env_stack(request: pytest.FixtureRequest, tmp_path: Path, generated: Path,
     _stack.down(settings)
 
 
-class Worker(WorkerProcess):
-    """A worker the test started, with its pages at hand."""
-
-    def figures(self) -> dict[str, Any]:
-        return self.page("/freshness")
-
-    def status(self) -> dict[str, Any]:
-        return self.page("/status")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-
 @pytest.fixture
 def worker_factory(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Start `streamrec worker` processes; wait until each owns partitions; stop them all at the end."""
@@ -176,85 +125,3 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     yield start
     for w in started:
         w.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
-
-
-def committed_and_end(settings: Settings, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """The group's committed offset and the true end offset of every partition of ``topic``."""
-    from kafka import KafkaAdminClient, TopicPartition
-
-
-    parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-    admin = KafkaAdminClient(**kafka_clients.python_config(settings))
-    try:
-        offsets = admin.list_group_offsets({group: parts})[group]  # kafka-python 3: list_consumer_group_offsets
-        committed = {tp.partition: meta.offset for tp, meta in offsets.items()}
-    finally:
-        admin.close()
-    end = {tp.partition: offset for tp, offset in kafka_clients.end_offsets_sync(settings, parts).items()}
-    return committed, end
-
-
-def wait_committed_to_end(settings: Settings, group: str, topic: str, timeout: float = 30.0) -> None:
-    """Until ``group`` has committed every partition of ``topic`` up to its end (past every bad record)."""
-    seen: list[tuple[dict[int, int], dict[int, int]]] = []
-
-    def at_end() -> bool:
-        committed, end = committed_and_end(settings, group, topic)
-        seen.append((committed, end))
-        return all(committed.get(p, -1) == offset for p, offset in end.items() if offset > 0)
-
-    try:
-        wait_until(at_end, timeout, f"group {group} to commit {topic} to its end")
-    except BaseException:
-        committed, end = seen[-1] if seen else ({}, {})
-        print(f"committed {committed}, end {end}")
-        raise
-
-
-def wait_caught_up(settings: Settings, worker: Worker, timeout: float) -> None:
-    """Until the features worker has committed every interaction to the end of its partitions, and
-    applied what it committed (figures still for 1 s). "Nothing new for a few seconds" is no proof: a
-    worker may sit out a rebalance with records waiting."""
-    wait_committed_to_end(settings, settings.worker_app_id, "interactions", timeout)
-    seen: list[int] = []
-
-    def still() -> bool:
-        seen.append(worker.figures()["events"])
-        return len(seen) > 4 and seen[-1] == seen[-5]
-
-    wait_until(still, 30, "the worker's figures to settle")
-
-
-FRESHNESS_BACK_WITHIN_MS = 5000  # issue #8: after a failure, freshness is back under its goal within 5 s
-
-
-def newest_lag_ms(worker: Worker) -> float:
-    """The worker's own freshness figure (event in Kafka → row in Redis) of the newest row it pushed."""
-    with urllib.request.urlopen(f"{worker.url}/freshness?samples=1", timeout=5) as r:
-        return float(json.loads(r.read())["lags_ms"][-1])
-
-
-def fresh_burst_lag_ms(settings: Settings, worker: Worker, user: str, n: int = 5) -> float:
-    """Send ``n`` events for ``user`` to an idle worker; once it has applied them, their freshness (ms)."""
-    from kafka import KafkaProducer
-
-    base = worker.figures()["applied"]
-    producer = KafkaProducer(acks="all", **kafka_clients.python_config(settings))
-    tag = uuid.uuid4().hex[:6]
-    for i in range(n):
-        event = {"event_id": f"fresh-{tag}-{i}", "user_id": user, "item_id": f"fresh-{i}",
-                 "interaction_type": "cart", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
-        producer.send("interactions", key=user.encode(), value=json.dumps(event).encode())
-    producer.flush()
-    producer.close()
-    wait_until(lambda: worker.figures()["applied"] >= base + n, 30, "a fresh burst to be applied")
-    return newest_lag_ms(worker)

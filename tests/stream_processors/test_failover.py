@@ -30,17 +30,25 @@ import pytest
 
 from producers.replay import replay
 from producers.requests import RequestClient
+from stream_processors.history import ground_truth
 from streamrec import kafka_clients, load_settings
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
 from streamrec.schemas import RecommendationRequest, encode
 from streamrec.shell import stack as _stack
+from streamrec.shell.stack import free_port, free_ports
 from streamrec.topics import INTERACTIONS, REQUESTS
-from tests.streamrec.test_stack import KAFKA_CACHE, needs_kafka
-
-from .conftest import Worker, free_port, free_ports, wait_caught_up, wait_until
-from .test_reliability import _differences, _explain
-from .test_worker import N_EVENTS, _events, ground_truth
+from tests.helpers import (
+    KAFKA_CACHE,
+    N_EVENTS,
+    Worker,
+    differences,
+    explain,
+    first_events,
+    needs_kafka,
+    wait_caught_up,
+    wait_until,
+)
 
 # kafka-python 3.0.12 leaks the socket of every refused connection (kafka/net/inet.py: KafkaNetSocket.connect
 # does not close it when sock_connect raises); this test's clients retry the dead node for as long as they
@@ -193,7 +201,7 @@ def test_killing_the_leading_broker_mid_replay_loses_no_event_and_no_request(
         starting = pool.submit(worker_factory, settings, timeout=120)
         recommender = worker_factory(settings, app="recommender", timeout=120)
         worker = starting.result()
-    truth = ground_truth(_events(settings))
+    truth = ground_truth(first_events(settings))
     users = sorted(truth)
     ready_at = time.monotonic()
 
@@ -250,8 +258,8 @@ def test_killing_the_leading_broker_mid_replay_loses_no_event_and_no_request(
 
     wait_caught_up(settings, worker, 120)
     idle_at = time.monotonic()
-    wrong = _differences(settings, truth)
-    assert not wrong, _explain(settings, wrong, worker)
+    wrong = differences(settings, truth)
+    assert not wrong, explain(settings, wrong, worker)
     assert worker.figures()["dlq_total"] == 0
 
     codes = Counter(load.answers.values())

@@ -19,13 +19,13 @@ from datetime import UTC, datetime
 import pandas as pd
 import redis
 
+from stream_processors.history import ground_truth
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import INTERACTION_TYPES
+from streamrec.shell.stack import free_port
 from streamrec.topics import INTERACTIONS
-
-from .conftest import Worker, free_port, wait_until
-from .test_worker import ground_truth, online_state
+from tests.helpers import Worker, online_state, wait_until
 
 WRITES = {"HSET", "HMSET", "HDEL", "DEL", "UNLINK", "EXPIRE", "SET"}
 

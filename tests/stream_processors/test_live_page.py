@@ -21,8 +21,7 @@ from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import RecommendationRequest, encode
 from streamrec.topics import INTERACTIONS, REQUESTS
-
-from .conftest import Worker, wait_until
+from tests.helpers import Worker, wait_until
 
 EVENTS_PER_S = 80.0
 REQUESTS_PER_S = 10.0

@@ -33,19 +33,17 @@ import pandas as pd
 
 from producers.replay import build_messages, load_events
 from producers.requests import RequestClient
+from stream_processors.history import ground_truth
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
 from streamrec.offsets import end_offsets_sync
 from streamrec.schemas import DLQRecord, ModelUpdate, RecommendationRequest, RecommendationResponse
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, MODEL_UPDATES, RECOMMENDATIONS, REQUESTS, dlq
+from tests.helpers import Worker, online_state, wait_committed_to_end, wait_until
+from tests.hostile import DEEP, DLQ_RECORD_MAX_BYTES
 
-from .conftest import Worker, wait_committed_to_end, wait_until
-from .test_worker import ground_truth, online_state
-
-DLQ_RECORD_MAX_BYTES = 20_000  # STREAMREC_DLQ_MAX_RAW_BYTES (16 KiB of raw text) plus the reason and fields
 HUGE = 900_000  # ~900 KB: far over the 64 KiB input cap, under the 1 MiB a fetch takes per partition
-DEEP = 10_000  # levels of nesting
 
 
 def _iso(when: datetime) -> str:

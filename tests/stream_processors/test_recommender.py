@@ -20,8 +20,7 @@ from serving.recommend import Catalog, ExactIndex, Recommender, ServingBundle
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import HISTORY_LENGTH, RecommendationRequest, RecommendationResponse, decode, encode
-
-from .conftest import Worker, wait_until
+from tests.helpers import Worker, wait_until
 
 NOON = "2026-11-04T12:00:00+00:00"  # a Wednesday noon: no time-of-day rule applies
 

@@ -15,50 +15,45 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from producers.replay import build_messages, load_events, replay
+from stream_processors.history import ground_truth
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import INTERACTION_TYPES, DLQRecord
 from streamrec.shell import stack as _stack
+from streamrec.shell.stack import free_port
 from streamrec.topics import INTERACTIONS, dlq
-
-from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, free_port, fresh_burst_lag_ms, wait_caught_up, wait_until
-from .test_worker import N_EVENTS, _events, ground_truth, online_state
+from tests.helpers import (
+    FRESHNESS_BACK_WITHIN_MS,
+    N_EVENTS,
+    Worker,
+    differences,
+    explain,
+    first_events,
+    fresh_burst_lag_ms,
+    online_state,
+    stop_redis,
+    wait_caught_up,
+    wait_until,
+)
+from tests.hostile import (
+    DEEP,
+    DLQ_RECORD_MAX_BYTES,
+    OVERSIZED,
+    bad_id,
+    far_dated,
+    json_values,
+    naive_time,
+    not_a_string,
+    scalars,
+)
 
 INTERACTIONS_PATH = "recommendation_interactions.parquet"
-
-
-def _differences(settings: Settings, truth: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
-    got = online_state(settings, list(truth))
-    return {u: (truth[u], got[u]) for u in truth if truth[u] != got[u]}
-
-
-def _explain(settings: Settings, wrong: dict[str, tuple[dict, dict]], *workers: Worker) -> str:
-    """Which users differ and by how much, to tell lost events from double counts."""
-    from kafka.partitioner.default import murmur2
-
-    def partition(user: str) -> int:  # kafka-python's default partitioner, as the replay used it
-        return (murmur2(user.encode()) & 0x7FFFFFFF) % n_partitions
-
-    n_partitions = settings.topic_partitions
-    by_partition: dict[int, int] = {}
-    for user in wrong:
-        by_partition[partition(user)] = by_partition.get(partition(user), 0) + 1
-    lines = [f"{len(wrong)} users differ from the ground truth; by partition {dict(sorted(by_partition.items()))}"]
-    for user, (want, got) in list(wrong.items())[:5]:
-        counts = {k: (want[k], got[k]) for k in want if k.startswith("count_") and want[k] != got[k]}
-        lines.append(f"  {user} (p{partition(user)}): counts (truth, online) {counts}; newest truth "
-                     f"{want['recent_item_ids'][:3]} online {(got['recent_item_ids'] or [])[:3]}")
-    for w in workers:
-        alive = w.proc.poll() is None
-        lines.append(f"--- worker {w.url} {'figures ' + str(w.figures()) if alive else '(dead)'}:\n{w.tail(25)}")
-    return "\n".join(lines)
 
 
 # ---- 1. rebalance ------------------------------------------------------------------------------
@@ -82,28 +77,14 @@ def test_two_workers_one_killed_the_survivor_takes_over_without_loss(
     wait_until(lambda: second.figures()["assigned_partitions"] == every_partition, 90,
                "the survivor to own every partition")
     wait_caught_up(env_stack, second, 120)
-    wrong = _differences(env_stack, ground_truth(_events(env_stack)))
-    assert not wrong, _explain(env_stack, wrong, second, first)
+    wrong = differences(env_stack, ground_truth(first_events(env_stack)))
+    assert not wrong, explain(env_stack, wrong, second, first)
     assert second.proc.poll() is None and second.figures()["dlq_total"] == 0
-    lag = fresh_burst_lag_ms(env_stack, second, str(_events(env_stack)["user_id"].iloc[0]))
+    lag = fresh_burst_lag_ms(env_stack, second, str(first_events(env_stack)["user_id"].iloc[0]))
     assert lag <= FRESHNESS_BACK_WITHIN_MS, f"fresh events after the takeover took {lag:.0f} ms"
 
 
 # ---- 2. Redis down ----------------------------------------------------------------------------
-def _stop_redis(settings: Settings) -> None:
-    """A graceful Redis stop: SHUTDOWN SAVE writes the data set to disk and exits (no data lost)."""
-    import redis
-
-    client = redis.Redis.from_url(settings.redis)
-    try:
-        client.shutdown(save=True)
-    except redis.ConnectionError:
-        pass  # the server closed the connection on its way out
-    finally:
-        client.close()
-    wait_until(lambda: not _stack.redis_ready(settings.redis), 20, "Redis to stop")
-
-
 def test_redis_down_10s_under_load_then_the_worker_catches_up(
         env_stack: Settings, worker_factory: Callable[..., Worker]) -> None:
     worker = worker_factory(env_stack)
@@ -117,7 +98,7 @@ def test_redis_down_10s_under_load_then_the_worker_catches_up(
 
     first = send(0, before)
     wait_until(lambda: worker.figures()["applied"] > 500, 60, "the worker to be under load")
-    _stop_redis(env_stack)
+    stop_redis(env_stack)
     # The rest is sent while Redis is down, whatever the worker had caught up with before: on a loaded
     # machine the first part could all be pushed before the stop, and then nothing would test the outage.
     rest = send(before, N_EVENTS - before)  # ~13 s of load
@@ -130,13 +111,13 @@ def test_redis_down_10s_under_load_then_the_worker_catches_up(
         sender.join(60)
         assert not sender.is_alive()
     wait_caught_up(env_stack, worker, 120)
-    wrong = _differences(env_stack, ground_truth(_events(env_stack)))
-    assert not wrong, _explain(env_stack, wrong, worker)
+    wrong = differences(env_stack, ground_truth(first_events(env_stack)))
+    assert not wrong, explain(env_stack, wrong, worker)
     assert "retrying" in worker.log.read_text(errors="replace")
 
     # fresh events flow again: a new burst is in the online store, and the worker's own freshness
     # figure for it (event in Kafka -> row in Redis) is the issue's "back under its goal within 5 s"
-    user = str(_events(env_stack)["user_id"].iloc[0])
+    user = str(first_events(env_stack)["user_id"].iloc[0])
     lag = fresh_burst_lag_ms(env_stack, worker, user)
     burst = [f"fresh-{n}" for n in range(5)]
     wait_until(lambda: online_state(env_stack, [user])[user]["recent_item_ids"][:5] == burst[::-1], 30,
@@ -149,19 +130,10 @@ N_MALFORMED = 10_000
 ALLOWED = {"event_id", "user_id", "item_id", "interaction_type", "timestamp", "rating", "quantity", "context"}
 REQUIRED = ("event_id", "user_id", "item_id", "interaction_type", "timestamp")
 
-_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
-_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) |
-                     st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=8)
-_not_a_string = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | \
-    st.lists(st.text(max_size=5), max_size=3) | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2)
-_too_long = st.builds(lambda c, n: c * n, st.sampled_from("xé😀"), st.integers(129, 2000))
-_bad_id = _not_a_string | _too_long | st.just("") | \
-    st.builds(lambda a, c, b: a + c + b, st.text(max_size=5), st.sampled_from("\x00\n\t\x1f"), st.text(max_size=5))
-_naive_time = st.datetimes().map(lambda d: d.isoformat())
 _bad_value = {
-    "event_id": _bad_id, "user_id": _bad_id, "item_id": _bad_id,
-    "interaction_type": st.text(max_size=30).filter(lambda t: t not in INTERACTION_TYPES) | _not_a_string,
-    "timestamp": _naive_time | st.text(alphabet="abcxyz :", max_size=20) | st.none() | st.integers(),
+    "event_id": bad_id, "user_id": bad_id, "item_id": bad_id,
+    "interaction_type": st.text(max_size=30).filter(lambda t: t not in INTERACTION_TYPES) | not_a_string,
+    "timestamp": naive_time | st.text(alphabet="abcxyz :", max_size=20) | st.none() | st.integers(),
     "rating": st.floats(allow_nan=False).filter(lambda r: not 1 <= r <= 5) | st.text(max_size=5) |
     st.booleans() | st.lists(st.integers(), max_size=2),
     "quantity": st.integers().filter(lambda q: not 1 <= q <= 1000) | st.floats(allow_nan=False) |
@@ -180,16 +152,6 @@ _bad_value = {
 _EVENT_KINDS = ["random_bytes", "truncated", "not_an_object", "missing", "extra", "wrong_value", "wrong_value",
                 "wrong_value", "key_mismatch"]
 EVENT_KINDS = _EVENT_KINDS * 3 + ["huge", "tombstone", "far_dated", "deep"] + _EVENT_KINDS * 3
-DEEP = 10_000  # levels of nesting: 20 KB, under the size cap, over the parser's depth limit
-OVERSIZED = 900_000  # ~900 KB: its DLQ copy, if kept whole, would be 2-5x larger still
-
-_offset = st.builds(lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-14 * 60, 14 * 60))
-_far_dated = st.sampled_from(["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+00:00",
-                              "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"]) | \
-    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(1989, 12, 30), timezones=_offset
-                 ).map(lambda d: d.isoformat()) | \
-    st.datetimes(min_value=datetime(2100, 1, 1), max_value=datetime(9999, 12, 30), timezones=_offset
-                 ).map(lambda d: d.isoformat())
 
 
 def _malformed_event(data: Any, base: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
@@ -199,7 +161,7 @@ def _malformed_event(data: Any, base: dict[str, Any]) -> tuple[bytes | None, byt
     if kind == "tombstone":
         return key, None
     if kind == "far_dated":
-        return key, json.dumps({**base, "timestamp": data.draw(_far_dated)}).encode()
+        return key, json.dumps({**base, "timestamp": data.draw(far_dated)}).encode()
     if kind == "deep":
         inner = "[" * DEEP + "]" * DEEP if data.draw(st.booleans()) else '{"a":' * DEEP + "1" + "}" * DEEP
         return key, (json.dumps(base)[:-1] + f', "context": {{"x": {inner}}}}}').encode()
@@ -209,13 +171,13 @@ def _malformed_event(data: Any, base: dict[str, Any]) -> tuple[bytes | None, byt
         text = json.dumps(base)
         return key, text[:data.draw(st.integers(0, len(text) - 1))].encode()
     if kind == "not_an_object":
-        return key, json.dumps(data.draw(_json.filter(lambda v: not isinstance(v, dict)))).encode()
+        return key, json.dumps(data.draw(json_values.filter(lambda v: not isinstance(v, dict)))).encode()
     if kind == "missing":
         gone = data.draw(st.sets(st.sampled_from(REQUIRED), min_size=1))
         return key, json.dumps({k: v for k, v in base.items() if k not in gone}).encode()
     if kind == "extra":
         name = data.draw(st.text(min_size=1, max_size=30).filter(lambda n: n not in ALLOWED))
-        return key, json.dumps({**base, name: data.draw(_scalars)}).encode()
+        return key, json.dumps({**base, name: data.draw(scalars)}).encode()
     if kind == "wrong_value":
         field = data.draw(st.sampled_from(sorted(_bad_value)))
         event = {**base, field: data.draw(_bad_value[field])}
@@ -261,9 +223,6 @@ def _with_oversized(malformed: list[tuple[bytes | None, bytes | None]], bases: l
     for i, message in enumerate(oversized):
         out.insert((i + 1) * len(malformed) // (len(oversized) + 1), message)
     return out
-
-
-DLQ_RECORD_MAX_BYTES = 20_000  # STREAMREC_DLQ_MAX_RAW_BYTES (16 KiB of raw text) plus the reason and fields
 
 
 def _dlq_records(settings: Settings, topic: str) -> list[DLQRecord]:
@@ -315,8 +274,8 @@ def test_10k_fuzzed_malformed_events_are_dead_lettered_and_the_valid_ones_apply(
     wait_caught_up(env_stack, worker, 60)
     assert worker.proc.poll() is None, worker.tail()
     figures = worker.figures()
-    wrong = _differences(env_stack, ground_truth(_events(env_stack)))
-    assert not wrong, _explain(env_stack, wrong, worker)
+    wrong = differences(env_stack, ground_truth(first_events(env_stack)))
+    assert not wrong, explain(env_stack, wrong, worker)
     records = _dlq_records(env_stack, INTERACTIONS)
     assert all(r.topic == INTERACTIONS and r.reason for r in records)
     got = [(r.partition, r.offset) for r in records]

@@ -27,19 +27,17 @@ from streamrec.config import Settings
 from streamrec.schemas import MAX_MESSAGE_BYTES, DLQRecord, RecommendationRequest, RecommendationResponse, encode
 from streamrec.shell import stack as _stack
 from streamrec.topics import RECOMMENDATIONS, REQUESTS, dlq
-
-from .conftest import Worker, wait_committed_to_end, wait_until
-from .test_reliability import (
+from tests.helpers import Worker, stop_redis, wait_committed_to_end, wait_until
+from tests.hostile import (
     DEEP,
     DLQ_RECORD_MAX_BYTES,
     OVERSIZED,
-    _bad_id,
-    _far_dated,
-    _json,
-    _naive_time,
-    _not_a_string,
-    _scalars,
-    _stop_redis,
+    bad_id,
+    far_dated,
+    json_values,
+    naive_time,
+    not_a_string,
+    scalars,
 )
 
 N_MALFORMED = 2_000
@@ -49,13 +47,13 @@ FIELDS = {"request_id", "user_id", "k", "context", "exclude"}
 _bad_k = st.integers(max_value=0) | st.integers(min_value=101) | st.floats(allow_nan=False) | \
     st.text(max_size=5) | st.booleans() | st.none() | st.lists(st.integers(), max_size=2)
 _bad_context = st.lists(st.integers(), max_size=3) | st.text(max_size=10) | st.integers() | st.booleans() | \
-    st.fixed_dictionaries({"timestamp": _naive_time | st.text(alphabet="abcxyz :", max_size=20) | st.integers()}) | \
+    st.fixed_dictionaries({"timestamp": naive_time | st.text(alphabet="abcxyz :", max_size=20) | st.integers()}) | \
     st.fixed_dictionaries({"device": st.just("") | st.integers() | st.text(min_size=33, max_size=40)}) | \
     st.fixed_dictionaries({"nested": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)}) | \
     st.just({f"k{i}": i for i in range(33)})
 _bad_exclude = st.text(max_size=10) | st.integers() | st.lists(st.integers(), min_size=1, max_size=3) | \
-    st.lists(_bad_id, min_size=1, max_size=2) | st.just([f"I{i}" for i in range(1001)])
-_bad_value = {"user_id": _bad_id, "k": _bad_k, "context": _bad_context, "exclude": _bad_exclude}
+    st.lists(bad_id, min_size=1, max_size=2) | st.just([f"I{i}" for i in range(1001)])
+_bad_value = {"user_id": bad_id, "k": _bad_k, "context": _bad_context, "exclude": _bad_exclude}
 
 KINDS = ["random_bytes", "truncated", "not_an_object", "missing", "extra", "wrong_value", "wrong_value",
          "wrong_value", "bad_request_id", "lone_surrogate"] * 5 + ["huge", "tombstone", "far_dated", "deep"]
@@ -70,7 +68,7 @@ def _malformed_request(data: Any, n: int, user: str) -> tuple[bytes | None, str 
     if kind == "tombstone":
         return None, None
     if kind == "far_dated":  # one such request used to fail its whole batch (OverflowError)
-        return json.dumps({**base, "context": {"timestamp": data.draw(_far_dated)}}).encode(), rid
+        return json.dumps({**base, "context": {"timestamp": data.draw(far_dated)}}).encode(), rid
     if kind == "deep":  # too deep to parse: the request_id is still read from the first bytes
         inner = "[" * DEEP + "]" * DEEP
         if data.draw(st.booleans()):
@@ -83,18 +81,18 @@ def _malformed_request(data: Any, n: int, user: str) -> tuple[bytes | None, str 
         cut = text[:data.draw(st.integers(0, len(text) - 1))]
         return cut.encode(), rid if f'"request_id": "{rid}"' in cut else None
     if kind == "not_an_object":
-        return json.dumps(data.draw(_json.filter(lambda v: not isinstance(v, dict)))).encode(), None
+        return json.dumps(data.draw(json_values.filter(lambda v: not isinstance(v, dict)))).encode(), None
     if kind == "missing":  # no user_id (the request_id stays readable) or no request_id
         gone = data.draw(st.sampled_from(["user_id", "request_id"]))
         return json.dumps({k: v for k, v in base.items() if k != gone}).encode(), None if gone == "request_id" else rid
     if kind == "extra":
         name = data.draw(st.text(min_size=1, max_size=30).filter(lambda n: n not in FIELDS))
-        return json.dumps({**base, name: data.draw(_scalars)}).encode(), rid
+        return json.dumps({**base, name: data.draw(scalars)}).encode(), rid
     if kind == "wrong_value":
         field = data.draw(st.sampled_from(sorted(_bad_value)))
         return json.dumps({**base, field: data.draw(_bad_value[field])}).encode(), rid
     if kind == "bad_request_id":
-        return json.dumps({**base, "request_id": data.draw(_bad_id | _not_a_string)}).encode(), None
+        return json.dumps({**base, "request_id": data.draw(bad_id | not_a_string)}).encode(), None
     if kind == "lone_surrogate":  # valid JSON escapes, but not a valid Unicode string
         return (b'{"request_id": "\\ud800' + rid.encode() + b'", "user_id": "' + user.encode() + b'"}'), None
     # huge: a valid-looking request over the 64 KiB cap
@@ -207,7 +205,7 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
     status = recommender.status()
     assert status["ready"] and not status["stalled"], status
 
-    _stop_redis(env_stack)  # the online store is gone: the batch fails, is retried, then answered
+    stop_redis(env_stack)  # the online store is gone: the batch fails, is retried, then answered
     client = RequestClient(env_stack)
     try:
         during, _ = client.ask(RecommendationRequest(request_id="during-outage", user_id="U000003"))

@@ -15,27 +15,19 @@ from stream_processors.history import ground_truth
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
-from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES, DLQRecord
+from streamrec.schemas import HISTORY_LENGTH, DLQRecord
 from streamrec.topics import INTERACTIONS, ITEM_UPDATES, dlq
-
-from .conftest import FRESHNESS_BACK_WITHIN_MS, Worker, fresh_burst_lag_ms, wait_caught_up, wait_until
-
-N_EVENTS = 5000
-
-
-def online_state(settings: Settings, users: list[str]) -> dict[str, dict]:
-    client = FeatureClient(settings)
-    try:
-        rows = client.users_features(users)
-    finally:
-        client.close()
-    keys = ["recent_item_ids", "recent_interaction_types", *(f"count_{t}" for t in INTERACTION_TYPES)]
-    return {u: {k: row[k] for k in keys} for u, row in zip(users, rows, strict=True)}
-
-
-def _events(settings: Settings) -> pd.DataFrame:
-    frame = pd.read_parquet(settings.data_dir / "recommendation_interactions.parquet")
-    return frame.sort_values("timestamp", kind="stable").head(N_EVENTS)
+from tests.helpers import (
+    FRESHNESS_BACK_WITHIN_MS,
+    N_EVENTS,
+    ROOT,
+    Worker,
+    first_events,
+    fresh_burst_lag_ms,
+    online_state,
+    wait_caught_up,
+    wait_until,
+)
 
 
 @pytest.mark.smoke
@@ -45,7 +37,7 @@ def test_replayed_events_equal_the_ground_truth(env_stack: Settings,
     before = worker.figures()
     stats = replay(env_stack, env_stack.data_dir / "recommendation_interactions.parquet", limit=N_EVENTS)
     assert stats.delivered == N_EVENTS and stats.failed == 0
-    truth = ground_truth(_events(env_stack))
+    truth = ground_truth(first_events(env_stack))
     wait_until(lambda: worker.figures()["events"] >= N_EVENTS, 60, "the worker to consume the replay")
     assert online_state(env_stack, list(truth)) == truth
     after = worker.figures()
@@ -86,7 +78,7 @@ def test_malformed_events_go_to_the_dlq_and_the_rest_applies(env_stack: Settings
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     worker = worker_factory(env_stack)
-    events = _events(env_stack).head(1000)
+    events = first_events(env_stack).head(1000)
     bad = _bad_messages()
     producer = KafkaProducer(acks="all", max_request_size=2_000_000, **kafka_clients.python_config(env_stack))
     path = env_stack.data_dir / "first.parquet"
@@ -185,7 +177,7 @@ def test_kill_9_mid_replay_still_equals_the_ground_truth(env_stack: Settings,
     sender.join(30)
     assert not sender.is_alive()
     restarted = worker_factory(env_stack)
-    truth = ground_truth(_events(env_stack))
+    truth = ground_truth(first_events(env_stack))
     wait_caught_up(env_stack, restarted, 120)
     figures = restarted.figures()
     got = online_state(env_stack, list(truth))
@@ -241,13 +233,13 @@ def test_freshness_cli_reads_the_worker_and_plots(env_stack: Settings, worker_fa
     import subprocess
     import sys
 
-    from .conftest import ROOT, settings_env
+    from streamrec.shell.workers import settings_env
 
     worker = worker_factory(env_stack)
     replay(env_stack, env_stack.data_dir / "recommendation_interactions.parquet", limit=500)
     wait_until(lambda: worker.figures()["events"] >= 500, 30, "the replay")
     env = settings_env(env_stack)
-    user = str(_events(env_stack)["user_id"].iloc[0])  # someone with replayed events
+    user = str(first_events(env_stack)["user_id"].iloc[0])  # someone with replayed events
     shown = subprocess.run([sys.executable, "-m", "streamrec", "freshness", "--user", user], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr

@@ -27,6 +27,7 @@ from streamrec import StackError, kafka_clients, load_settings
 from streamrec.config import Settings
 from streamrec.shell import apache_kafka as ak
 from streamrec.shell import stack as st
+from tests.helpers import KAFKA_CACHE, needs_kafka
 
 REDIS_BINARIES = ["auto", "valkey"] + (["redis-server"] if shutil.which("redis-server") else [])
 
@@ -162,21 +163,6 @@ def test_cli_cycle_in_a_subprocess(own_stack: Settings, tmp_path: Path) -> None:
 
 
 # ---- Apache Kafka ---------------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parents[2]
-KAFKA_CACHE = Path(os.environ.get("STREAMREC_KAFKA_CACHE") or ROOT / ".stack" / f"kafka-{ak.VERSION}")
-
-
-def _kafka_missing() -> str | None:
-    if shutil.which("java") is None:
-        return "no `java` on PATH (Apache Kafka needs Java 17+)"
-    if shutil.which("mvn") is None and not (KAFKA_CACHE / "libs" / ".complete").exists():
-        return f"no `mvn` on PATH and no jars in {KAFKA_CACHE}"
-    return None
-
-
-needs_kafka = pytest.mark.skipif(_kafka_missing() is not None, reason=_kafka_missing() or "")
-
-
 def _free_block(n: int) -> int:
     """The first of ``n`` consecutive free loopback ports, below the kernel's ephemeral range."""
     rng = random.Random()
