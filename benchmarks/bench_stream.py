@@ -37,8 +37,10 @@ from streamrec.stats import cpu_seconds, percentiles
 
 try:
     from ._harness import broker_kind, own_stack, start_worker, stop
+    from .oracle import ground_truth
 except ImportError:  # run as a script
     from _harness import broker_kind, own_stack, start_worker, stop
+    from oracle import ground_truth
 
 WARM_UP = 3000  # events at 1,000/s before the first measured phase: the broker's JIT, the worker's caches
 
@@ -182,7 +184,6 @@ def _drain(env: dict[str, str], logs: Path, n_workers: int, n_events: int, app_i
 
 def _online_differences(settings: Any, events: Any) -> int:
     """How many users' rows differ from the ground truth of ``events``."""
-    from stream_processors.history import ground_truth
     from streamrec.features import FeatureClient
 
     truth = ground_truth(events)

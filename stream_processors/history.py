@@ -16,6 +16,7 @@ user's partition next (after a crash or a rebalance) carries on from the row, ne
 
 Applying an event is idempotent: a replay after a crash (same partition, offset ≤ state offset) or a
 duplicate event id changes nothing, so counts never double (Faust is at-least-once: faust#502).
+The oracle a run is held to, computed from the whole log instead, is `benchmarks/oracle.py`'s `ground_truth`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES, Interaction
 
 __all__ = ["EVENT_ID_MEMORY", "PURCHASE_MEMORY", "empty_state", "apply_event", "stamped",
-           "feature_row", "state_from_row", "ground_truth"]
+           "feature_row", "state_from_row"]
 
 EVENT_ID_MEMORY = 64  # duplicates from producer retries arrive close together
 PURCHASE_MEMORY = 500  # default; the history filter never recommends these again
@@ -144,19 +145,3 @@ def _epoch_ms(value: Any) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
     return int(value)
-
-
-def ground_truth(events: Any, n: int = HISTORY_LENGTH) -> dict[str, dict[str, Any]]:
-    """What every user's row must hold once ``events`` (a DataFrame of interactions, each applied once) are
-    all in: the last ``n`` items and types newest first by event time, and the counts by type. The oracle
-    the worker's tests and `streamrec bench stream` hold the online store to."""
-    truth = {}
-    ordered = events.sort_values("timestamp", ascending=False, kind="stable")
-    for user_id, rows in ordered.groupby("user_id", sort=False):
-        counts = rows["interaction_type"].value_counts()
-        truth[user_id] = {
-            "recent_item_ids": list(rows["item_id"][:n]),
-            "recent_interaction_types": list(rows["interaction_type"][:n]),
-            **{f"count_{t}": int(counts.get(t, 0)) for t in INTERACTION_TYPES},
-        }
-    return truth

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.oracle import ground_truth
 from producers.replay import replay
 from producers.requests import RequestClient
-from stream_processors.history import ground_truth
 from streamrec import kafka_clients, load_settings
 from streamrec.config import Settings
 from streamrec.features import FeatureClient

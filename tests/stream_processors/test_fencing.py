@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import redis
 
-from stream_processors.history import ground_truth
+from benchmarks.oracle import ground_truth
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import INTERACTION_TYPES

@@ -31,9 +31,9 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.oracle import ground_truth
 from producers.replay import build_messages, load_events
 from producers.requests import RequestClient
-from stream_processors.history import ground_truth
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.features import FeatureClient

@@ -20,8 +20,8 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from benchmarks.oracle import ground_truth
 from producers.replay import build_messages, load_events, replay
-from stream_processors.history import ground_truth
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.schemas import INTERACTION_TYPES, DLQRecord

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from benchmarks.oracle import ground_truth
 from producers.replay import replay
-from stream_processors.history import ground_truth
 from streamrec import kafka_clients
 from streamrec.config import Settings
 from streamrec.features import FeatureClient
