@@ -1,5 +1,6 @@
 """Hypothesis strategies for hostile record fields, and the sizes of the worst records: the fuzzed events
-(test_reliability.py) and the fuzzed requests (test_reliability_requests.py) draw from the same ones."""
+(tests/stream_processors/test_reliability.py) and the fuzzed requests (tests/serving/test_reliability_requests.py)
+draw from the same ones."""
 
 from __future__ import annotations
 

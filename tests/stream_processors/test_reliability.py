@@ -5,8 +5,8 @@ Each test checks ground truth, not figures: nothing lost, nothing counted twice,
 - Redis down for 10 s under load: the worker retries, catches up, and fresh events flow again;
 - 10,000 fuzzed malformed events interleaved with valid ones (among them tombstones, far-dated, 10,000-level
   nested and ~900 KB ones): each one dead-lettered once, in a bounded DLQ record; every valid one applied;
-(2,000 fuzzed malformed recommendation requests: test_reliability_requests.py.)
-A corrupt checkpoint announced on `model-updates` is covered in test_recommender.py (hot swap test).
+(2,000 fuzzed malformed recommendation requests: tests/serving/test_reliability_requests.py.)
+A corrupt checkpoint announced on `model-updates` is covered in tests/serving/test_recommender.py (hot swap test).
 """
 
 from __future__ import annotations

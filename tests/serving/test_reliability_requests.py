@@ -154,7 +154,7 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
     n_bad = len(malformed)
     assert n_bad == N_MALFORMED + 4 and any(v is None for v, _ in malformed)
     # A deadline far beyond the burst: valid requests must be served, not shed as expired, however slow
-    # the machine (the deadline itself is tested in test_poison.py).
+    # the machine (the deadline itself is tested in tests/stream_processors/test_poison.py).
     recommender = worker_factory(env_stack, app="recommender", STREAMREC_REQUEST_DEADLINE_S="120")
     producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=2_000_000,
                              max_in_flight_requests_per_connection=1, **kafka_clients.python_config(env_stack))
