@@ -45,7 +45,7 @@ class NumpyUserTower:
     tower's ~60 small ops (1.7 ms for one user on this project's 2-core machine), numpy a few. Every
     history slot's item vector (id + top + leaf category: ``ItemTower.history_vectors``) is computed once
     for the whole catalogue at load. The same numbers as ``TwoTower.users`` to float32 rounding
-    (tests/models/test_serving_model.py pins it on trained and random weights); training stays in torch.
+    (tests/serving/test_model.py pins it on trained and random weights); training stays in torch.
     """
 
     def __init__(self, a: dict[str, np.ndarray]) -> None:
@@ -92,7 +92,7 @@ class NumpySequenceTower:
     Only the newest position's state is served, and one attention block reads each event's vector
     linearly, so every item's key and value rows are computed once at load: a request costs gathers, one
     query, a softmax over ≤ H keys and the small MLPs. The same numbers as ``TwoTower.users`` to float32
-    rounding (tests/models/test_serving_model.py).
+    rounding (tests/serving/test_model.py).
     """
 
     def __init__(self, a: dict[str, np.ndarray]) -> None:
