@@ -385,9 +385,9 @@ class RequestGroup:
                           exc)
                 reason = f"the recommender could not deliver its answer: {exc!r}"
             try:
+                error = ErrorInfo(code="internal", message=reason[:1024])
                 await deliver([(RecommendationResponse(request_id=response.request_id, user_id=response.user_id,
-                                                       items=[], error=ErrorInfo(code="internal", message=reason[:1024])),
-                                None)])
+                                                       items=[], error=error), None)])
             except Exception as again:  # noqa: BLE001 - passed over
                 log.error("could not even answer it with an error (%r): passing over it", again)
 

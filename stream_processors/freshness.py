@@ -74,7 +74,8 @@ class FreshnessTracker:
             "freshness_ms": self.percentiles(), "samples": len(self._lags),
             "events_per_s": round(self.events_per_s(), 1), "events": self.events, "applied": self.applied,
             "duplicates_skipped": self.duplicates, "rows_pushed": self.rows_pushed, "pushes": self.pushes,
-            "push_retries": self.push_retries, "fenced_batches": self.fenced_batches, "dlq": dict(self.dlq), "dlq_total": sum(self.dlq.values()),
+            "push_retries": self.push_retries, "fenced_batches": self.fenced_batches,
+            "dlq": dict(self.dlq), "dlq_total": sum(self.dlq.values()),
             "uptime_s": round(time.time() - self.started, 1), "last_push_at": self.last_push_at,
         }
 
