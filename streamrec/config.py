@@ -82,7 +82,17 @@ class Settings(BaseSettings):
     embedded_kafka_port: int = Field(9092, ge=1, le=65535, validation_alias="STREAMREC_KAFKA_PORT",
                                      description="the embedded broker's loopback port (its first node's)")
     embedded_redis_port: int = Field(6379, ge=1, le=65535, validation_alias="STREAMREC_REDIS_PORT",
-                                     description="the embedded Redis's loopback port")
+                                     description="the embedded Redis's loopback port (its first node's)")
+    redis_nodes: int = Field(
+        1, ge=1, le=8, validation_alias="STREAMREC_REDIS_NODES",
+        description="the embedded Redis: 1, one server; 3 or more, a Redis Cluster of that many primaries, each "
+                    "with one replica, on ports `STREAMREC_REDIS_PORT` + 0…2N−1",
+    )
+    redis_cluster: bool = Field(
+        False, validation_alias="REDIS_CLUSTER",
+        description="`REDIS_URL` names a node of a Redis Cluster (Feast's `redis_cluster` mode; the other nodes "
+                    "are found from it); the embedded stack sets it itself with `STREAMREC_REDIS_NODES` ≥ 3",
+    )
     topic_partitions: int = Field(4, ge=1, le=256, validation_alias="STREAMREC_TOPIC_PARTITIONS",
                                   description="partitions of the topics the stack creates")
 
@@ -191,6 +201,14 @@ class Settings(BaseSettings):
             raise ValueError("Tansu runs one broker; more need STREAMREC_BROKER=kafka (--broker kafka)")
         return value
 
+    @field_validator("redis_nodes")
+    @classmethod
+    def _check_redis_nodes(cls, value: int) -> int:
+        if value == 2:
+            raise ValueError("a Redis Cluster needs 3 primaries or more (a majority must survive a failure); "
+                             "1 runs one server")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -218,6 +236,18 @@ class Settings(BaseSettings):
     def embedded_redis(self) -> bool:
         """True when streamrec runs Redis itself (no REDIS_URL)."""
         return self.redis_url is None
+
+    @property
+    def redis_is_cluster(self) -> bool:
+        """Feast's online store is a Redis Cluster: the embedded one of STREAMREC_REDIS_NODES ≥ 3, or
+        REDIS_URL with REDIS_CLUSTER."""
+        return self.redis_cluster if not self.embedded_redis else self.redis_nodes > 1
+
+    @property
+    def embedded_redis_ports(self) -> list[int]:
+        """The loopback ports of the embedded Redis servers (primaries first, then their replicas)."""
+        n = 1 if self.redis_nodes == 1 else 2 * self.redis_nodes
+        return [self.embedded_redis_port + i for i in range(n)]
 
     @property
     def on_tansu(self) -> bool:
@@ -250,7 +280,8 @@ class Settings(BaseSettings):
         """The Redis URL clients connect to (may hold a password: never log it)."""
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
-        return f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+        # a cluster has one database and no SELECT: no /0 (redis-py's RedisCluster refuses a db)
+        return f"redis://127.0.0.1:{self.embedded_redis_port}" + ("" if self.redis_is_cluster else "/0")
 
     def redis_display(self) -> str:
         """The Redis URL with any password masked, fit for logs and `stack status`."""
@@ -274,7 +305,7 @@ class Settings(BaseSettings):
         if parts.scheme == "rediss":
             fields.append("ssl=true")
         db = parts.path.lstrip("/")
-        if db:
+        if db and not self.redis_is_cluster:
             fields.append(f"db={db}")
         # Feast hands every key=value to redis.Redis (values JSON-decoded). redis-py 7 otherwise retries a
         # failed command 3 times with jittered backoff of up to 2+4+8 s inside the call, with no socket
@@ -347,7 +378,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
                STREAMREC_WORKER_PORT=str(settings.worker_port), STREAMREC_WORKER_APP_ID=settings.worker_app_id,
                STREAMREC_RECOMMENDER_APP_ID=settings.recommender_app_id,
                STREAMREC_CHECKPOINT_DIR=str(settings.checkpoint_dir), STREAMREC_BROKER=settings.broker,
-               STREAMREC_KAFKA_BROKERS=str(settings.kafka_brokers))
+               STREAMREC_KAFKA_BROKERS=str(settings.kafka_brokers), STREAMREC_REDIS_NODES=str(settings.redis_nodes))
+    if settings.redis_cluster:
+        env["REDIS_CLUSTER"] = "true"
     if settings.kafka_cache_dir is not None:
         env["STREAMREC_KAFKA_CACHE"] = str(settings.kafka_cache_dir)
     if settings.kafka_bootstrap_servers:

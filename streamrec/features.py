@@ -78,7 +78,7 @@ class FeatureClient:
                 provider="local",
                 registry={"path": str(self.data_dir / "registry.db"), "cache_ttl_seconds": 0},
                 online_store={"type": "redis", "connection_string": settings.feast_redis_connection_string(client_name),
-                              **online},
+                              "redis_type": "redis_cluster" if settings.redis_is_cluster else "redis", **online},
                 offline_store={"type": "file"},
                 entity_key_serialization_version=3,
                 repo_path=str(REPO_PATH),

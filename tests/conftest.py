@@ -130,9 +130,11 @@ def env_stack(request: pytest.FixtureRequest, tmp_path: Path, generated: Path,
     """Empty topics on a broker + a Redis of this test's own, the feature repo applied and materialized.
 
     Indirect parametrization picks the broker for one test: ``"tansu"`` (a Tansu broker of its own, on any
-    machine) or ``"kafka"`` (the shared Apache Kafka node; skipped where the suite runs on Tansu).
+    machine) or ``"kafka"`` (the shared Apache Kafka node; skipped where the suite runs on Tansu); or, with
+    ``"redis-cluster"``, the suite's broker and a Redis Cluster of 3 primaries, each with a replica.
     """
     wanted = getattr(request, "param", None)
+    cluster = wanted == "redis-cluster"
     if wanted == "tansu":
         shared_kafka = None
     elif wanted == "kafka" and shared_kafka is None:
@@ -145,8 +147,10 @@ def env_stack(request: pytest.FixtureRequest, tmp_path: Path, generated: Path,
     own = {"kafka_bootstrap_servers": shared_kafka, "worker_app_id": f"features-{tag}",
            "recommender_app_id": f"recommender-{tag}"} if shared_kafka else \
         {"kafka_bootstrap_servers": None, "embedded_kafka_port": free_port(), "broker": "tansu"}
-    settings = load_settings(stack_dir=tmp_path / "stack", embedded_redis_port=free_port(), data_dir=data,
-                             worker_port=free_port(), checkpoint_dir=tmp_path / "checkpoints", redis_url=None, **own)
+    redis = {"embedded_redis_port": free_ports(6), "redis_nodes": 3} if cluster else \
+        {"embedded_redis_port": free_port(), "redis_nodes": 1}
+    settings = load_settings(stack_dir=tmp_path / "stack", data_dir=data, worker_port=free_port(),
+                             checkpoint_dir=tmp_path / "checkpoints", redis_url=None, **redis, **own)
     if shared_kafka:
         fresh_topics(settings)
     _stack.up(settings)

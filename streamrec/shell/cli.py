@@ -49,6 +49,9 @@ def stack() -> None:
 
 
 def _stack_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--redis-nodes", type=click.IntRange(1, 8), default=None, metavar="N",
+                           help="Redis Cluster primaries, each with a replica; 3 or more (STREAMREC_REDIS_NODES, "
+                                "default 1: one server).")(command)
     command = click.option("--brokers", type=click.IntRange(1, 5), default=None, metavar="N",
                            help="Apache Kafka nodes in one cluster (STREAMREC_KAFKA_BROKERS, default 1).")(command)
     return click.option("--broker", type=click.Choice(["tansu", "kafka"]), default=None,
@@ -56,9 +59,11 @@ def _stack_options(command: Callable[..., Any]) -> Callable[..., Any]:
                              "default tansu).")(command)
 
 
-def _stack_settings(broker: str | None, brokers: int | None) -> Settings:
+def _stack_settings(broker: str | None, brokers: int | None, redis_nodes: int | None = None) -> Settings:
     """The settings with the command's flags over the environment."""
     overrides: dict[str, Any] = {}
+    if redis_nodes is not None:
+        overrides["redis_nodes"] = redis_nodes
     if broker is not None:
         overrides["broker"] = broker
     if brokers is not None:
@@ -70,11 +75,11 @@ def _stack_settings(broker: str | None, brokers: int | None) -> Settings:
 
 @stack.command("up")
 @_stack_options
-def stack_up(broker: str | None, brokers: int | None) -> None:
+def stack_up(broker: str | None, brokers: int | None, redis_nodes: int | None) -> None:
     """Start what is not running, wait until it answers, create the topics. Idempotent."""
     from . import stack as _stack
 
-    settings = _stack_settings(broker, brokers)
+    settings = _stack_settings(broker, brokers, redis_nodes)
     with err.status("starting the embedded stack…"):
         statuses = _stack.up(settings)
     for s in statuses:
@@ -83,21 +88,21 @@ def stack_up(broker: str | None, brokers: int | None) -> None:
 
 @stack.command("down")
 @_stack_options
-def stack_down(broker: str | None, brokers: int | None) -> None:
+def stack_down(broker: str | None, brokers: int | None, redis_nodes: int | None) -> None:
     """Stop what `stack up` started (and nothing else), whichever broker that was."""
     from . import stack as _stack
 
-    stopped = _stack.down(_stack_settings(broker, brokers))
+    stopped = _stack.down(_stack_settings(broker, brokers, redis_nodes))
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop", highlight=False)
 
 
 @stack.command("status")
 @_stack_options
-def stack_status(broker: str | None, brokers: int | None) -> None:
+def stack_status(broker: str | None, brokers: int | None, redis_nodes: int | None) -> None:
     """Tell what runs where. Exit code 0 when everything answers, 1 otherwise."""
     from . import stack as _stack
 
-    statuses = _stack.status(_stack_settings(broker, brokers))
+    statuses = _stack.status(_stack_settings(broker, brokers, redis_nodes))
     for s in statuses:
         out.print(s.line(), highlight=False, soft_wrap=True)
     if not all(s.running for s in statuses):

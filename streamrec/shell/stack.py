@@ -34,6 +34,7 @@ __all__ = ["ServiceStatus", "up", "down", "status", "kafka_ready", "redis_ready"
 READY_TIMEOUT_S = 30.0
 KAFKA_READY_TIMEOUT_S = 120.0  # three JVMs on two cores take ~20 s; leave room for a loaded machine
 _BROKER_FILE = re.compile(r"^kafka(-\d+)?$")
+_REDIS_FILE = re.compile(r"^redis(-\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -332,16 +333,64 @@ def _up_broker(settings: Settings) -> None:
         _start_apache_kafka(settings, missing)
 
 
+def _redis_names(settings: Settings) -> list[str]:
+    return ["redis"] if settings.redis_nodes == 1 else [f"redis-{i}" for i in range(len(settings.embedded_redis_ports))]
+
+
+def _owned_redis(settings: Settings) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every Redis server `up` started and that still runs, by name (whatever the settings now say)."""
+    found = {}
+    for path in sorted(settings.stack_dir.glob("redis*.pid")):
+        if _REDIS_FILE.match(path.stem) and (owned := _owned_pid(settings, path.stem)) is not None:
+            found[path.stem] = owned
+    return found
+
+
 def _start_redis(settings: Settings) -> None:
-    port = settings.embedded_redis_port
-    _check_free(port, "STREAMREC_REDIS_PORT", "REDIS_URL")
-    workdir = settings.stack_dir / "redis"
-    workdir.mkdir(parents=True, exist_ok=True)
-    # No persistence: the stack is for development and tests; Feast can re-materialize.
-    argv = [redis_server_binary(settings), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
-            "no", "--dir", str(workdir.resolve()), "--daemonize", "no", "--protected-mode", "yes"]
-    pid = _spawn(settings, "redis", argv, port)
-    _wait(settings, {"redis": pid}, lambda: redis_ready(settings.redis), READY_TIMEOUT_S, f"redis on 127.0.0.1:{port}")
+    """One server, or (STREAMREC_REDIS_NODES ≥ 3) the nodes of a Redis Cluster, formed from empty."""
+    from . import redis_cluster
+
+    cluster = settings.redis_nodes > 1
+    started = {}
+    for name, port in zip(_redis_names(settings), settings.embedded_redis_ports, strict=True):
+        _check_free(port, "STREAMREC_REDIS_PORT", "REDIS_URL")
+        if cluster:
+            _check_free(port + redis_cluster.BUS_OFFSET, "STREAMREC_REDIS_PORT (a cluster node's bus is its port + "
+                        f"{redis_cluster.BUS_OFFSET})", "REDIS_URL")
+        workdir = (settings.stack_dir / name).resolve()
+        if cluster:
+            shutil.rmtree(workdir, ignore_errors=True)  # a node starts empty, or it remembers an old cluster
+        workdir.mkdir(parents=True, exist_ok=True)
+        # No persistence: the stack is for development and tests; Feast can re-materialize.
+        argv = [redis_server_binary(settings), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes",
+                *(redis_cluster.server_args(workdir) if cluster else [])]
+        started[name] = _spawn(settings, name, argv, port, nodes=settings.redis_nodes)
+    ports = settings.embedded_redis_ports
+    _wait(settings, started, lambda: all(redis_ready(f"redis://127.0.0.1:{p}") for p in ports), READY_TIMEOUT_S,
+          f"redis on 127.0.0.1:{ports[0]}" + (f"..{ports[-1]}" if cluster else ""))
+    if cluster:
+        try:
+            redis_cluster.form(ports, settings.redis_nodes, READY_TIMEOUT_S)
+        except BaseException:
+            _stop_all(list(started.values()))
+            for name in started:
+                _pidfile(settings, name).unlink(missing_ok=True)
+            raise
+
+
+def _up_redis(settings: Settings) -> None:
+    owned = _owned_redis(settings)
+    if owned:
+        nodes = int(next(iter(owned.values()))[1].get("nodes", 1))
+        if nodes != settings.redis_nodes:
+            raise StackError(f"Redis with {nodes} node(s) from `stack up` runs in {settings.stack_dir}; `streamrec "
+                             f"stack down` first to run {settings.redis_nodes}")
+    if set(owned) == set(_redis_names(settings)):
+        return
+    # a cluster missing a node is made again from empty (the stack's data is never kept)
+    _stop_all([pid for pid, _ in owned.values()])
+    _start_redis(settings)
 
 
 def _alive(pid: int) -> bool:
@@ -381,8 +430,7 @@ def up(settings: Settings) -> list[ServiceStatus]:
     elif not kafka_ready(settings):
         raise StackError(f"external kafka at {settings.bootstrap_servers} does not answer")
     if settings.embedded_redis:
-        if _owned_pid(settings, "redis") is None:
-            _start_redis(settings)
+        _up_redis(settings)
     elif not redis_ready(settings.redis):
         raise StackError(f"external redis at {settings.redis_display()} does not answer")
     from streamrec.topics import ensure_topics
@@ -393,9 +441,7 @@ def up(settings: Settings) -> list[ServiceStatus]:
 
 def down(settings: Settings) -> list[str]:
     """Stop the services this stack started (never a process it did not start). Returns their names."""
-    owned = {**_owned_broker(settings)}
-    if (redis := _owned_pid(settings, "redis")) is not None:
-        owned["redis"] = redis
+    owned = {**_owned_broker(settings), **_owned_redis(settings)}
     # The nodes of a cluster together: one by one, the last would wait for a quorum that is gone. Even
     # together they wait 5 s for a graceful Raft shutdown that cannot complete; as their data is thrown
     # away, they get 3 s (one node stops in ~1 s), then SIGKILL.
@@ -405,7 +451,7 @@ def down(settings: Settings) -> list[str]:
         if record.get("config"):  # Apache Kafka's data: the next `up` starts empty anyway
             shutil.rmtree(Path(record["config"]).parent / "data", ignore_errors=True)
     for path in settings.stack_dir.glob("*.pid"):
-        if _BROKER_FILE.match(path.stem) or path.stem == "redis":
+        if _BROKER_FILE.match(path.stem) or _REDIS_FILE.match(path.stem):
             path.unlink(missing_ok=True)
     return list(owned)
 
@@ -413,14 +459,47 @@ def down(settings: Settings) -> list[str]:
 def status(settings: Settings) -> list[ServiceStatus]:
     """What runs where: embedded services by pid file, external ones by a live probe."""
     result = _broker_status(settings)
-    if settings.embedded_redis:
-        owned = _owned_pid(settings, "redis")
-        result.append(ServiceStatus(
-            "redis", settings.redis_display(), "embedded", owned is not None and redis_ready(settings.redis),
-            pid=owned[0] if owned else None, binary=str(owned[1]["binary"]) if owned else None,
-            log=settings.stack_dir / "redis.log"))
-    else:
-        result.append(ServiceStatus("redis", settings.redis_display(), "external", redis_ready(settings.redis)))
+    if not settings.embedded_redis:
+        kind = "external, cluster" if settings.redis_is_cluster else "external"
+        return [*result, ServiceStatus("redis", settings.redis_display(), "external", redis_ready(settings.redis),
+                                       detail=kind)]
+    owned = _owned_redis(settings)
+    if settings.redis_nodes == 1 and len(owned) <= 1:
+        one = owned.get("redis")
+        return [*result, ServiceStatus(
+            "redis", settings.redis_display(), "embedded", one is not None and redis_ready(settings.redis),
+            pid=one[0] if one else None, binary=str(one[1]["binary"]) if one else None,
+            log=settings.stack_dir / "redis.log")]
+    return result + _cluster_status(settings, owned)
+
+
+def _cluster_status(settings: Settings, owned: dict[str, tuple[int, dict[str, Any]]]) -> list[ServiceStatus]:
+    """One line per node of the embedded Redis Cluster: its role, slots or primary, and the cluster's state as
+    that node sees it."""
+    from . import redis_cluster
+
+    view: dict[int, redis_cluster.Node] = {}
+    for port in settings.embedded_redis_ports:  # the first node that answers describes them all
+        try:
+            view = {n.port: n for n in redis_cluster.nodes(port)}
+            break
+        except Exception:  # noqa: BLE001, S112 - a node that is down: ask the next
+            continue
+    by_id = {n.node_id: n.port for n in view.values()}
+    result = []
+    for name, port in zip(_redis_names(settings), settings.embedded_redis_ports, strict=True):
+        one, node = owned.get(name), view.get(port)
+        state = redis_cluster.state(port) if one else None
+        if node is None:
+            detail = "not in the cluster"
+        elif node.role == "primary":
+            detail = f"primary, slots {node.slots or 'none'}"
+        else:
+            detail = f"replica of 127.0.0.1:{by_id.get(node.primary_id or '', '?')}"
+        result.append(ServiceStatus(name, f"redis://127.0.0.1:{port}", "embedded", state == "ok",
+                                    pid=one[0] if one else None, binary=str(one[1]["binary"]) if one else None,
+                                    log=settings.stack_dir / f"{name}.log",
+                                    detail=f"{detail}; cluster {state or 'unreachable'}"))
     return result
 
 

@@ -194,3 +194,18 @@ def test_the_readme_table_is_replaced_between_its_markers_only() -> None:
     assert with_configuration_table(readme) == f"# title\n\n{begin}\n{configuration_table()}{end}\n\nafter\n"
     with pytest.raises(StreamrecError, match="settings-table"):
         with_configuration_table("# a README without the markers\n")
+
+
+def test_a_redis_cluster_has_no_database_in_its_url_and_feast_runs_in_cluster_mode() -> None:
+    """redis-py's RedisCluster refuses a `db` (a cluster has one database): the embedded cluster's URL and
+    Feast's connection string carry none, and Feast is told the store is a cluster."""
+    cluster = load_settings(redis_url=None, redis_nodes=3, embedded_redis_port=7000)
+    assert cluster.redis_is_cluster and cluster.redis == "redis://127.0.0.1:7000"
+    assert cluster.embedded_redis_ports == [7000 + i for i in range(6)]
+    assert "db=" not in cluster.feast_redis_connection_string()
+    external = load_settings(redis_url="redis://:pw@cache.example:6380/0", redis_cluster=True)
+    assert external.redis_is_cluster and "db=" not in external.feast_redis_connection_string()
+    single = load_settings(redis_url=None, redis_nodes=1, embedded_redis_port=7000)
+    assert not single.redis_is_cluster and single.redis.endswith("/0")
+    with pytest.raises(ConfigError, match="3 primaries"):
+        load_settings(redis_nodes=2)

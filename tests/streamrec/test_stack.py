@@ -162,6 +162,29 @@ def test_cli_cycle_in_a_subprocess(own_stack: Settings, tmp_path: Path) -> None:
     assert not any(_alive(p) for p in pids)
 
 
+def test_cli_redis_cluster_up_status_down(own_stack: Settings) -> None:
+    """`stack up --redis-nodes 3`: six Redis servers on consecutive ports, slots on three primaries, each with
+    a replica; `stack status` shows each node's role and the cluster's state; `stack down` stops them all."""
+    env = {**os.environ, "STREAMREC_STACK_DIR": str(own_stack.stack_dir), "STREAMREC_BROKER": "tansu",
+           "STREAMREC_KAFKA_PORT": str(own_stack.embedded_kafka_port),
+           "STREAMREC_REDIS_PORT": str(st.free_ports(6))}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "streamrec", "stack", *args], env=env,
+                              capture_output=True, text=True, timeout=90)
+
+    up = run("up", "--redis-nodes", "3")
+    assert up.returncode == 0, up.stderr
+    status = run("status", "--redis-nodes", "3")
+    lines = [line for line in status.stdout.splitlines() if line.startswith("redis-")]
+    assert status.returncode == 0 and len(lines) == 6, status.stdout
+    assert sum("primary, slots" in line for line in lines) == 3 and sum("replica of" in line for line in lines) == 3
+    assert all("cluster ok" in line for line in lines)
+    pids = [json.loads((own_stack.stack_dir / f"redis-{i}.pid").read_text())["pid"] for i in range(6)]
+    down = run("down")  # without the flag: whatever `up` started
+    assert "redis-5" in down.stdout and not any(_alive(p) for p in pids)
+
+
 # ---- Apache Kafka ---------------------------------------------------------------------------------------
 def _free_block(n: int) -> int:
     """The first of ``n`` consecutive free loopback ports, below the kernel's ephemeral range."""
@@ -353,3 +376,17 @@ def test_down_never_signals_a_java_process_that_is_not_our_node(tmp_path: Path) 
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_the_cluster_slots_are_split_evenly_and_cluster_nodes_is_read() -> None:
+    from streamrec.shell.redis_cluster import SLOTS, _parse, slot_ranges
+
+    ranges = slot_ranges(3)
+    assert ranges[0][0] == 0 and ranges[-1][1] == SLOTS - 1
+    assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
+    assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
+    text = ("a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n"
+            "b2 127.0.0.1:7003@17003 slave,fail? a1 0 1 1 connected\n")
+    primary, replica = _parse(text)
+    assert (primary.port, primary.role, primary.slots, primary.healthy) == (7000, "primary", "0-5460", True)
+    assert (replica.port, replica.role, replica.primary_id, replica.healthy) == (7003, "replica", "a1", False)
