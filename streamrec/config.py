@@ -298,6 +298,8 @@ class Settings(BaseSettings):
         if parts.scheme == "unix":
             raise ConfigError("REDIS_URL: Feast's Redis online store needs host:port, not a unix socket")
         fields = [f"{parts.hostname}:{parts.port or 6379}"]
+        if self.embedded_redis and self.redis_is_cluster:  # every node a startup node: a client started while
+            fields = [f"127.0.0.1:{p}" for p in self.embedded_redis_ports]  # the first is down still finds the rest
         if parts.username and parts.username != "default":
             fields.append(f"username={unquote(parts.username)}")
         if parts.password:

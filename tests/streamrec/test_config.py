@@ -203,6 +203,8 @@ def test_a_redis_cluster_has_no_database_in_its_url_and_feast_runs_in_cluster_mo
     assert cluster.redis_is_cluster and cluster.redis == "redis://127.0.0.1:7000"
     assert cluster.embedded_redis_ports == [7000 + i for i in range(6)]
     assert "db=" not in cluster.feast_redis_connection_string()
+    # every node is a startup node: a client started while the first is down finds the others
+    assert cluster.feast_redis_connection_string().startswith(",".join(f"127.0.0.1:{7000 + i}" for i in range(6)))
     external = load_settings(redis_url="redis://:pw@cache.example:6380/0", redis_cluster=True)
     assert external.redis_is_cluster and "db=" not in external.feast_redis_connection_string()
     single = load_settings(redis_url=None, redis_nodes=1, embedded_redis_port=7000)
