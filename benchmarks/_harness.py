@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.shell import workers
-from streamrec.shell.stack import free_port, free_ports
+from streamrec.shell.stack import free_cluster_ports, free_port, free_ports
 from streamrec.shell.workers import APP_ID_VARIABLE
 from streamrec.stats import percentiles
 
@@ -52,9 +52,10 @@ def kafka_cache() -> Path:
 
 @contextmanager
 def own_stack(tmp: Path, data: Path, checkpoints: Path | None = None, broker: str | None = None,
-              feature_repo: bool = True) -> Iterator[tuple[Any, dict[str, str]]]:
+              feature_repo: bool = True, redis_nodes: int = 1) -> Iterator[tuple[Any, dict[str, str]]]:
     """An empty broker + Redis on free ports (with the feature repo applied unless ``feature_repo`` is
-    False); yields (settings, env), env being what worker processes on this stack need."""
+    False; ``redis_nodes`` ≥ 3: a Redis Cluster of that many primaries, a replica each); yields (settings,
+    env), env being what worker processes on this stack need."""
     from streamrec import load_settings
     from streamrec.features import FeatureClient
     from streamrec.shell import stack as _stack
@@ -62,11 +63,13 @@ def own_stack(tmp: Path, data: Path, checkpoints: Path | None = None, broker: st
     kind = broker_kind(broker)
     nodes = int(os.environ.get("STREAMREC_KAFKA_BROKERS") or 1) if kind == "kafka" else 1
     cache = kafka_cache() if kind == "kafka" else None
-    redis_port = free_port()
+    redis_port = free_port() if redis_nodes == 1 else free_cluster_ports(2 * redis_nodes)
+    redis_ports = frozenset(range(redis_port, redis_port + (1 if redis_nodes == 1 else 2 * redis_nodes)))
     # Apache Kafka node i listens on port + i and its controller on port + nodes + i
-    kafka_port = free_ports(2 * nodes if kind == "kafka" else 1, frozenset({redis_port}))
+    kafka_port = free_ports(2 * nodes if kind == "kafka" else 1, redis_ports)
     settings = load_settings(stack_dir=tmp / "stack", broker=kind, kafka_brokers=nodes, kafka_cache_dir=cache,
                              embedded_kafka_port=kafka_port, embedded_redis_port=redis_port, data_dir=data,
+                             redis_nodes=redis_nodes,
                              checkpoint_dir=checkpoints or tmp / "checkpoints",
                              kafka_bootstrap_servers=None, redis_url=None)
     env = workers.settings_env(settings)

@@ -12,7 +12,8 @@
 4. scaling: on a fresh stack each, one worker and then two workers (one group, ``topic_partitions``
    partitions) take ``--scale-events`` events, replayed at full speed once the group has settled;
    events/s and events per CPU-second of the workers, and how many users' rows differ from the ground
-   truth afterwards (0 expected).
+   truth afterwards (0 expected); then one worker on a Redis Cluster (3 primaries, a replica each): what
+   the cluster costs the worker beside one Redis server.
 
 The broker is ``--broker`` (tansu or kafka; default STREAMREC_BROKER, else tansu): the worker and the
 baseline read the same topic on it, so the ratio is the same broker's.
@@ -215,13 +216,13 @@ def _scaling(tmp: Path, broker: str, n_events: int) -> dict[str, Any]:
     parquet = data / "recommendation_interactions.parquet"
     events = pd.read_parquet(parquet)
     out: dict[str, Any] = {"events": n_events}
-    for n_workers in (1, 2):
-        with own_stack(tmp / f"scale-{n_workers}", data, broker=broker) as (settings, env):
+    for name, n_workers, redis_nodes in (("one", 1, 1), ("two", 2, 1), ("one_cluster", 1, 3)):
+        with own_stack(tmp / f"scale-{name}", data, broker=broker, redis_nodes=redis_nodes) as (settings, env):
             out["partitions"] = settings.topic_partitions
-            figures = _drain(env, tmp, n_workers, n_events, app_id=f"bench-scale-{n_workers}",
+            figures = _drain(env, tmp, n_workers, n_events, app_id=f"bench-scale-{name.replace('_', '-')}",
                              feed=lambda settings=settings: replay(settings, parquet))
             figures["users_differing_from_truth"] = _online_differences(settings, events)
-            out["one" if n_workers == 1 else "two"] = figures
+            out[name] = figures
     return out
 
 

@@ -137,6 +137,18 @@ def _features(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
         for q in ("p50", "p99"):
             rows.append(Row(f"online read, {n} user{'s' * (n > 1)}, {q} ms", dig(read, "feast", f"{q}_ms"),
                             dig(read, "raw", f"{q}_ms"), "pipelined HGETALL"))
+    # the same through Feast on a Redis Cluster (3 primaries, a replica each), beside one server: its cost
+    cluster = dig(r, "cluster")
+    if isinstance(cluster, Mapping):
+        for batch in (1, 1000):
+            rows.append(Row(f"Redis Cluster: push, batches of {batch:,}, rows/s",
+                            dig(cluster, "push", f"batch_{batch}", "feast_rows_per_s"),
+                            dig(r, "push", f"batch_{batch}", "feast_rows_per_s"), "Feast on one Redis server"))
+        for n in (1, 100):
+            for q in ("p50", "p99"):
+                rows.append(Row(f"Redis Cluster: online read, {n} user{'s' * (n > 1)}, {q} ms",
+                                dig(cluster, "read", f"entities_{n}", "feast", f"{q}_ms"),
+                                dig(r, "read", f"entities_{n}", "feast", f"{q}_ms"), "Feast on one Redis server"))
     return rows
 
 
@@ -191,6 +203,14 @@ def _stream(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
             Row("users differing from the ground truth after two workers", dig(sc, "two", "users_differing_from_truth"),
                 goal="0", met=_at_most(dig(sc, "two", "users_differing_from_truth"), 0)),
         ]
+        if dig(sc, "one_cluster"):  # the online store as a Redis Cluster (3 primaries), beside one server
+            rows += [
+                Row("one worker on a Redis Cluster (3 primaries) vs one Redis server, events/s",
+                    dig(sc, "one_cluster", "events_per_s"), one, "one Redis server"),
+                Row("users differing from the ground truth on the Redis Cluster",
+                    dig(sc, "one_cluster", "users_differing_from_truth"), goal="0",
+                    met=_at_most(dig(sc, "one_cluster", "users_differing_from_truth"), 0)),
+            ]
     return rows
 
 

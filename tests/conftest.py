@@ -31,7 +31,7 @@ from streamrec import StreamrecError
 from streamrec.config import Settings, get_settings, load_settings
 from streamrec.features import FeatureClient
 from streamrec.shell import stack as _stack
-from streamrec.shell.stack import free_port, free_ports
+from streamrec.shell.stack import free_cluster_ports, free_port, free_ports
 from streamrec.shell.workers import settings_env, start_worker
 from streamrec.topics import ensure_topics
 from tests.helpers import Worker, fresh_topics, raw_of
@@ -147,7 +147,7 @@ def env_stack(request: pytest.FixtureRequest, tmp_path: Path, generated: Path,
     own = {"kafka_bootstrap_servers": shared_kafka, "worker_app_id": f"features-{tag}",
            "recommender_app_id": f"recommender-{tag}"} if shared_kafka else \
         {"kafka_bootstrap_servers": None, "embedded_kafka_port": free_port(), "broker": "tansu"}
-    redis = {"embedded_redis_port": free_ports(6), "redis_nodes": 3} if cluster else \
+    redis = {"embedded_redis_port": free_cluster_ports(6), "redis_nodes": 3} if cluster else \
         {"embedded_redis_port": free_port(), "redis_nodes": 1}
     settings = load_settings(stack_dir=tmp_path / "stack", data_dir=data, worker_port=free_port(),
                              checkpoint_dir=tmp_path / "checkpoints", redis_url=None, **redis, **own)

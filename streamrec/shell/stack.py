@@ -29,7 +29,7 @@ from streamrec._exceptions import StackError
 from streamrec.config import Settings
 
 __all__ = ["ServiceStatus", "up", "down", "status", "kafka_ready", "redis_ready", "redis_server_binary",
-           "kafka_binary", "tansu_version", "free_port", "free_ports"]
+           "kafka_binary", "tansu_version", "free_port", "free_ports", "free_cluster_ports"]
 
 READY_TIMEOUT_S = 30.0
 KAFKA_READY_TIMEOUT_S = 120.0  # three JVMs on two cores take ~20 s; leave room for a loaded machine
@@ -83,6 +83,33 @@ def free_ports(n: int, avoid: frozenset[int] = frozenset()) -> int:
             for sock in holders:
                 sock.close()
     raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+def free_cluster_ports(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports for the nodes of a Redis Cluster, whose bus ports
+    (each port + 10000, Redis' rule) are free too; below the kernel's ephemeral range, where a kernel-chosen
+    port (``free_port``) could put the bus past 65535."""
+    import random
+
+    from .redis_cluster import BUS_OFFSET
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(12_000, 32_768 - BUS_OFFSET - n)  # the bus ports stay below 32768 too
+        ports = [*range(base, base + n), *range(base + BUS_OFFSET, base + BUS_OFFSET + n)]
+        holders = []
+        try:
+            for port in ports:
+                sock = socket.socket()
+                holders.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in holders:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports (and their cluster bus ports) on 127.0.0.1")
 
 
 # ---- binaries ---------------------------------------------------------------------------------
@@ -351,6 +378,10 @@ def _start_redis(settings: Settings) -> None:
     from . import redis_cluster
 
     cluster = settings.redis_nodes > 1
+    if cluster and settings.embedded_redis_ports[-1] + redis_cluster.BUS_OFFSET > 65535:
+        raise StackError(f"STREAMREC_REDIS_PORT={settings.embedded_redis_port} is too high for a Redis Cluster: each "
+                         f"node's bus listens on its port + {redis_cluster.BUS_OFFSET}; use "
+                         f"{65535 - redis_cluster.BUS_OFFSET - len(settings.embedded_redis_ports) + 1} or less")
     started = {}
     for name, port in zip(_redis_names(settings), settings.embedded_redis_ports, strict=True):
         _check_free(port, "STREAMREC_REDIS_PORT", "REDIS_URL")

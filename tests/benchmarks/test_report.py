@@ -113,6 +113,16 @@ def test_two_workers_are_compared_with_one_and_held_to_the_ground_truth() -> Non
     assert _row(rows_for("stream", lost), "users differing").met is False
 
 
+def test_one_worker_on_a_redis_cluster_is_compared_with_one_on_one_server() -> None:
+    cluster = {**STREAM, "scaling": {**STREAM["scaling"], "one_cluster": {"events_per_s": 1800.0,
+                                                                          "users_differing_from_truth": 0}}}
+    rows = rows_for("stream", cluster)
+    row = _row(rows, "one worker on a Redis Cluster")
+    assert row.value == 1800.0 and row.baseline == STREAM["scaling"]["one"]["events_per_s"]
+    assert _row(rows, "users differing from the ground truth on the Redis Cluster").met is True
+    assert not [r for r in rows_for("stream", STREAM) if "Redis Cluster" in r.measurement]
+
+
 def test_goals_stated_at_a_size_are_not_judged_at_another() -> None:
     small = {**STREAM, "users": 10_000}
     rss = _row(rows_for("stream", small), "worker peak RSS")
@@ -207,6 +217,18 @@ def test_features_rows_show_feast_beside_raw_redis() -> None:
     assert _row(rows, "push, batches of 1, rows/s").ratio == pytest.approx(0.1)
     assert _row(rows, "online read, 1 user, p99").ratio == pytest.approx(4.0)
     assert _row(rows, "push, batches of 1,000").value is None
+
+
+def test_a_redis_cluster_row_sits_beside_the_single_server_figure_of_the_same_run() -> None:
+    one = {"push": {"batch_1000": {"feast_rows_per_s": 3000.0, "raw_rows_per_s": 9000.0}},
+           "read": {"entities_100": {"feast": {"p50_ms": 20.0, "p99_ms": 40.0}, "raw": {"p50_ms": 5.0, "p99_ms": 9.0}}}}
+    cluster = {"push": {"batch_1000": {"feast_rows_per_s": 2400.0, "raw_rows_per_s": 6000.0}},
+               "read": {"entities_100": {"feast": {"p50_ms": 25, "p99_ms": 50}, "raw": {"p50_ms": 6, "p99_ms": 9}}}}
+    rows = rows_for("features", {**one, "cluster": cluster})
+    push = _row(rows, "Redis Cluster: push, batches of 1,000")
+    assert (push.value, push.baseline, push.ratio) == (2400.0, 3000.0, pytest.approx(0.8))
+    assert _row(rows, "Redis Cluster: online read, 100 users, p50").ratio == pytest.approx(1.25)
+    assert not [r for r in rows_for("features", one) if r.measurement.startswith("Redis Cluster")]
 
 
 def test_the_document_has_machine_sizes_tables_failures_and_a_summary() -> None:

@@ -167,7 +167,7 @@ def test_cli_redis_cluster_up_status_down(own_stack: Settings) -> None:
     a replica; `stack status` shows each node's role and the cluster's state; `stack down` stops them all."""
     env = {**os.environ, "STREAMREC_STACK_DIR": str(own_stack.stack_dir), "STREAMREC_BROKER": "tansu",
            "STREAMREC_KAFKA_PORT": str(own_stack.embedded_kafka_port),
-           "STREAMREC_REDIS_PORT": str(st.free_ports(6))}
+           "STREAMREC_REDIS_PORT": str(st.free_cluster_ports(6))}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "streamrec", "stack", *args], env=env,
@@ -390,3 +390,14 @@ def test_the_cluster_slots_are_split_evenly_and_cluster_nodes_is_read() -> None:
     primary, replica = _parse(text)
     assert (primary.port, primary.role, primary.slots, primary.healthy) == (7000, "primary", "0-5460", True)
     assert (replica.port, replica.role, replica.primary_id, replica.healthy) == (7003, "replica", "a1", False)
+
+
+def test_cluster_ports_leave_room_for_the_bus_and_a_port_too_high_is_one_clear_error(tmp_path: Path) -> None:
+    """A node's cluster bus is its port + 10000: a port the kernel hands out (32768 and up) could put it past
+    65535, and the server then refuses to start ("Valkey port number too high", seen in CI)."""
+    base = st.free_cluster_ports(6)
+    assert base + 5 + 10_000 < 32_768
+    settings = load_settings(stack_dir=tmp_path / "stack", embedded_redis_port=60_000, redis_nodes=3,
+                             redis_url=None)
+    with pytest.raises(StackError, match="too high for a Redis Cluster"):
+        st._start_redis(settings)
