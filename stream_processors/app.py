@@ -111,9 +111,9 @@ async def _durably(what: str, call: Callable[[], Awaitable[T]], owns: Callable[[
     """The worker's one retry layer: ``await call()`` until it succeeds, again after each failure of the
     infrastructure (Redis or the broker away; capped backoff, counted and logged); an error of the data's is
     raised at once. With ``owns``, checked before every attempt: :class:`Fenced` once it says no. An
-    attempt lasts at most REDIS_SOCKET_TIMEOUT_S (5 s, below the group's 6 s rebalance timeout), and a
-    timed-out one closes its connection (Redis then drops what it had not run), so no attempt begun while
-    the worker owned the batch lands after the group has given its partitions to another."""
+    attempt stuck on a silent Redis fails within REDIS_SOCKET_TIMEOUT_S (5 s, below the group's 6 s
+    rebalance timeout) and closes its connection (Redis then drops what it had not run), so no attempt
+    begun while the worker owned the batch lands after the group has given its partitions to another."""
     def note(exc: BaseException, delay: float) -> None:
         tracker.push_retries += 1
         log.warning("%s failed, retrying in %.1fs: %s", what, delay, (str(exc) or repr(exc)).splitlines()[0][:200])
