@@ -107,7 +107,7 @@ class FeatureClient:
         try:
             self.store.apply(objects)
         except Exception as exc:
-            raise FeatureStoreError(f"feast apply failed: {exc}") from exc
+            raise _store_error("feast apply", exc) from exc
         self.store.refresh_registry()
         return [o.name for o in objects if type(o).__name__ == "FeatureView"]
 
@@ -119,7 +119,7 @@ class FeatureClient:
             self.store.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end,
                                    feature_views=list(STATIC_VIEWS))
         except Exception as exc:
-            raise FeatureStoreError(f"feast materialize failed: {exc}") from exc
+            raise _store_error("feast materialize", exc) from exc
 
     def refresh_registry(self) -> None:
         self.store.refresh_registry()
@@ -177,7 +177,7 @@ class FeatureClient:
         try:
             found = await self._provider().online_read_async(self.store.config, view, keys, list(fields))
         except Exception as exc:
-            raise FeatureStoreError(f"online read of {view_name} failed: {exc}") from exc
+            raise _store_error(f"online read of {view_name}", exc) from exc
         return _rows(found, fields)
 
     def check_history_view(self) -> None:
@@ -206,7 +206,7 @@ class FeatureClient:
         try:
             found = self._provider().online_read(self.store.config, view, keys, list(fields))
         except Exception as exc:
-            raise FeatureStoreError(f"online read of {view_name} failed: {exc}") from exc
+            raise _store_error(f"online read of {view_name}", exc) from exc
         return _rows(found, fields)
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
@@ -218,7 +218,7 @@ class FeatureClient:
         try:
             self._provider().online_write_batch(self._history_write_config, view, self._history_data(view, rows), None)
         except Exception as exc:
-            raise FeatureStoreError(f"write to user_recent_history failed: {exc}") from exc
+            raise _store_error("write to user_recent_history", exc) from exc
 
     def _history_data(self, view: Any, rows: list[dict[str, Any]]) -> list[tuple[Any, dict[str, Any], Any, None]]:
         """The online store's batch-write form of history rows: entity key, value protos, event time."""
@@ -279,14 +279,14 @@ class FeatureClient:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.store.push("user_recent_history_push", rows, allow_registry_cache=True)
         except Exception as exc:
-            raise FeatureStoreError(f"push to user_recent_history failed: {exc}") from exc
+            raise _store_error("push to user_recent_history", exc) from exc
 
     def write_items(self, rows: pd.DataFrame) -> None:
         """Overwrite whole `item_features` rows (item_id, every feature, updated_at) in the online store."""
         try:
             self.store.write_to_online_store("item_features", rows, allow_registry_cache=True)
         except Exception as exc:
-            raise FeatureStoreError(f"write to item_features failed: {exc}") from exc
+            raise _store_error("write to item_features", exc) from exc
 
     def close(self) -> None:
         """Close the Redis clients the store's provider and this client's own provider opened."""
@@ -294,6 +294,23 @@ class FeatureClient:
             client = getattr(getattr(provider, "online_store", None), "_client", None)
             if client is not None:
                 client.close()
+
+
+def _store_error(step: str, exc: BaseException) -> FeatureStoreError:
+    """``step failed: why``, naming the setting to check when Redis refused the credentials (never the URL,
+    which holds the password)."""
+    refused = any(type(e).__name__.startswith("Authentication") or "NOAUTH" in str(e) or "WRONGPASS" in str(e)
+                  for e in _chain(exc))
+    hint = " (check the user and password in REDIS_URL)" if refused else ""
+    return FeatureStoreError(f"{step} failed: {exc}{hint}")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
 
 
 def _user_views(only: Collection[str] | None) -> tuple[tuple[str, str, tuple[str, ...]], ...]:

@@ -491,9 +491,8 @@ def status(settings: Settings) -> list[ServiceStatus]:
     """What runs where: embedded services by pid file, external ones by a live probe."""
     result = _broker_status(settings)
     if not settings.embedded_redis:
-        kind = "external, cluster" if settings.redis_is_cluster else "external"
         return [*result, ServiceStatus("redis", settings.redis_display(), "external", redis_ready(settings.redis),
-                                       detail=kind)]
+                                       detail="Redis Cluster" if settings.redis_is_cluster else None)]
     owned = _owned_redis(settings)
     if settings.redis_nodes == 1 and len(owned) <= 1:
         one = owned.get("redis")

@@ -96,3 +96,32 @@ def test_config_prints_the_settings_table_and_rewrites_a_readme_between_its_mark
     assert printed.stdout == configuration_table()
     assert readme.read_text(encoding="utf-8") == (
         f"intro\n{TABLE_MARKERS[0]}\n{configuration_table()}{TABLE_MARKERS[1]}\nrest\n")
+
+
+def test_a_refused_redis_password_is_one_line_naming_redis_url_never_the_secret(tmp_path: Path) -> None:
+    """Issue 30: a wrong credential is one clear error line naming the setting, never a hang, never the
+    secret. A real server that requires a password (the stack's Redis binary)."""
+    import time
+
+    from generation.dataset_gen_amazon import GeneratorConfig, generate, write
+    from streamrec import load_settings
+    from streamrec.shell import stack as st
+
+    write(generate(GeneratorConfig(n_users=50, n_items=100, n_interactions=300, seed=1)), tmp_path / "data")
+    port = st.free_port()
+    server = subprocess.Popen([st.redis_server_binary(load_settings()), "--port", str(port), "--bind", "127.0.0.1",
+                               "--requirepass", "right-one", "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not st._port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = run("apply", REDIS_URL=f"redis://:not-the-secret-pw@127.0.0.1:{port}/0",
+                     STREAMREC_DATA_DIR=str(tmp_path / "data"))
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "REDIS_URL" in errors[0], result.stderr[-2000:]
+    assert "not-the-secret-pw" not in result.stdout + result.stderr
