@@ -15,7 +15,7 @@ is dead-lettered on its own).
 
 from __future__ import annotations
 
-__all__ = ["StreamrecError", "ConfigError", "SchemaError", "StackError", "is_infrastructure"]
+__all__ = ["StreamrecError", "ConfigError", "SchemaError", "StackError", "causes", "is_infrastructure"]
 
 
 class StreamrecError(Exception):
@@ -43,13 +43,21 @@ _REDIS_INFRA = frozenset({"ConnectionError", "TimeoutError", "BusyLoadingError",
                           "MasterDownError", "TryAgainError", "ClusterDownError"})
 
 
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it was raised from, outermost first: only explicit ``raise ... from`` (a
+    context may be unrelated)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
 def is_infrastructure(exc: BaseException) -> bool:
     """True when ``exc`` (or an error it was raised from) is the network, the broker or Redis failing,
     not the data: such a failure is worth retrying; any other is not."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in causes(exc):
         if isinstance(current, (OSError, EOFError)):  # ConnectionError, TimeoutError, socket errors
             return True
         module = type(current).__module__ or ""
@@ -57,5 +65,4 @@ def is_infrastructure(exc: BaseException) -> bool:
             return True
         if module.startswith(("aiokafka", "kafka")) and getattr(current, "retriable", False):
             return True
-        current = current.__cause__  # only an explicit `raise ... from`: a context may be unrelated
     return False

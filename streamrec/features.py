@@ -31,7 +31,7 @@ import pandas as pd
 os.environ.setdefault("FEAST_USAGE", "False")  # never phone home
 
 from . import feature_rows
-from ._exceptions import StreamrecError
+from ._exceptions import StreamrecError, causes
 from .config import Settings
 
 __all__ = ["FeatureClient", "FeatureStoreError", "PROFILE_FEATURES", "HISTORY_FEATURES", "STATE_FIELDS",
@@ -300,17 +300,9 @@ def _store_error(step: str, exc: BaseException) -> FeatureStoreError:
     """``step failed: why``, naming the setting to check when Redis refused the credentials (never the URL,
     which holds the password)."""
     refused = any(type(e).__name__.startswith("Authentication") or "NOAUTH" in str(e) or "WRONGPASS" in str(e)
-                  for e in _chain(exc))
+                  for e in causes(exc))
     hint = " (check the user and password in REDIS_URL)" if refused else ""
     return FeatureStoreError(f"{step} failed: {exc}{hint}")
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return seen
 
 
 def _user_views(only: Collection[str] | None) -> tuple[tuple[str, str, tuple[str, ...]], ...]:

@@ -109,19 +109,26 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_checkpoint(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-tower model trained briefly on the generated data: v1 in a checkpoint folder."""
-    from models.checkpoints import promote, save_checkpoint
     from models.compare import train_and_evaluate
     from models.data import load_data
-    from models.features import popularity_ranking
     from models.train import TrainConfig
 
     report = train_and_evaluate(load_data(generated), TrainConfig(epochs=4, seed=0))
     root = tmp_path_factory.mktemp("checkpoints")
+    _save_promoted(report, root, n_interactions=5000)
+    return root
+
+
+def _save_promoted(report: Report, root: Path, n_interactions: int) -> Path:
+    """``report``'s model saved in ``root`` as its next version and promoted; returns the version's folder."""
+    from models.checkpoints import promote, save_checkpoint
+    from models.features import popularity_ranking
+
     path = save_checkpoint(root, report.fit.model, report.prepared.enc.schema,
-                           metrics=report.test["two-tower"], data_window={"n_interactions": 5000},
+                           metrics=report.test["two-tower"], data_window={"n_interactions": n_interactions},
                            popularity=popularity_ranking(report.prepared.raw.interactions))
     promote(root, path.name)
-    return root
+    return path
 
 
 @pytest.fixture
@@ -203,12 +210,4 @@ def trained(medium: Dataset) -> Report:
 @pytest.fixture(scope="session")
 def checkpoint(trained: Report, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained model saved as v1 and promoted (treat as read-only)."""
-    from models.checkpoints import promote, save_checkpoint
-    from models.features import popularity_ranking
-
-    root = tmp_path_factory.mktemp("checkpoints")
-    path = save_checkpoint(root, trained.fit.model, trained.prepared.enc.schema,
-                           metrics=trained.test["two-tower"], data_window={"n_interactions": 40_000},
-                           popularity=popularity_ranking(trained.prepared.raw.interactions))
-    promote(root, path.name)
-    return path
+    return _save_promoted(trained, tmp_path_factory.mktemp("checkpoints"), n_interactions=40_000)

@@ -242,3 +242,17 @@ def raw_of(ds: Dataset) -> RawData:
     from models.data import RawData
 
     return RawData(ds.users, ds.items, ds.interactions, ds.affinities)
+
+
+def read_all(settings: Settings, topic: str) -> list[Any]:
+    """Every record of ``topic`` from the start of each partition (up to ~4 MB a partition fetch: DLQ
+    copies of oversized records)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(consumer_timeout_ms=5000, max_partition_fetch_bytes=4_000_000,
+                             **kafka_clients.python_config(settings))
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
+    consumer.seek_to_beginning()
+    records = list(consumer)
+    consumer.close()
+    return records

@@ -5,6 +5,7 @@ draw from the same ones."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -29,3 +30,11 @@ far_dated = st.sampled_from(["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+0
                  ).map(lambda d: d.isoformat()) | \
     st.datetimes(min_value=datetime(2100, 1, 1), max_value=datetime(9999, 12, 30), timezones=_offset
                  ).map(lambda d: d.isoformat())
+
+
+def spread(records: list[Any], among: list[Any]) -> list[Any]:
+    """``records`` placed evenly among ``among`` (hostile records mixed into traffic, not sent alone)."""
+    out = list(among)
+    for i, record in enumerate(records):
+        out.insert((i + 1) * len(among) // (len(records) + 1), record)
+    return out

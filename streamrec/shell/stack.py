@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -68,21 +69,25 @@ def free_ports(n: int, avoid: frozenset[int] = frozenset()) -> int:
     for _ in range(200):
         base = free_port()
         block = range(base, base + n)
-        if base + n >= 65535 or avoid.intersection(block):
-            continue
-        holders = []
-        try:
-            for port in block:
-                sock = socket.socket()
-                holders.append(sock)
-                sock.bind(("127.0.0.1", port))
+        if base + n < 65535 and not avoid.intersection(block) and _all_free(block):
             return base
-        except OSError:
-            continue
-        finally:
-            for sock in holders:
-                sock.close()
     raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+def _all_free(ports: Iterable[int]) -> bool:
+    """True when every one of ``ports`` can be bound on loopback now."""
+    holders = []
+    try:
+        for port in ports:
+            sock = socket.socket()
+            holders.append(sock)
+            sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for sock in holders:
+            sock.close()
 
 
 def free_cluster_ports(n: int) -> int:
@@ -96,19 +101,8 @@ def free_cluster_ports(n: int) -> int:
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(12_000, 32_768 - BUS_OFFSET - n)  # the bus ports stay below 32768 too
-        ports = [*range(base, base + n), *range(base + BUS_OFFSET, base + BUS_OFFSET + n)]
-        holders = []
-        try:
-            for port in ports:
-                sock = socket.socket()
-                holders.append(sock)
-                sock.bind(("127.0.0.1", port))
+        if _all_free([*range(base, base + n), *range(base + BUS_OFFSET, base + BUS_OFFSET + n)]):
             return base
-        except OSError:
-            continue
-        finally:
-            for sock in holders:
-                sock.close()
     raise RuntimeError(f"no {n} consecutive free ports (and their cluster bus ports) on 127.0.0.1")
 
 
@@ -244,13 +238,19 @@ def _owned_pid(settings: Settings, name: str) -> tuple[int, dict[str, Any]] | No
     return pid, record
 
 
-def _owned_broker(settings: Settings) -> dict[str, tuple[int, dict[str, Any]]]:
-    """Every broker process `up` started and that still runs, by name (whatever the settings now say)."""
+def _owned_matching(settings: Settings, names: re.Pattern[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every process `up` started whose pid file's name matches ``names`` and that still runs, by name
+    (whatever the settings now say)."""
     found = {}
-    for path in sorted(settings.stack_dir.glob("kafka*.pid")):
-        if _BROKER_FILE.match(path.stem) and (owned := _owned_pid(settings, path.stem)) is not None:
+    for path in sorted(settings.stack_dir.glob("*.pid")):
+        if names.match(path.stem) and (owned := _owned_pid(settings, path.stem)) is not None:
             found[path.stem] = owned
     return found
+
+
+def _owned_broker(settings: Settings) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Every broker process `up` started and that still runs."""
+    return _owned_matching(settings, _BROKER_FILE)
 
 
 def _broker_names(settings: Settings) -> list[str]:
@@ -365,12 +365,8 @@ def _redis_names(settings: Settings) -> list[str]:
 
 
 def _owned_redis(settings: Settings) -> dict[str, tuple[int, dict[str, Any]]]:
-    """Every Redis server `up` started and that still runs, by name (whatever the settings now say)."""
-    found = {}
-    for path in sorted(settings.stack_dir.glob("redis*.pid")):
-        if _REDIS_FILE.match(path.stem) and (owned := _owned_pid(settings, path.stem)) is not None:
-            found[path.stem] = owned
-    return found
+    """Every Redis server `up` started and that still runs (one, or the nodes of a cluster)."""
+    return _owned_matching(settings, _REDIS_FILE)
 
 
 def _start_redis(settings: Settings) -> None:

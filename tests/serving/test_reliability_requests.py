@@ -27,7 +27,7 @@ from streamrec.config import Settings
 from streamrec.schemas import MAX_MESSAGE_BYTES, DLQRecord, RecommendationRequest, RecommendationResponse, encode
 from streamrec.shell import stack as _stack
 from streamrec.topics import RECOMMENDATIONS, REQUESTS, dlq
-from tests.helpers import Worker, stop_redis, wait_committed_to_end, wait_until
+from tests.helpers import Worker, read_all, stop_redis, wait_committed_to_end, wait_until
 from tests.hostile import (
     DEEP,
     DLQ_RECORD_MAX_BYTES,
@@ -38,6 +38,7 @@ from tests.hostile import (
     naive_time,
     not_a_string,
     scalars,
+    spread,
 )
 
 N_MALFORMED = 2_000
@@ -126,22 +127,7 @@ def _with_oversized(malformed: list[tuple[bytes | None, str | None]], user: str
                  (head("o-utf8-2") + b'"' + b"\xc3\x28" * (OVERSIZED // 2) + b'"}', "o-utf8-2"),
                  # JSON escapes double the quotes: half as many keep it ~900 KB, under Apache Kafka's 1 MiB
                  (head("o-quotes-2") + json.dumps('"' * (OVERSIZED // 2)).encode() + b"}", "o-quotes-2")]
-    out = list(malformed)
-    for i, message in enumerate(oversized):
-        out.insert((i + 1) * len(malformed) // (len(oversized) + 1), message)
-    return out
-
-
-def _read_all(settings: Settings, topic: str) -> list[Any]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(consumer_timeout_ms=5000, max_partition_fetch_bytes=4_000_000,
-                             **kafka_clients.python_config(settings))
-    consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
-    consumer.seek_to_beginning()
-    records = list(consumer)
-    consumer.close()
-    return records
+    return spread(oversized, malformed)
 
 
 def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_gets_errors_not_silence(
@@ -179,7 +165,7 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
     assert after.error is None and len(after.items) == 10
     assert recommender.proc.poll() is None, recommender.tail()
 
-    responses = [RecommendationResponse.model_validate_json(r.value) for r in _read_all(env_stack, RECOMMENDATIONS)]
+    responses = [RecommendationResponse.model_validate_json(r.value) for r in read_all(env_stack, RECOMMENDATIONS)]
     errors = [r for r in responses if r.error is not None]
     assert len(errors) == n_bad, f"{len(errors)} error responses for {n_bad} malformed requests: " \
         f"{[(r.request_id, r.error.code) for r in errors if not r.request_id.startswith(('m-', 'o-'))][:5]}"
@@ -192,7 +178,7 @@ def test_2k_fuzzed_malformed_requests_each_get_one_error_response_and_an_outage_
         "missing or doubled"
     assert all(len(r.items) == 5 for r in served if r.request_id != "after-flood")
 
-    dead = _read_all(env_stack, dlq(REQUESTS))
+    dead = read_all(env_stack, dlq(REQUESTS))
     too_big = [len(r.value) for r in dead if len(r.value) > DLQ_RECORD_MAX_BYTES]
     assert not too_big, f"DLQ records over {DLQ_RECORD_MAX_BYTES} bytes: {too_big[:5]}"
     records = [DLQRecord.model_validate_json(r.value) for r in dead]

@@ -37,6 +37,7 @@ from tests.helpers import (
     first_events,
     fresh_burst_lag_ms,
     online_state,
+    read_all,
     stop_redis,
     wait_caught_up,
     wait_until,
@@ -51,6 +52,7 @@ from tests.hostile import (
     naive_time,
     not_a_string,
     scalars,
+    spread,
 )
 
 INTERACTIONS_PATH = "recommendation_interactions.parquet"
@@ -219,21 +221,11 @@ def _with_oversized(malformed: list[tuple[bytes | None, bytes | None]], bases: l
                  (users[2], b"\xc3" + b"\x80\xff" * (OVERSIZED // 2)),
                  # JSON escapes double the quotes: half as many keep it ~900 KB, under Apache Kafka's 1 MiB
                  (users[3], json.dumps({**bases[3], "context": {"q": '"' * (OVERSIZED // 2)}}).encode())]
-    out = list(malformed)
-    for i, message in enumerate(oversized):
-        out.insert((i + 1) * len(malformed) // (len(oversized) + 1), message)
-    return out
+    return spread(oversized, malformed)
 
 
 def _dlq_records(settings: Settings, topic: str) -> list[DLQRecord]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(consumer_timeout_ms=5000, max_partition_fetch_bytes=4_000_000,
-                             **kafka_clients.python_config(settings))
-    consumer.assign([TopicPartition(dlq(topic), p) for p in range(settings.topic_partitions)])
-    consumer.seek_to_beginning()
-    messages = list(consumer)
-    consumer.close()
+    messages = read_all(settings, dlq(topic))
     too_big = [len(m.value) for m in messages if len(m.value) > DLQ_RECORD_MAX_BYTES]
     assert not too_big, f"{len(too_big)} DLQ records over {DLQ_RECORD_MAX_BYTES} bytes: {too_big[:5]}"
     return [DLQRecord.model_validate_json(m.value) for m in messages]
