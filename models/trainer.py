@@ -296,6 +296,7 @@ def run_trainer(settings: Settings, opts: TrainerOptions, *, every_s: float | No
     """Poll the topic and retrain on schedule until ``once``/``max_runs`` says stop (or Ctrl-C)."""
     if not once and every_s is None and after_events is None:
         raise TrainerError("say when to retrain: --every 10m, --after-events N, or --once")
+    kafka_clients.require_reachable(settings)  # a refused password or certificate: one line, not a 30 s stall
     log = InteractionLog(settings, opts.topic)
     runs: list[RunResult] = []
     pending, next_at = 0, time.monotonic() + (every_s or 0.0)

@@ -39,6 +39,9 @@ def replay(path: Path | None, rate: float | None, speedup: float | None, loop: b
         raise ReplayError("--limit must be greater than 0")
     if start_at < 0:
         raise ReplayError("--start-at must be 0 or more")
+    from streamrec import kafka_clients
+
+    kafka_clients.require_reachable(settings)  # before the bar: a refusal is one line on its own
     console = Console(stderr=True)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:>8.0f} ev/s"), TimeElapsedColumn()]

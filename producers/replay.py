@@ -125,6 +125,7 @@ def replay(settings: Settings, path: Path, *, rate: float | None = None, speedup
 
     own_producer = producer is None
     if own_producer:
+        kafka_clients.require_reachable(settings)
         try:
             producer = kafka_clients.producer(settings, acks="all", linger_ms=5, batch_size=256 * 1024,
                                               **kafka_clients.ordered(settings))

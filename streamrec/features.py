@@ -34,8 +34,8 @@ from . import feature_rows
 from ._exceptions import StreamrecError, causes
 from .config import Settings
 
-__all__ = ["FeatureClient", "FeatureStoreError", "PROFILE_FEATURES", "HISTORY_FEATURES", "STATE_FIELDS",
-           "SERVING_FEATURES", "ITEM_FEATURES", "REPO_PATH", "history_frame"]
+__all__ = ["require_redis", "FeatureClient", "FeatureStoreError", "PROFILE_FEATURES", "HISTORY_FEATURES",
+           "STATE_FIELDS", "SERVING_FEATURES", "ITEM_FEATURES", "REPO_PATH", "history_frame"]
 
 REPO_PATH = Path(__file__).resolve().parents[1] / "feature_repo"
 PROFILE_FEATURES = feature_rows.names(feature_rows.USER_PROFILE)
@@ -294,6 +294,48 @@ class FeatureClient:
             client = getattr(getattr(provider, "online_store", None), "_client", None)
             if client is not None:
                 client.close()
+
+
+def require_redis(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Raise one clear line, within ``timeout_s``, when the online store's Redis cannot be used as
+    REDIS_URL says: unreachable, a certificate this client does not trust, a refused password, or TLS on one
+    side only. Names the setting to change, never the URL (it holds the password)."""
+    import ssl
+
+    import redis
+
+    where = settings.redis_display()
+    try:
+        client = redis.Redis.from_url(settings.redis, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                      retry=None)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.AuthenticationError as exc:
+        if "required" in str(exc).lower():
+            raise FeatureStoreError(f"Redis at {where} wants a password: put it in REDIS_URL "
+                                    "(`rediss://:password@host:port/0`)") from exc
+        raise FeatureStoreError(f"Redis at {where} refused the password in REDIS_URL ({exc})") from exc
+    except redis.ResponseError as exc:
+        if "NOAUTH" not in str(exc) and "WRONGPASS" not in str(exc):
+            raise FeatureStoreError(f"Redis at {where} refused a PING: {exc}") from exc
+        raise FeatureStoreError(f"Redis at {where} wants a password: put it in REDIS_URL "
+                                "(`rediss://:password@host:port/0`)") from exc
+    except (redis.RedisError, OSError) as exc:
+        found = [e for e in (exc, exc.__cause__, exc.__context__) if isinstance(e, ssl.SSLError)]
+        text = str(exc)
+        if any(isinstance(e, ssl.SSLCertVerificationError) for e in found) or "CERTIFICATE_VERIFY_FAILED" in text:
+            raise FeatureStoreError(f"Redis at {where} presented a TLS certificate this client does not trust: add "
+                                    "`?ssl_ca_certs=/path/ca.pem` (the CA that signed it) to REDIS_URL") from exc
+        if found or "SSL" in text:
+            raise FeatureStoreError(f"TLS with Redis at {where} failed ({text}): check REDIS_URL's scheme "
+                                    "(rediss:// for TLS)") from exc
+        if "reset by peer" in text or "Connection closed" in text:
+            raise FeatureStoreError(f"Redis at {where} closed the connection at its first command: if it takes TLS "
+                                    "only, REDIS_URL must start with rediss://") from exc
+        raise FeatureStoreError(f"cannot reach Redis at {where} ({text}): start it with `streamrec stack up` "
+                                "or set REDIS_URL") from exc
 
 
 def _store_error(step: str, exc: BaseException) -> FeatureStoreError:

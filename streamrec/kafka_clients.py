@@ -38,18 +38,28 @@ def _sasl(settings: Settings) -> dict[str, Any]:
             "sasl_plain_password": password}
 
 
+def _tls(settings: Settings) -> bool:
+    return settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+
 def _ssl_context(settings: Settings) -> Any:
-    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+    """The aiokafka/Faust TLS context: the brokers' certificates checked against KAFKA_SSL_CAFILE (else the
+    system's CAs), host names checked."""
+    if not _tls(settings):
         return None
     from aiokafka.helpers import create_ssl_context
 
-    return create_ssl_context()
+    cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    return create_ssl_context(cafile=cafile)
 
 
 def python_config(settings: Settings) -> dict[str, Any]:
     """Connection settings for kafka-python clients (may hold a password: never log them)."""
-    return {"bootstrap_servers": settings.bootstrap_servers.split(","),
-            "security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
+    config: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers.split(","),
+                              "security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
+    if _tls(settings) and settings.kafka_ssl_cafile:
+        config["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    return config
 
 
 def aio_config(settings: Settings) -> dict[str, Any]:
@@ -71,8 +81,8 @@ def rdkafka_config(settings: Settings) -> dict[str, Any]:
     if sasl:
         config.update({"sasl.mechanism": sasl["sasl_mechanism"], "sasl.username": sasl["sasl_plain_username"],
                        "sasl.password": sasl["sasl_plain_password"]})
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        config["ssl.ca.location"] = "probe"
+    if _tls(settings):
+        config["ssl.ca.location"] = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else "probe"
     return config
 
 
@@ -165,14 +175,78 @@ def accepts(server: str, timeout: float = 0.5) -> bool:
 
 def require_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
     """Raise one clear line, within ``timeout_s`` a server, when no bootstrap server accepts a connection
-    (kafka-python would retry for half a minute and end in a traceback)."""
-    reason = None
+    or the first one that does refuses this client's TLS or credentials (kafka-python would retry for half
+    a minute and end in a traceback, or in "Unable to bootstrap" that says neither). The line names the
+    setting to change and never holds a secret."""
+    reason: str | None = None
     for server in settings.bootstrap_servers.split(","):
         reason = _refusal(server, timeout_s)
         if reason is None:
-            return
+            refused, cluster_wide = _handshake_refusal(settings, server, timeout_s)
+            if refused is None:
+                return
+            if cluster_wide or server == settings.bootstrap_servers.split(",")[-1]:
+                raise StreamrecError(refused)
+            reason = refused  # one node going down: ask the next
     raise StreamrecError(f"cannot reach the Kafka broker at {settings.bootstrap_servers} ({reason}): "
                          "start it with `streamrec stack up` or set KAFKA_BOOTSTRAP_SERVERS")
+
+
+def _handshake_refusal(settings: Settings, server: str, timeout_s: float) -> tuple[str | None, bool]:
+    """Why ``server`` refuses a connection made with the configured security (TLS, SASL) and a Metadata
+    request (None when it answers), and whether the reason holds for every node (a certificate or the
+    credentials) rather than this one. aiokafka's connection says which step failed, in milliseconds; it
+    runs on a thread of its own, so callers inside an event loop can ask too."""
+    import asyncio
+    import ssl
+    import threading
+
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    host, _, port = server.strip().rpartition(":")
+    config = {k: v for k, v in aio_config(settings).items() if k != "bootstrap_servers"}
+    outcome: list[BaseException | None] = []
+
+    async def connect() -> None:
+        conn = await create_conn(host.strip("[]"), int(port), request_timeout_ms=int(timeout_s * 1000),
+                                 max_idle_ms=int(timeout_s * 1000), **config)
+        try:  # a SASL listener answers ApiVersions to anyone: a request past it proves the credentials
+            await conn.send(MetadataRequest([]))
+        finally:
+            conn.close()
+
+    def attempt() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(connect(), timeout_s))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, name="kafka-handshake", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1.0)
+    error = outcome[0] if outcome else TimeoutError()
+    if error is None:
+        return None, False
+    where = f"Kafka at {server}"
+    protocol = settings.kafka_security_protocol
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"{where} presented a TLS certificate this client does not trust ({error.verify_message}): set "
+                f"KAFKA_SSL_CAFILE to the PEM file of the CA that signed it"), True
+    if isinstance(error, ssl.SSLError):
+        return f"TLS with {where} failed ({error.reason or error}): check KAFKA_SECURITY_PROTOCOL ({protocol})", True
+    if isinstance(error, SaslAuthenticationFailed):
+        return (f"{where} refused the SASL credentials in KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD "
+                f"({settings.kafka_sasl_mechanism}): authentication failed"), True
+    if isinstance(error, UnsupportedSaslMechanismError):
+        return f"{where} does not take KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism}: {error}", True
+    if isinstance(error, (KafkaError, OSError, asyncio.TimeoutError, TimeoutError)):
+        return (f"{where} accepts connections but did not answer a {protocol} client within {timeout_s:.0f}s "
+                f"({type(error).__name__}): check KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_MECHANISM against its "
+                f"listener"), False
+    raise error
 
 
 # ---- end offsets, right on every broker (the fetch check runs on Tansu only) ---------------------------

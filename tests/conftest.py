@@ -34,7 +34,7 @@ from streamrec.shell import stack as _stack
 from streamrec.shell.stack import free_cluster_ports, free_port, free_ports
 from streamrec.shell.workers import settings_env, start_worker
 from streamrec.topics import ensure_topics
-from tests.helpers import Worker, fresh_topics, raw_of
+from tests.helpers import Worker, client_fields, fresh_topics, kafka_missing, raw_of
 
 if TYPE_CHECKING:
     from generation.dataset_gen_amazon import Dataset
@@ -138,10 +138,14 @@ def env_stack(request: pytest.FixtureRequest, tmp_path: Path, generated: Path,
 
     Indirect parametrization picks the broker for one test: ``"tansu"`` (a Tansu broker of its own, on any
     machine) or ``"kafka"`` (the shared Apache Kafka node; skipped where the suite runs on Tansu); or, with
-    ``"redis-cluster"``, the suite's broker and a Redis Cluster of 3 primaries, each with a replica.
+    ``"redis-cluster"``, the suite's broker and a Redis Cluster of 3 primaries, each with a replica; or, with
+    ``"secure"``, a secured stack of its own (`stack up --secure`: Apache Kafka on SASL_SSL, Redis on TLS with
+    a password), the settings yielded being a client's made from the exports it wrote (its ``client.env``).
     """
     wanted = getattr(request, "param", None)
-    cluster = wanted == "redis-cluster"
+    cluster, secure = wanted == "redis-cluster", wanted == "secure"
+    if secure and kafka_missing():
+        pytest.skip(f"the secured stack runs on Apache Kafka: {kafka_missing()}")
     if wanted == "tansu":
         shared_kafka = None
     elif wanted == "kafka" and shared_kafka is None:
@@ -154,19 +158,28 @@ def env_stack(request: pytest.FixtureRequest, tmp_path: Path, generated: Path,
     own = {"kafka_bootstrap_servers": shared_kafka, "worker_app_id": f"features-{tag}",
            "recommender_app_id": f"recommender-{tag}"} if shared_kafka else \
         {"kafka_bootstrap_servers": None, "embedded_kafka_port": free_port(), "broker": "tansu"}
+    if secure:
+        own = {"kafka_bootstrap_servers": None, "embedded_kafka_port": free_ports(2), "broker": "kafka",
+               "kafka_brokers": 1, "stack_secure": True}
     redis = {"embedded_redis_port": free_cluster_ports(6), "redis_nodes": 3} if cluster else \
         {"embedded_redis_port": free_port(), "redis_nodes": 1}
     settings = load_settings(stack_dir=tmp_path / "stack", data_dir=data, worker_port=free_port(),
                              checkpoint_dir=tmp_path / "checkpoints", redis_url=None, **redis, **own)
-    if shared_kafka:
+    if shared_kafka and not secure:
         fresh_topics(settings)
     _stack.up(settings)
-    client = FeatureClient(settings)
-    client.apply()
-    client.materialize()
-    client.close()
-    yield settings
-    _stack.down(settings)
+    embedded = settings
+    if secure:  # from here on a client's settings, exactly what sourcing client.env gives a shell
+        settings = load_settings(stack_dir=embedded.stack_dir, data_dir=data, worker_port=embedded.worker_port,
+                                 checkpoint_dir=embedded.checkpoint_dir, **client_fields(embedded.stack_dir))
+    try:
+        client = FeatureClient(settings)
+        client.apply()
+        client.materialize()
+        client.close()
+        yield settings
+    finally:
+        _stack.down(embedded)
 
 
 @pytest.fixture

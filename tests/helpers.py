@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 import urllib.request
@@ -226,7 +227,7 @@ def explain(settings: Settings, wrong: dict[str, tuple[dict, dict]], *workers: W
 KAFKA_CACHE = Path(os.environ.get("STREAMREC_KAFKA_CACHE") or ROOT / ".stack" / f"kafka-{ak.VERSION}")
 
 
-def _kafka_missing() -> str | None:
+def kafka_missing() -> str | None:
     if shutil.which("java") is None:
         return "no `java` on PATH (Apache Kafka needs Java 17+)"
     if shutil.which("mvn") is None and not (KAFKA_CACHE / "libs" / ".complete").exists():
@@ -234,7 +235,24 @@ def _kafka_missing() -> str | None:
     return None
 
 
-needs_kafka = pytest.mark.skipif(_kafka_missing() is not None, reason=_kafka_missing() or "")
+needs_kafka = pytest.mark.skipif(kafka_missing() is not None, reason=kafka_missing() or "")
+
+
+def sourced(env_file: Path) -> dict[str, str]:
+    """The variables a shell has after `set -a; . env_file` (what `stack up --secure` tells users to run)."""
+    import subprocess
+
+    script = f"set -a; . {shlex.quote(str(env_file))}; set +a; env -0"
+    out = subprocess.run(["bash", "-c", script], env={"PATH": os.environ["PATH"]}, capture_output=True,
+                         check=True).stdout.decode()
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def client_fields(stack_dir: Path) -> dict[str, Any]:
+    """A client's settings of the secured stack in ``stack_dir``, as Settings fields, from its client.env."""
+    env = sourced(stack_dir / "secure" / "client.env")
+    by_alias = {field.validation_alias: name for name, field in Settings.model_fields.items()}
+    return {by_alias[k]: v for k, v in env.items() if k.startswith(("KAFKA_", "REDIS_"))}
 
 
 # ---- models ----------------------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ def stack() -> None:
 
 
 def _stack_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--secure/--no-secure", default=None,
+                           help="Apache Kafka on SASL_SSL (SCRAM-SHA-512) and Redis on TLS with a password, CA and "
+                                "secrets made into <stack dir>/secure/ (STREAMREC_SECURE); `up` prints the exports "
+                                "clients need.")(command)
     command = click.option("--redis-nodes", type=click.IntRange(1, 8), default=None, metavar="N",
                            help="Redis Cluster primaries, each with a replica; 3 or more (STREAMREC_REDIS_NODES, "
                                 "default 1: one server).")(command)
@@ -59,9 +63,12 @@ def _stack_options(command: Callable[..., Any]) -> Callable[..., Any]:
                              "default tansu).")(command)
 
 
-def _stack_settings(broker: str | None, brokers: int | None, redis_nodes: int | None = None) -> Settings:
+def _stack_settings(broker: str | None, brokers: int | None, redis_nodes: int | None = None,
+                    secure: bool | None = None) -> Settings:
     """The settings with the command's flags over the environment."""
     overrides: dict[str, Any] = {}
+    if secure is not None:
+        overrides["stack_secure"] = secure
     if redis_nodes is not None:
         overrides["redis_nodes"] = redis_nodes
     if broker is not None:
@@ -75,34 +82,41 @@ def _stack_settings(broker: str | None, brokers: int | None, redis_nodes: int | 
 
 @stack.command("up")
 @_stack_options
-def stack_up(broker: str | None, brokers: int | None, redis_nodes: int | None) -> None:
+def stack_up(broker: str | None, brokers: int | None, redis_nodes: int | None, secure: bool | None) -> None:
     """Start what is not running, wait until it answers, create the topics. Idempotent."""
     from . import stack as _stack
 
-    settings = _stack_settings(broker, brokers, redis_nodes)
+    settings = _stack_settings(broker, brokers, redis_nodes, secure)
     with err.status("starting the embedded stack…"):
         statuses = _stack.up(settings)
     for s in statuses:
         out.print(s.line(), highlight=False, soft_wrap=True)
+    if settings.stack_secure:
+        from . import secure as _secure
+
+        out.print("clients of the secured stack need these variables (the passwords are read from their "
+                  "files, never printed):", highlight=False, soft_wrap=True)
+        for line in _secure.exports(settings):
+            out.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 @stack.command("down")
 @_stack_options
-def stack_down(broker: str | None, brokers: int | None, redis_nodes: int | None) -> None:
+def stack_down(broker: str | None, brokers: int | None, redis_nodes: int | None, secure: bool | None) -> None:
     """Stop what `stack up` started (and nothing else), whichever broker that was."""
     from . import stack as _stack
 
-    stopped = _stack.down(_stack_settings(broker, brokers, redis_nodes))
+    stopped = _stack.down(_stack_settings(broker, brokers, redis_nodes, secure))
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop", highlight=False)
 
 
 @stack.command("status")
 @_stack_options
-def stack_status(broker: str | None, brokers: int | None, redis_nodes: int | None) -> None:
+def stack_status(broker: str | None, brokers: int | None, redis_nodes: int | None, secure: bool | None) -> None:
     """Tell what runs where. Exit code 0 when everything answers, 1 otherwise."""
     from . import stack as _stack
 
-    statuses = _stack.status(_stack_settings(broker, brokers, redis_nodes))
+    statuses = _stack.status(_stack_settings(broker, brokers, redis_nodes, secure))
     for s in statuses:
         out.print(s.line(), highlight=False, soft_wrap=True)
     if not all(s.running for s in statuses):
@@ -138,8 +152,9 @@ def apply(no_materialize: bool, print_env: bool) -> None:
         out.print(f"export STREAMREC_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))}",
                   highlight=False, soft_wrap=True)
         return
-    from streamrec.features import FeatureClient
+    from streamrec.features import FeatureClient, require_redis
 
+    require_redis(settings)  # before Feast's ~8 s of apply: a wrong REDIS_URL is one line at once
     with err.status("loading Feast…"):
         client = FeatureClient(settings)
     with err.status("feast apply…"):

@@ -149,12 +149,31 @@ def redis_server_binary(settings: Settings) -> str:
     return str(path)
 
 
-def _describe(kind: str, brokers: int) -> str:
+def _describe(kind: str, brokers: int, secured: bool = False) -> str:
     if kind == "tansu":
         return f"Tansu {tansu_version()}"
     from .apache_kafka import VERSION
 
-    return f"Apache Kafka {VERSION}, {brokers} broker{'s' if brokers > 1 else ''}"
+    return (f"Apache Kafka {VERSION}, {brokers} broker{'s' if brokers > 1 else ''}"
+            + (", SASL_SSL (SCRAM-SHA-512)" if secured else ""))
+
+
+def _clients(settings: Settings) -> Settings:
+    """The settings the stack's own probes and topic creation connect with: a client's of the secured stack
+    when it is one (SASL_SSL, the stack's CA), else ``settings``."""
+    if not settings.stack_secure:
+        return settings
+    from . import secure
+
+    return secure.client_settings(settings)
+
+
+def _redis_url(settings: Settings, secured: bool) -> str:
+    if not secured:
+        return settings.redis
+    from . import secure
+
+    return secure.redis_url(settings)
 
 
 # ---- readiness probes -------------------------------------------------------------------------
@@ -267,10 +286,11 @@ def _check_free(port: int, port_var: str, env_hint: str) -> None:
         )
 
 
-def _spawn(settings: Settings, name: str, argv: list[str], port: int, **extra: Any) -> int:
+def _spawn(settings: Settings, name: str, argv: list[str], port: int, env: dict[str, str] | None = None,
+           **extra: Any) -> int:
     """Start ``argv`` detached with its output in ``<name>.log``; write ``<name>.pid``; return the pid."""
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **(env or {})}
     with open(settings.stack_dir / f"{name}.log", "ab") as out:
         # posix_spawn, not Popen: the service outlives this process, in its own session (immune to
         # our Ctrl-C), and no Popen object is left to warn about a child still running.
@@ -335,9 +355,10 @@ def _start_apache_kafka(settings: Settings, names: list[str]) -> None:
         node = all_names.index(name)
         started[name] = _spawn(settings, name, ak.node_argv(java, libs, config), settings.embedded_kafka_ports[node],
                                kind="kafka", version=ak.VERSION, brokers=settings.kafka_brokers, node=node,
-                               config=str(config))
+                               config=str(config), secure=settings.stack_secure)
     ports = settings.embedded_kafka_ports
-    _wait(settings, started, lambda: all(_port_open(p) for p in ports) and kafka_ready(settings, len(ports)),
+    clients = _clients(settings)
+    _wait(settings, started, lambda: all(_port_open(p) for p in ports) and kafka_ready(clients, len(ports)),
           KAFKA_READY_TIMEOUT_S, f"Apache Kafka on {settings.bootstrap_servers}")
 
 
@@ -347,9 +368,11 @@ def _up_broker(settings: Settings) -> None:
     if owned:
         record = next(iter(owned.values()))[1]
         kind, brokers = record.get("kind", "tansu"), int(record.get("brokers", 1))
-        if kind != settings.broker or (kind == "kafka" and brokers != settings.kafka_brokers):
-            wanted_kind = _describe(settings.broker, settings.kafka_brokers)
-            raise StackError(f"{_describe(kind, brokers)} from `stack up` runs in {settings.stack_dir}; "
+        secured = bool(record.get("secure"))
+        if (kind != settings.broker or (kind == "kafka" and brokers != settings.kafka_brokers)
+                or secured != settings.stack_secure):
+            wanted_kind = _describe(settings.broker, settings.kafka_brokers, settings.stack_secure)
+            raise StackError(f"{_describe(kind, brokers, secured)} from `stack up` runs in {settings.stack_dir}; "
                              f"`streamrec stack down` first to run {wanted_kind}")
     missing = [name for name in wanted if name not in owned]
     if not missing:
@@ -378,6 +401,9 @@ def _start_redis(settings: Settings) -> None:
         raise StackError(f"STREAMREC_REDIS_PORT={settings.embedded_redis_port} is too high for a Redis Cluster: each "
                          f"node's bus listens on its port + {redis_cluster.BUS_OFFSET}; use "
                          f"{65535 - redis_cluster.BUS_OFFSET - len(settings.embedded_redis_ports) + 1} or less")
+    if settings.stack_secure:
+        _start_secure_redis(settings)
+        return
     started = {}
     for name, port in zip(_redis_names(settings), settings.embedded_redis_ports, strict=True):
         _check_free(port, "STREAMREC_REDIS_PORT", "REDIS_URL")
@@ -406,13 +432,32 @@ def _start_redis(settings: Settings) -> None:
             raise
 
 
+def _start_secure_redis(settings: Settings) -> None:
+    """One Redis server on TLS only, with the stack's certificate and a password (from a 0600 config file:
+    never on a command line)."""
+    from . import secure
+
+    port = settings.embedded_redis_port
+    _check_free(port, "STREAMREC_REDIS_PORT", "REDIS_URL")
+    workdir = (settings.stack_dir / "redis").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    binary, env = secure.tls_redis_server(settings)
+    argv = [binary, str(secure.redis_config(settings, port, workdir))]
+    pid = _spawn(settings, "redis", argv, port, env=env, nodes=1, secure=True)
+    url = secure.redis_url(settings)
+    _wait(settings, {"redis": pid}, lambda: redis_ready(url), READY_TIMEOUT_S, f"redis (TLS) on 127.0.0.1:{port}")
+
+
 def _up_redis(settings: Settings) -> None:
     owned = _owned_redis(settings)
     if owned:
-        nodes = int(next(iter(owned.values()))[1].get("nodes", 1))
-        if nodes != settings.redis_nodes:
-            raise StackError(f"Redis with {nodes} node(s) from `stack up` runs in {settings.stack_dir}; `streamrec "
-                             f"stack down` first to run {settings.redis_nodes}")
+        record = next(iter(owned.values()))[1]
+        nodes, secured = int(record.get("nodes", 1)), bool(record.get("secure"))
+        if nodes != settings.redis_nodes or secured != settings.stack_secure:
+            was, wanted = (f"{'TLS ' if x else ''}Redis with {n} node(s)"
+                           for n, x in ((nodes, secured), (settings.redis_nodes, settings.stack_secure)))
+            raise StackError(f"{was} from `stack up` runs in {settings.stack_dir}; `streamrec stack down` first to "
+                             f"run {wanted}")
     if set(owned) == set(_redis_names(settings)):
         return
     # a cluster missing a node is made again from empty (the stack's data is never kept)
@@ -452,6 +497,8 @@ def _stop_all(pids: list[int], grace_s: float = 10.0) -> None:
 # ---- commands -------------------------------------------------------------------------------------
 def up(settings: Settings) -> list[ServiceStatus]:
     """Start the embedded services that are not running; wait until they answer; create topics."""
+    if settings.stack_secure:
+        _secure_preflight(settings)
     if settings.embedded_kafka:
         _up_broker(settings)
     elif not kafka_ready(settings):
@@ -462,8 +509,25 @@ def up(settings: Settings) -> list[ServiceStatus]:
         raise StackError(f"external redis at {settings.redis_display()} does not answer")
     from streamrec.topics import ensure_topics
 
-    ensure_topics(settings)
+    ensure_topics(_clients(settings))
     return status(settings)
+
+
+def _secure_preflight(settings: Settings) -> None:
+    """The secured stack's shape, checked before anything starts; its CA and secrets made when nothing of it
+    runs yet (a part still running keeps the ones it started with)."""
+    if not (settings.embedded_kafka and settings.embedded_redis):
+        raise StackError("the secured stack is embedded: unset KAFKA_BOOTSTRAP_SERVERS and REDIS_URL for `stack up "
+                         "--secure` (a shell that sourced its client.env has them set)")
+    if settings.broker != "kafka":
+        raise StackError("the secured stack runs on Apache Kafka: add `--broker kafka` (Tansu has no SASL_SSL)")
+    if settings.redis_nodes != 1:
+        raise StackError("the secured stack has one Redis server: drop --redis-nodes (TLS on a Redis Cluster is "
+                         "not built yet)")
+    if not _owned_broker(settings) and not _owned_redis(settings):
+        from . import secure
+
+        secure.make(settings)
 
 
 def down(settings: Settings) -> list[str]:
@@ -492,10 +556,12 @@ def status(settings: Settings) -> list[ServiceStatus]:
     owned = _owned_redis(settings)
     if settings.redis_nodes == 1 and len(owned) <= 1:
         one = owned.get("redis")
+        secured = bool(one and one[1].get("secure"))
+        address = f"rediss://127.0.0.1:{settings.embedded_redis_port}/0" if secured else settings.redis_display()
         return [*result, ServiceStatus(
-            "redis", settings.redis_display(), "embedded", one is not None and redis_ready(settings.redis),
+            "redis", address, "embedded", one is not None and redis_ready(_redis_url(settings, secured)),
             pid=one[0] if one else None, binary=str(one[1]["binary"]) if one else None,
-            log=settings.stack_dir / "redis.log")]
+            log=settings.stack_dir / "redis.log", detail="TLS + password" if secured else None)]
     return result + _cluster_status(settings, owned)
 
 
@@ -534,13 +600,15 @@ def _broker_status(settings: Settings) -> list[ServiceStatus]:
         return [ServiceStatus("kafka", settings.bootstrap_servers, "external", kafka_ready(settings))]
     owned = _owned_broker(settings)
     if not owned:  # nothing runs: say what `up` would start
-        detail = _describe(settings.broker, settings.kafka_brokers)
+        detail = _describe(settings.broker, settings.kafka_brokers, settings.stack_secure)
         return [ServiceStatus(name, f"127.0.0.1:{port}", "embedded", False, detail=detail,
                               log=settings.stack_dir / f"{name}.log")
                 for name, port in zip(_broker_names(settings), settings.embedded_kafka_ports, strict=True)]
     # What runs, from its pid files, even when the settings now name another broker.
     addresses = {name: f"127.0.0.1:{record['port']}" for name, (_, record) in owned.items()}
-    live = _live_brokers(settings, ",".join(addresses.values())) or []
+    secured = any(record.get("secure") for _, record in owned.values())
+    probe = _clients(settings.model_copy(update={"stack_secure": secured}))
+    live = _live_brokers(probe, ",".join(addresses.values())) or []
     live_ports = {int(b["port"]) for b in live}
     result = []
     first = next(iter(owned.values()))[1]
@@ -551,7 +619,7 @@ def _broker_status(settings: Settings) -> list[ServiceStatus]:
                 result.append(ServiceStatus(f"kafka-{i}", f"127.0.0.1:{base + i}", "embedded", False,
                                             log=settings.stack_dir / f"kafka-{i}.log"))
     for name, (pid, record) in owned.items():
-        detail = _describe(str(record.get("kind", "tansu")), int(record.get("brokers", 1)))
+        detail = _describe(str(record.get("kind", "tansu")), int(record.get("brokers", 1)), bool(record.get("secure")))
         if "node" in record and int(record.get("brokers", 1)) > 1:
             detail += f", node {record['node']}"
         result.append(ServiceStatus(name, addresses[name], "embedded", int(record["port"]) in live_ports, pid=pid,

@@ -47,6 +47,12 @@ def worker(which: str, loglevel: str, faust_args: tuple[str, ...]) -> None:
     Same as `faust -A stream_processors.app worker` (or `serving.app`); extra arguments go to Faust.
     """
     settings = get_settings()
+    from streamrec import kafka_clients
+    from streamrec.features import require_redis
+
+    # Faust would retry a refused password or an untrusted certificate forever, silently: one line instead
+    kafka_clients.require_reachable(settings)
+    require_redis(settings)
     if which == "features":
         from stream_processors.sink import client_name
         from streamrec.features import FeatureClient

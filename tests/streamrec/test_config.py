@@ -11,7 +11,7 @@ VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "STREAMREC_DATA_DIR", "STRE
              "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
              "KAFKA_SASL_PASSWORD", "STREAMREC_STACK_DIR", "STREAMREC_KAFKA_PORT",
              "STREAMREC_REDIS_PORT", "STREAMREC_TOPIC_PARTITIONS", "STREAMREC_BROKER", "STREAMREC_KAFKA_BROKERS",
-             "STREAMREC_KAFKA_CACHE")
+             "STREAMREC_KAFKA_CACHE", "KAFKA_SSL_CAFILE", "STREAMREC_SECURE")
 
 
 @pytest.fixture(autouse=True)
@@ -211,3 +211,14 @@ def test_a_redis_cluster_has_no_database_in_its_url_and_feast_runs_in_cluster_mo
     assert not single.redis_is_cluster and single.redis.endswith("/0")
     with pytest.raises(ConfigError, match="3 primaries"):
         load_settings(redis_nodes=2)
+
+
+def test_a_tls_redis_url_carries_its_ca_to_feast_and_a_ca_file_must_exist(tmp_path: Path) -> None:
+    settings = load_settings(redis_url="rediss://:pw@r.example:6380/0?ssl_ca_certs=/etc/ca.pem&unknown=x")
+    assert settings.feast_redis_connection_string().split(",")[:5] == [
+        "r.example:6380", "password=pw", "ssl=true", "ssl_ca_certs=/etc/ca.pem", "db=0"]
+    with pytest.raises(ConfigError, match="ssl_ca_certs holds ','"):
+        load_settings(redis_url="rediss://r:6380/0?ssl_ca_certs=/a,b.pem").feast_redis_connection_string()
+    with pytest.raises(ConfigError, match="KAFKA_SSL_CAFILE: .* is not a file"):
+        load_settings(kafka_ssl_cafile=str(tmp_path / "missing.pem"))
+    assert load_settings(kafka_ssl_cafile="").kafka_ssl_cafile is None  # set but empty: as unset

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from streamrec import load_settings
 from streamrec.kafka_clients import aio_config, faust_broker, ordered, python_config, rdkafka_config
 
@@ -42,3 +44,25 @@ def test_the_load_generator_s_librdkafka_config_carries_the_same_cluster_and_sec
     assert secured == {"bootstrap.servers": "a:9093", "security.protocol": "sasl_ssl",
                        "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "svc", "sasl.password": "s3cret",
                        "ssl.ca.location": "probe"}
+
+
+def test_a_ca_file_is_what_every_client_kind_trusts(tmp_path: Path) -> None:
+    """KAFKA_SSL_CAFILE reaches kafka-python, aiokafka/Faust (their TLS context) and librdkafka; unset, each
+    trusts the system's CAs."""
+    import ssl
+
+    from streamrec.shell import secure
+
+    ca = secure.make(load_settings(stack_dir=tmp_path)).ca  # a real CA certificate, so the context loads it
+    settings = load_settings(kafka_bootstrap_servers="a:9093", kafka_security_protocol="SASL_SSL",
+                             kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="u", kafka_sasl_password="p",
+                             kafka_ssl_cafile=str(ca))
+    assert python_config(settings)["ssl_cafile"] == str(ca)
+    assert rdkafka_config(settings)["ssl.ca.location"] == str(ca)
+    context = aio_config(settings)["ssl_context"]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("organizationName", "streamrec"),),
+                                                                (("commonName", "streamrec stack CA"),))]
+    assert faust_broker(settings)["broker_credentials"].ssl_context.get_ca_certs() == context.get_ca_certs()
+    system = load_settings(kafka_bootstrap_servers="a:9093", kafka_security_protocol="SSL")
+    assert "ssl_cafile" not in python_config(system) and rdkafka_config(system)["ssl.ca.location"] == "probe"

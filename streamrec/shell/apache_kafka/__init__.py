@@ -191,31 +191,48 @@ def server_properties(settings: Settings, node: int, log_dir: Path) -> dict[str,
         "num.network.threads": "2",
         "num.io.threads": "4",
         "num.recovery.threads.per.data.dir": "1",
+        **(_secured(settings, node, client) if settings.stack_secure else {}),
     }
+
+
+def _secured(settings: Settings, node: int, client: int) -> dict[str, str]:
+    from streamrec.shell import secure
+
+    return secure.kafka_properties(settings, node, client, controller_port(settings, node))
 
 
 def write_properties(props: dict[str, str], path: Path) -> Path:
     """Write ``props`` as a Java properties file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    # 0600 from the start: a secured node's config holds its inter-broker password
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(f"{k}={v}\n" for k, v in props.items()))
     return path
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as `kafka-storage random-uuid`)."""
-    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as `kafka-storage random-uuid`),
+    never starting with "-" (Kafka's own Uuid.randomUuid rule: `format -t -abc…` reads it as an option; one
+    id in 64 failed the format that way)."""
+    while True:
+        found = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 def _jvm(java: str, libs: Path) -> list[str]:
     return [java, *JVM_FLAGS, f"-Dlog4j2.configurationFile={LOG4J}", "-cp", f"{libs}/*"]
 
 
-def format_storage(java: str, libs: Path, configs: list[Path], cluster_id: str, log: Path) -> None:
-    """Format each node's log directory for one cluster (the nodes formatted side by side)."""
+def format_storage(java: str, libs: Path, configs: list[Path], cluster_id: str, log: Path,
+                   extra: tuple[str, ...] = ()) -> None:
+    """Format each node's log directory for one cluster (the nodes formatted side by side); ``extra``
+    arguments go to each ``format`` (the secured stack's SCRAM users)."""
     with open(log, "ab") as out:
         procs = [subprocess.Popen([*_jvm(java, libs), "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                   "-c", str(c), "--ignore-formatted"], stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL) for c in configs]
+                                   "-c", str(c), "--ignore-formatted", *extra], stdout=out,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) for c in configs]
         codes = [p.wait(timeout=120) for p in procs]
     if any(codes):
         raise StackError(f"formatting Kafka's storage failed (exit {max(codes)}) — see {log}")
@@ -259,6 +276,8 @@ def prepare_nodes(settings: Settings, homes: dict[int, Path], java: str, libs: P
     Tansu); a node restarted beside running ones keeps the storage it has.
     """
     everything = sorted(homes) == list(range(settings.kafka_brokers))
+    if everything and settings.stack_secure:
+        return _formatted_secure(settings, homes, java, libs)
     pristine = pristine_storage(settings, java, libs) if everything else []
     configs = []
     for node, home in homes.items():
@@ -269,6 +288,20 @@ def prepare_nodes(settings: Settings, homes: dict[int, Path], java: str, libs: P
             raise StackError(f"Kafka node {node} lost its storage while the rest of the cluster runs: "
                              f"`streamrec stack down`, then `up`")
         configs.append(write_properties(server_properties(settings, node, home / "data"), home / "server.properties"))
+    return configs
+
+
+def _formatted_secure(settings: Settings, homes: dict[int, Path], java: str, libs: Path) -> list[Path]:
+    """The secured cluster's storage, formatted for it alone: its metadata holds this stack's SCRAM users,
+    so no pristine copy can serve it (one JVM per node, ~3 s)."""
+    from streamrec.shell import secure
+
+    configs = []
+    for node, home in homes.items():
+        shutil.rmtree(home / "data", ignore_errors=True)
+        configs.append(write_properties(server_properties(settings, node, home / "data"), home / "server.properties"))
+    format_storage(java, libs, configs, new_cluster_id(), settings.stack_dir / "kafka-format.log",
+                   tuple(secure.scram_arguments(settings)))
     return configs
 
 
