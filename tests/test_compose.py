@@ -90,3 +90,93 @@ def test_the_compose_broker_is_the_native_kafka_node(compose: dict, tmp_path: Pa
     assert controller == f"CONTROLLER://127.0.0.1:{ak.controller_port(defaults, 0)}"
     assert f"CONTROLLER://:{ak.controller_port(defaults, 0)}" in env["KAFKA_LISTENERS"]
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"0@kafka:{ak.controller_port(defaults, 0)}"
+
+
+# ---- the profiles: the embedded stack's other two shapes ----------------------------------------------
+SHAPES = {"redis-cluster": ("worker-cluster", "trainer-cluster", "replay-cluster"),
+          "secure": ("worker-secure", "trainer-secure", "replay-secure")}
+
+
+def test_the_default_shape_has_no_profile_and_each_other_shape_one(compose: dict) -> None:
+    services = compose["services"]
+    default = {name for name, spec in services.items() if not spec.get("profiles")}
+    assert default == {"kafka", "redis", "worker", "trainer", "replay"}
+    for profile, clients in SHAPES.items():
+        assert all(services[c]["profiles"] == [profile] for c in clients)
+        for client in clients:  # what `--profile P up <clients>` starts: the clients and their dependencies
+            assert all(profile in services[d].get("profiles", [profile]) or d == "kafka"
+                       for d in services[client]["depends_on"]), client
+
+
+def test_the_redis_cluster_profile_is_the_embedded_cluster(compose: dict) -> None:
+    from streamrec.shell import redis_cluster
+
+    services = compose["services"]
+    nodes = {name: spec for name, spec in services.items() if name.startswith("redis-node-")}
+    defaults = load_settings(redis_nodes=3, redis_url=None)
+    assert len(nodes) == len(defaults.embedded_redis_ports) == 6  # 3 primaries + a replica each
+    addresses = [spec["networks"]["default"]["ipv4_address"] for spec in nodes.values()]
+    for spec in nodes.values():
+        command = spec["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--cluster-node-timeout") + 1] == str(redis_cluster.NODE_TIMEOUT_MS)
+    init = services["redis-cluster-init"]["command"]
+    assert init[:3] == ["redis-cli", "--cluster", "create"] and init[3:9] == [f"{a}:6379" for a in addresses]
+    assert init[init.index("--cluster-replicas") + 1] == "1"
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    import ipaddress
+
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network(subnet) for a in addresses)
+    for client in SHAPES["redis-cluster"]:
+        env = {k: str(v) for k, v in services[client]["environment"].items()}
+        settings = load_settings(**env)
+        assert settings.redis_is_cluster and settings.redis.startswith(f"redis://{addresses[0]}:6379")
+        assert services[client]["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+
+
+def test_the_secure_profile_runs_the_files_the_embedded_secure_stack_would(compose: dict, tmp_path: Path) -> None:
+    """`secure-files` (the service's own command, into a folder here) writes what the servers' commands name,
+    the Kafka node's security settings are the embedded secured node's, and the clients' client.env points
+    at the profile's host names with the ordinary security settings."""
+    import subprocess
+    import sys
+
+    from streamrec.shell import apache_kafka as ak
+    from streamrec.shell import secure
+    from tests.helpers import sourced
+
+    services = compose["services"]
+    command = services["secure-files"]["command"]
+    mount = command[2]
+    assert f"streamrec-secure:{mount}" in services["secure-files"]["volumes"]
+    args = [a for a in command if a not in ("--owner", "1000:1000")]
+    args[2] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "streamrec", *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    kafka, redis_server = services["kafka-secure"], services["redis-secure"]
+    assert kafka["image"] == f"apache/kafka:{ak.VERSION}" and kafka["entrypoint"][-1].startswith(mount)
+    assert (tmp_path / Path(kafka["entrypoint"][-1]).name).exists()
+    assert redis_server["command"][-1] == f"{mount}/redis.conf" and (tmp_path / "redis.conf").exists()
+    assert all(f"streamrec-secure:{mount}:ro" in services[s]["volumes"]
+               for s in ("kafka-secure", "redis-secure", *SHAPES["secure"]))
+
+    props = dict(line.split("=", 1) for line in (tmp_path / "server.properties").read_text().splitlines())
+    assert props["advertised.listeners"] == f"SASL_SSL://{kafka['hostname']}:9092"
+    assert f"--bootstrap-server {kafka['hostname']}:9092" in " ".join(kafka["healthcheck"]["test"])
+    native = load_settings(broker="kafka", kafka_brokers=1, stack_secure=True, stack_dir=tmp_path / "embedded",
+                           kafka_bootstrap_servers=None)
+    secure.make(native)
+    embedded = ak.server_properties(native, 0, tmp_path / "data")
+    wiring = {"listeners", "advertised.listeners", "controller.quorum.voters", "log.dirs", "ssl.keystore.location",
+              "ssl.truststore.location", "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"}  # paths, hosts
+    assert {k: v for k, v in props.items() if k not in wiring} == {k: v for k, v in embedded.items() if k not in wiring}
+
+    env = sourced(tmp_path / "client.env")
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"{kafka['hostname']}:9092"
+    assert env["REDIS_URL"].split("@")[1].startswith(f"{redis_server['hostname']}:6379/0?ssl_ca_certs=")
+    settings = load_settings(**{k: v for k, v in env.items() if k.startswith(("KAFKA_", "REDIS_"))})
+    assert (settings.kafka_security_protocol, settings.kafka_sasl_mechanism) == ("SASL_SSL", secure.MECHANISM)
+    for client in SHAPES["secure"]:
+        spec = services[client]
+        assert f". {mount}/client.env" in spec["entrypoint"][2] and spec["command"][0] in cli.commands
+        assert not set(spec["environment"]) & {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}  # client.env's alone

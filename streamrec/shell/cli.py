@@ -123,6 +123,31 @@ def stack_status(broker: str | None, brokers: int | None, redis_nodes: int | Non
         sys.exit(1)
 
 
+@stack.command("secure-files")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--kafka-host", default="kafka-secure", show_default=True, help="The broker's host name (port 9092).")
+@click.option("--redis-host", default="redis-secure", show_default=True, help="Redis' host name (port 6379).")
+@click.option("--owner", default=None, metavar="UID:GID", help="Give the files to this user (the servers' in "
+              "their containers: 1000:1000 in docker-compose.yml).")
+@click.option("--rotate", is_flag=True, help="New CA, certificate and passwords even when FOLDER has them (then "
+              "the Kafka node's storage must be made again: `docker compose down`).")
+def stack_secure_files(folder: Path, kafka_host: str, redis_host: str, owner: str | None, rotate: bool) -> None:
+    """Write a secured deployment's CA, certificate, passwords and server configs into FOLDER, for
+    docker-compose's `secure` profile (the embedded `stack up --secure` makes its own)."""
+    from . import secure as _secure
+
+    ids = None
+    if owner is not None:
+        try:
+            uid, gid = (int(x) for x in owner.split(":"))
+        except ValueError as exc:
+            raise StreamrecError(f"--owner: expected UID:GID, got {owner!r}") from exc
+        ids = (uid, gid)
+    found = _secure.container_files(folder, kafka_host, redis_host, ids, rotate)
+    names = ", ".join(sorted(p.name for p in found.dir.iterdir()))
+    out.print(f"wrote {names} into {found.dir}", highlight=False, soft_wrap=True)
+
+
 # ---- data --------------------------------------------------------------------------------------
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
              add_help_option=False)

@@ -32,14 +32,16 @@ import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
 from streamrec._exceptions import StackError
 from streamrec.config import Settings
 
-__all__ = ["KAFKA_USER", "MECHANISM", "Files", "files", "make", "client_settings", "redis_url", "exports",
-           "kafka_properties", "redis_config", "tls_redis_server", "has_tls"]
+__all__ = ["KAFKA_USER", "MECHANISM", "Files", "Layout", "files", "embedded", "make", "write_material",
+           "client_settings", "redis_url", "exports", "kafka_properties", "scram_arguments", "redis_config",
+           "container_files", "tls_redis_server", "has_tls"]
 
 KAFKA_USER = "streamrec"
 BROKER_USER = "broker"
@@ -109,14 +111,34 @@ def _read(path: Path) -> str:
                          "then `streamrec stack up --secure`") from exc
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a secured deployment's files live and how clients address its servers: the embedded stack's on
+    loopback (:func:`embedded`), or docker-compose's `secure` profile (``streamrec stack secure-files``)."""
+    dir: Path
+    kafka: str  # host:port clients bootstrap from
+    redis: str  # host:port of the TLS Redis
+    hosts: tuple[str, ...] = ("localhost", "127.0.0.1")  # the names the server certificate is valid for
+
+
+def embedded(settings: Settings) -> Layout:
+    return Layout(files(settings).dir, settings.bootstrap_servers, f"127.0.0.1:{settings.embedded_redis_port}")
+
+
 def make(settings: Settings) -> Files:
-    """A new CA, server certificate and passwords for the stack (old ones are replaced)."""
+    """A new CA, server certificate and passwords for the embedded stack (old ones are replaced)."""
+    return write_material(embedded(settings))
+
+
+def write_material(layout: Layout) -> Files:
+    """A new CA, a server certificate for ``layout.hosts``, passwords and client.env into ``layout.dir``
+    (0700, files 0600)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    found = files(settings)
+    found = Files(layout.dir)
     found.dir.mkdir(parents=True, exist_ok=True)
     found.dir.chmod(0o700)
     now = datetime.now(UTC)
@@ -139,9 +161,7 @@ def make(settings: Settings) -> Files:
     cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=CERT_DAYS))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([_san(host) for host in layout.hosts]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
@@ -155,8 +175,18 @@ def make(settings: Settings) -> Files:
     _write_private(found.keystore, key_pem + cert.public_bytes(pem) + ca.public_bytes(pem))
     for path in (found.kafka_password, found.broker_password, found.redis_password):
         _write_private(path, secrets.token_hex(24))  # hex: safe in a URL, a JAAS string and Feast's string
-    _write_private(found.env, "".join(f"export {line}\n" for line in _assignments(settings, found)))
+    _write_private(found.env, "".join(f"export {line}\n" for line in _assignments(layout)))
     return found
+
+
+def _san(host: str) -> Any:
+    """A host's subjectAltName entry (x509.IPAddress or DNSName)."""
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 # ---- what clients use ------------------------------------------------------------------------------
@@ -177,13 +207,12 @@ def client_settings(settings: Settings) -> Settings:
         "kafka_ssl_cafile": found.ca})
 
 
-def _assignments(settings: Settings, found: Files) -> list[str]:
-    q = shlex.quote
-    return [f"KAFKA_BOOTSTRAP_SERVERS={q(settings.bootstrap_servers)}", "KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+def _assignments(layout: Layout) -> list[str]:
+    q, found = shlex.quote, Files(layout.dir)
+    return [f"KAFKA_BOOTSTRAP_SERVERS={q(layout.kafka)}", "KAFKA_SECURITY_PROTOCOL=SASL_SSL",
             f"KAFKA_SASL_MECHANISM={MECHANISM}", f"KAFKA_SASL_USERNAME={KAFKA_USER}",
             f"KAFKA_SASL_PASSWORD=\"$(cat {q(str(found.kafka_password))})\"", f"KAFKA_SSL_CAFILE={q(str(found.ca))}",
-            f"REDIS_URL=\"rediss://:$(cat {q(str(found.redis_password))})@127.0.0.1:{settings.embedded_redis_port}"
-            f"/0?ssl_ca_certs={found.ca}\""]
+            f"REDIS_URL=\"rediss://:$(cat {q(str(found.redis_password))})@{layout.redis}/0?ssl_ca_certs={found.ca}\""]
 
 
 def exports(settings: Settings) -> list[str]:
@@ -191,21 +220,21 @@ def exports(settings: Settings) -> list[str]:
     there, so the lines themselves hold no secret and can be printed."""
     found = files(settings)
     return [f"set -a; . {shlex.quote(str(found.env))}; set +a",
-            *(f"  # {line.split('=', 1)[0]}" for line in _assignments(settings, found))]
+            *(f"  # {line.split('=', 1)[0]}" for line in _assignments(embedded(settings)))]
 
 
 # ---- servers ---------------------------------------------------------------------------------------
-def kafka_properties(settings: Settings, node: int, client_port: int, controller_port: int) -> dict[str, str]:
+def kafka_properties(found: Files, listen: str, advertise: str, controller: str) -> dict[str, str]:
     """What a node of the secured cluster adds to (or replaces in) its server.properties: clients and the
-    other brokers on SASL_SSL (SCRAM-SHA-512), the controllers on TLS; both with the stack's certificate."""
-    found = files(settings)
+    other brokers on SASL_SSL (SCRAM-SHA-512) at ``listen`` (``advertise`` to clients), the controllers on
+    TLS at ``controller``; both with the certificate in ``found``."""
     # SCRAM credentials live in the cluster's metadata, which the controllers must run to read: KRaft does
     # not take SCRAM on the controller listener. TLS there, with the certificate checked both ways.
     broker_jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{BROKER_USER}" '
                    f'password="{_read(found.broker_password)}";')
     return {
-        "listeners": f"SASL_SSL://127.0.0.1:{client_port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"SASL_SSL://127.0.0.1:{client_port}",
+        "listeners": f"SASL_SSL://{listen},CONTROLLER://{controller}",
+        "advertised.listeners": f"SASL_SSL://{advertise}",
         "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
         "inter.broker.listener.name": "SASL_SSL",
         "sasl.enabled.mechanisms": MECHANISM,
@@ -220,22 +249,60 @@ def kafka_properties(settings: Settings, node: int, client_port: int, controller
     }
 
 
-def scram_arguments(settings: Settings) -> list[str]:
+def scram_arguments(found: Files) -> list[str]:
     """``kafka-storage format`` arguments that store the SCRAM users in the new cluster's metadata."""
-    found = files(settings)
     return ["--add-scram", f"{MECHANISM}=[name={KAFKA_USER},password={_read(found.kafka_password)}]",
             "--add-scram", f"{MECHANISM}=[name={BROKER_USER},password={_read(found.broker_password)}]"]
 
 
-def redis_config(settings: Settings, port: int, workdir: Path) -> Path:
+def redis_config(found: Files, port: int, workdir: Path, bind: str = "127.0.0.1") -> Path:
     """A redis.conf (0600: it holds the password) for a TLS-only server on ``port``."""
-    found = files(settings)
-    lines = ["bind 127.0.0.1", "port 0", f"tls-port {port}", f"tls-cert-file {found.cert}",
+    lines = [f"bind {bind}", "port 0", f"tls-port {port}", f"tls-cert-file {found.cert}",
              f"tls-key-file {found.key}", f"tls-ca-cert-file {found.ca}", "tls-auth-clients no",
              f"requirepass {_read(found.redis_password)}", 'save ""', "appendonly no", f"dir {workdir}",
              "daemonize no", "protected-mode yes"]
     _write_private(found.redis_conf, "".join(f"{line}\n" for line in lines))
     return found.redis_conf
+
+
+def container_files(out: Path, kafka_host: str, redis_host: str, owner: tuple[int, int] | None = None,
+                    rotate: bool = False) -> Files:
+    """Everything docker-compose's `secure` profile mounts at ``out`` (the same path in every container): the
+    material of :func:`write_material` for ``kafka_host:9092`` and ``redis_host:6379``, and each server's
+    start files, made by the functions the embedded stack uses: ``server.properties`` and ``kafka-start.sh``
+    (format with the SCRAM users, then run) for the Apache Kafka image, ``redis.conf`` for the Redis image,
+    ``client.properties`` for Kafka's own tools (the healthcheck). Files already there are kept unless
+    ``rotate``: a node restarted on storage formatted with the old SCRAM users must find the same passwords."""
+    from streamrec.config import load_settings
+    from streamrec.shell import apache_kafka as ak
+
+    if (out / "kafka-start.sh").exists() and not rotate:
+        return Files(out)
+
+    layout = Layout(out, f"{kafka_host}:9092", f"{redis_host}:6379", (kafka_host, redis_host, "localhost"))
+    found = write_material(layout)
+    base = load_settings(broker="kafka", kafka_brokers=1, kafka_bootstrap_servers=None, redis_url=None,
+                         stack_secure=False)
+    props = {**ak.server_properties(base, 0, Path("/tmp/kafka-data")),
+             **kafka_properties(found, ":9092", f"{kafka_host}:9092", ":9093"),
+             "controller.quorum.voters": f"0@{kafka_host}:9093"}
+    ak.write_properties(props, out / "server.properties")
+    script = ["#!/bin/sh", "set -e", " ".join(shlex.quote(a) for a in [
+        "/opt/kafka/bin/kafka-storage.sh", "format", "-t", ak.new_cluster_id(), "-c", str(out / "server.properties"),
+        "--ignore-formatted", *scram_arguments(found)]),
+        f"exec /opt/kafka/bin/kafka-server-start.sh {out / 'server.properties'}"]
+    _write_private(out / "kafka-start.sh", "\n".join(script) + "\n")
+    jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{KAFKA_USER}" '
+            f'password="{_read(found.kafka_password)}";')
+    ak.write_properties({"security.protocol": "SASL_SSL", "sasl.mechanism": MECHANISM, "sasl.jaas.config": jaas,
+                         "ssl.truststore.type": "PEM", "ssl.truststore.location": str(found.ca)},
+                        out / "client.properties")
+    redis_config(found, 6379, Path("/tmp"), bind="0.0.0.0")  # noqa: S104, S108 - inside its container: all
+    # interfaces of the container's own network namespace; no data is kept (as in the embedded stack)
+    if owner is not None:
+        for path in (found.dir, *found.dir.iterdir()):
+            os.chown(path, *owner)
+    return found
 
 
 def has_tls(binary: str) -> bool:

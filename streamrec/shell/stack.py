@@ -442,7 +442,7 @@ def _start_secure_redis(settings: Settings) -> None:
     workdir = (settings.stack_dir / "redis").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     binary, env = secure.tls_redis_server(settings)
-    argv = [binary, str(secure.redis_config(settings, port, workdir))]
+    argv = [binary, str(secure.redis_config(secure.files(settings), port, workdir))]
     pid = _spawn(settings, "redis", argv, port, env=env, nodes=1, secure=True)
     url = secure.redis_url(settings)
     _wait(settings, {"redis": pid}, lambda: redis_ready(url), READY_TIMEOUT_S, f"redis (TLS) on 127.0.0.1:{port}")

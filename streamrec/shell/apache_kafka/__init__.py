@@ -198,7 +198,8 @@ def server_properties(settings: Settings, node: int, log_dir: Path) -> dict[str,
 def _secured(settings: Settings, node: int, client: int) -> dict[str, str]:
     from streamrec.shell import secure
 
-    return secure.kafka_properties(settings, node, client, controller_port(settings, node))
+    return secure.kafka_properties(secure.files(settings), f"127.0.0.1:{client}", f"127.0.0.1:{client}",
+                                   f"127.0.0.1:{controller_port(settings, node)}")
 
 
 def write_properties(props: dict[str, str], path: Path) -> Path:
@@ -301,7 +302,7 @@ def _formatted_secure(settings: Settings, homes: dict[int, Path], java: str, lib
         shutil.rmtree(home / "data", ignore_errors=True)
         configs.append(write_properties(server_properties(settings, node, home / "data"), home / "server.properties"))
     format_storage(java, libs, configs, new_cluster_id(), settings.stack_dir / "kafka-format.log",
-                   tuple(secure.scram_arguments(settings)))
+                   tuple(secure.scram_arguments(secure.files(settings))))
     return configs
 
 
