@@ -198,6 +198,7 @@ def _handshake_refusal(settings: Settings, server: str, timeout_s: float) -> tup
     credentials) rather than this one. aiokafka's connection says which step failed, in milliseconds; it
     runs on a thread of its own, so callers inside an event loop can ask too."""
     import asyncio
+    import contextlib
     import ssl
     import threading
 
@@ -215,11 +216,19 @@ def _handshake_refusal(settings: Settings, server: str, timeout_s: float) -> tup
         try:  # a SASL listener answers ApiVersions to anyone: a request past it proves the credentials
             await conn.send(MetadataRequest([]))
         finally:
-            conn.close()
+            closed = conn.close()  # the transport closes on a later turn of the loop: wait for it
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(closed, 2.0)
+
+    async def probe() -> None:
+        try:
+            await asyncio.wait_for(connect(), timeout_s)
+        finally:  # a connection aiokafka closed on failing (a refused login) finishes closing before the loop
+            await asyncio.sleep(0.1)  # ends: else its socket is reported unclosed when collected
 
     def attempt() -> None:
         try:
-            asyncio.run(asyncio.wait_for(connect(), timeout_s))
+            asyncio.run(probe())
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
             outcome.append(exc)
