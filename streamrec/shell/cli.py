@@ -50,9 +50,9 @@ def stack() -> None:
 
 def _stack_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option("--secure/--no-secure", default=None,
-                           help="Apache Kafka on SASL_SSL (SCRAM-SHA-512) and Redis on TLS with a password, CA and "
-                                "secrets made into <stack dir>/secure/ (STREAMREC_SECURE); `up` prints the exports "
-                                "clients need.")(command)
+                           help="Apache Kafka (implied) on SASL_SSL (SCRAM-SHA-512) and Redis on TLS with a "
+                                "password, CA and secrets made into <stack dir>/secure/ (STREAMREC_SECURE); `up` "
+                                "prints the exports clients need.")(command)
     command = click.option("--redis-nodes", type=click.IntRange(1, 8), default=None, metavar="N",
                            help="Redis Cluster primaries, each with a replica; 3 or more (STREAMREC_REDIS_NODES, "
                                 "default 1: one server).")(command)
@@ -75,6 +75,8 @@ def _stack_settings(broker: str | None, brokers: int | None, redis_nodes: int | 
         overrides["broker"] = broker
     if brokers is not None:
         overrides["kafka_brokers"] = brokers
+    if secure and broker is None:
+        overrides["broker"] = "kafka"  # the secured stack is Apache Kafka's (Tansu has no SASL_SSL)
     if overrides.get("broker") == "tansu" and "kafka_brokers" not in overrides:
         overrides["kafka_brokers"] = 1  # --broker tansu wins over a STREAMREC_KAFKA_BROKERS meant for kafka
     return load_settings(**overrides) if overrides else get_settings()

@@ -94,8 +94,9 @@ def test_exports_hold_no_secret_and_a_wrong_one_is_one_line_naming_the_setting(e
     folder = env_stack.stack_dir / "secure"
     assert all((p.stat().st_mode & 0o077) == 0 for p in folder.iterdir()), "the secure folder must be private"
     assert (folder.stat().st_mode & 0o077) == 0
-    env = {k: v for k, v in settings_env(_embedded(env_stack)).items() if not k.startswith(("KAFKA_", "REDIS_"))}
-    run = subprocess.run([sys.executable, "-m", "streamrec", "stack", "up", "--secure", "--broker", "kafka"], env=env,
+    env = {k: v for k, v in settings_env(_embedded(env_stack)).items()
+           if not k.startswith(("KAFKA_", "REDIS_")) and k not in ("STREAMREC_BROKER", "STREAMREC_SECURE")}
+    run = subprocess.run([sys.executable, "-m", "streamrec", "stack", "up", "--secure"], env=env,  # Kafka implied
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert not any(s in run.stdout + run.stderr for s in secrets)
