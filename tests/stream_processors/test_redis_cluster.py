@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from benchmarks.oracle import ground_truth
 from producers.replay import replay
@@ -53,6 +54,13 @@ def test_on_a_redis_cluster_rows_equal_the_ground_truth_and_requests_are_answere
     assert online_state(env_stack, list(truth)) == truth
     keys = {p: redis.Redis(port=p).dbsize() for p in primaries}
     assert all(n > 0 for n in keys.values()), f"rows should live on every primary: {keys}"
+    # the same cluster as an external one (REDIS_URL names one node, REDIS_CLUSTER=true): a replica's address
+    # is enough, the rest is found from it
+    replica = next(p for p, n in nodes.items() if n.role != "primary")
+    external = env_stack.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{replica}"),
+                                            "redis_cluster": True})
+    assert not external.embedded_redis and external.redis_is_cluster
+    assert online_state(external, list(truth)) == truth
 
     shutil.copytree(trained_checkpoint, env_stack.checkpoint_dir)
     recommender = worker_factory(env_stack, app="recommender")
