@@ -8,6 +8,7 @@ the quality study call on data they prepared. How examples and the time split ar
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ from .selection import (
 )
 from .towers import TowerConfig, TwoTower
 
-__all__ = ["TrainConfig", "SEQUENCE_TRAINING", "FitResult", "pick_device", "new_model", "grow_state", "fit"]
+__all__ = ["TrainConfig", "SEQUENCE_TRAINING", "RowAdam", "FitResult", "pick_device", "new_model",
+           "grow_state", "fit"]
 
 
 @dataclass(frozen=True)
@@ -117,13 +119,67 @@ def grow_state(model: TwoTower, old: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(state)
 
 
+class RowAdam(torch.optim.Optimizer):
+    """:class:`torch.optim.SparseAdam`'s update (lazy Adam: a step moves only the rows its sparse gradient
+    names, and only their moments decay), the same arithmetic in the same order, done with row gathers and
+    scatters instead of sparse-tensor arithmetic: SparseAdam's coalesce (a sort), sparse_mask and sparse adds
+    were ~2 ms of a ~20 ms training step on ML-100k, this is ~0.3 ms (tests/models/test_train.py checks that
+    both move the weights alike)."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # noqa: ARG002 - the Optimizer signature
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise TrainError("RowAdam takes sparse gradients (nn.Embedding(sparse=True))")
+                rows, grad = _summed_rows(p.grad)
+                if len(rows) == 0:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                exp_avg, exp_avg_sq, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                old_avg = exp_avg.index_select(0, rows)
+                numer = grad.sub(old_avg).mul_(1 - beta1).add_(old_avg)
+                exp_avg.index_copy_(0, rows, numer)
+                old_sq = exp_avg_sq.index_select(0, rows)
+                new_sq = grad.pow(2).sub_(old_sq).mul_(1 - beta2).add_(old_sq)
+                exp_avg_sq.index_copy_(0, rows, new_sq)
+                denom = new_sq.sqrt_().add_(group["eps"])
+                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                p.index_add_(0, rows, numer.div_(denom), alpha=-step_size)
+
+
+def _summed_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sparse row gradient (n, D) as its distinct rows, ascending, and each one's summed values (what
+    ``coalesce`` gives), through a length-n mark instead of a sort."""
+    idx, values = grad._indices()[0], grad._values()
+    if grad.is_coalesced():
+        return idx, values
+    mark = torch.zeros(grad.size(0), dtype=torch.bool, device=idx.device)
+    mark[idx] = True
+    rows = mark.nonzero().squeeze(1)
+    inv = torch.cumsum(mark, 0).sub_(1)[idx]
+    return rows, values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, inv, values)
+
+
 def _optimizers(model: TwoTower, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """SparseAdam for the sparse-gradient tables (ids, title hashes), AdamW for the rest."""
+    """RowAdam (SparseAdam's update) for the sparse-gradient tables (ids, title hashes), AdamW for the rest."""
     sparse = [m.weight for m in model.modules() if getattr(m, "sparse", False)]
     ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in ids]
     # fused: one kernel over every dense tensor instead of a loop of small ops per tensor (2x faster here)
-    return [torch.optim.SparseAdam(sparse, lr=cfg.lr),
+    return [RowAdam(sparse, lr=cfg.lr),
             torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)]
 
 
