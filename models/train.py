@@ -8,6 +8,9 @@ the quality study call on data they prepared. How examples and the time split ar
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -41,8 +44,8 @@ from .selection import (
 )
 from .towers import TowerConfig, TwoTower
 
-__all__ = ["TrainConfig", "SEQUENCE_TRAINING", "RowAdam", "FitResult", "pick_device", "new_model",
-           "grow_state", "fit"]
+__all__ = ["TrainConfig", "SEQUENCE_TRAINING", "RowAdam", "retain_freed_memory", "FitResult", "pick_device",
+           "new_model", "grow_state", "fit"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,27 @@ def _summed_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, inv, values)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Let glibc keep freed blocks below 32 MiB for reuse instead of handing them back to the kernel.
+
+    A training step allocates and frees the same few MB-sized tensors (a batch's 256 x 50 x 64 history slots
+    and their gradients) hundreds of times per epoch. glibc's default returns such blocks to the kernel
+    (munmap, or trimming the heap's top), so the next step takes ~2,000 page faults to get them back:
+    ~4 ms of system time per ~20 ms step on ML-100k (2 cores). Blocks of 32 MiB or more are still mapped and
+    unmapped on their own, and the heap is still trimmed past 256 MiB free. Process-wide and once per
+    process; a no-op where the C library is not glibc. Returns whether it took effect."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+
+
 def _optimizers(model: TwoTower, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """RowAdam (SparseAdam's update) for the sparse-gradient tables (ids, title hashes), AdamW for the rest."""
     sparse = [m.weight for m in model.modules() if getattr(m, "sparse", False)]
@@ -216,6 +240,8 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
     ``cfg.epochs``) and chooses nothing from them.
     """
     dev = p.enc.ev_item.device
+    if dev.type == "cpu":
+        retain_freed_memory()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = torch.as_tensor(p.split.train, dtype=torch.long, device=dev)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from models.compare import Report
 from models.data import Events, TrainError, encode, load_data, split_by_time, user_batch
 from models.features import POSITIVE_TYPES, FeatureSchema
-from models.train import RowAdam
+from models.train import RowAdam, retain_freed_memory
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 EVENTS = st.lists(
@@ -180,3 +180,6 @@ def test_row_adam_moves_the_weights_as_sparse_adam_does(rows: int) -> None:
         assert torch.allclose(opts[0].state[a.weight][key], opts[1].state[b.weight][key], atol=1e-6)
     assert torch.equal(a.weight[200:], b.weight[200:])  # never named: never moved
 
+
+def test_retaining_freed_memory_is_idempotent() -> None:
+    assert retain_freed_memory() == retain_freed_memory()
