@@ -124,10 +124,11 @@ def grow_state(model: TwoTower, old: dict[str, torch.Tensor]) -> None:
 
 class RowAdam(torch.optim.Optimizer):
     """:class:`torch.optim.SparseAdam`'s update (lazy Adam: a step moves only the rows its sparse gradient
-    names, and only their moments decay), the same arithmetic in the same order, done with row gathers and
-    scatters instead of sparse-tensor arithmetic: SparseAdam's coalesce (a sort), sparse_mask and sparse adds
-    were ~2 ms of a ~20 ms training step on ML-100k, this is ~0.3 ms (tests/models/test_train.py checks that
-    both move the weights alike)."""
+    names, and only their moments decay) on the gradient's rows gathered into dense tensors, updated by torch's
+    fused Adam kernel and scattered back: SparseAdam's sparse-tensor arithmetic (coalesce's sort, sparse_mask,
+    sparse adds) was ~2 ms of a ~20 ms training step on ML-100k. Fused Adam divides by sqrt(v / bc2) + eps
+    where SparseAdam divides by (sqrt(v) + eps) / sqrt(bc2), so it is given eps /
+    sqrt(bc2): the same update to float rounding (tests/models/test_train.py)."""
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
@@ -147,20 +148,18 @@ class RowAdam(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
+                    state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                exp_avg, exp_avg_sq, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
-                old_avg = exp_avg.index_select(0, rows)
-                numer = grad.sub(old_avg).mul_(1 - beta1).add_(old_avg)
-                exp_avg.index_copy_(0, rows, numer)
-                old_sq = exp_avg_sq.index_select(0, rows)
-                new_sq = grad.pow(2).sub_(old_sq).mul_(1 - beta2).add_(old_sq)
-                exp_avg_sq.index_copy_(0, rows, new_sq)
-                denom = new_sq.sqrt_().add_(group["eps"])
-                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                p.index_add_(0, rows, numer.div_(denom), alpha=-step_size)
+                step = float(state["step"])
+                tensors = (p, state["exp_avg"], state["exp_avg_sq"])
+                param, exp_avg, exp_avg_sq = (t.index_select(0, rows) for t in tensors)
+                torch._fused_adam_([param], [grad.contiguous()], [exp_avg], [exp_avg_sq], [], [state["step"]],
+                                   lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
+                                   eps=group["eps"] / math.sqrt(1 - beta2**step), amsgrad=False, maximize=False)
+                for t, rows_now in zip(tensors, (param, exp_avg, exp_avg_sq), strict=True):
+                    t.index_copy_(0, rows, rows_now)
 
 
 def _summed_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
