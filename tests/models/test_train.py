@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from models.compare import Report
 from models.data import Events, TrainError, encode, load_data, split_by_time, user_batch
 from models.features import POSITIVE_TYPES, FeatureSchema
+from models.train import RowAdam, retain_freed_memory
 from streamrec.schemas import HISTORY_LENGTH, INTERACTION_TYPES
 
 EVENTS = st.lists(
@@ -157,3 +158,28 @@ def test_with_session_dynamics_fresh_history_beats_a_day_start_snapshot(tower: s
                                 cfg, {"user_tower": tower}, baselines=False)
     m = report.test["two-tower"]
     assert m["recall@10"] > m["day_start_recall@10"] + margin, m
+
+
+@pytest.mark.parametrize("rows", [50, 16384])
+def test_row_adam_moves_the_weights_as_sparse_adam_does(rows: int) -> None:
+    """RowAdam is SparseAdam's update without sparse-tensor arithmetic: same weights and moments, step by step,
+    with repeated rows in a batch (an uncoalesced gradient) and rows a step does not touch."""
+    torch.manual_seed(5)
+    a = torch.nn.Embedding(rows, 8, sparse=True)
+    b = torch.nn.Embedding(rows, 8, sparse=True)
+    b.load_state_dict(a.state_dict())
+    opts = torch.optim.SparseAdam([a.weight], lr=1e-2), RowAdam([b.weight], lr=1e-2)
+    for _ in range(20):
+        idx, w = torch.randint(0, min(rows, 200), (300,)), torch.randn(300, 8)
+        for table, opt in zip((a, b), opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            (table(idx) * w).sum().backward()
+            opt.step()
+        assert torch.allclose(a.weight, b.weight, atol=1e-6)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.allclose(opts[0].state[a.weight][key], opts[1].state[b.weight][key], atol=1e-6)
+    assert torch.equal(a.weight[200:], b.weight[200:])  # never named: never moved
+
+
+def test_retaining_freed_memory_is_idempotent() -> None:
+    assert retain_freed_memory() == retain_freed_memory()
