@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.data import prepare
-from models.towers import Dropout, TowerConfig, TwoTower, UserBatch, Windows, _unique
+from models.towers import TowerConfig, TwoTower, UserBatch, Windows, _unique
 from models.train import TrainConfig, fit, new_model
 from tests.helpers import raw_of
 from tests.towers import CFG, random_batch
@@ -128,22 +128,6 @@ def test_the_marked_unique_is_torch_unique() -> None:
     idx = torch.randint(0, 50, (32, 20), generator=torch.Generator().manual_seed(3))
     got, want = _unique(idx, 50), torch.unique(idx, return_inverse=True)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-
-
-@pytest.mark.parametrize("p", [0.5, 0.25, 0.3])  # a random byte's mask, a random byte's, torch.rand's
-def test_dropout_keeps_one_minus_p_of_its_input_scaled_and_is_the_identity_in_eval(p: float) -> None:
-    torch.manual_seed(4)
-    x = torch.ones(401, 499, requires_grad=True)  # an odd size: the bytes of the last draw are cut
-    drop = Dropout(p)
-    y = drop(x)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
-    assert abs(kept[:, :10].float().mean().item() - (1 - p)) < 0.04  # no byte position is biased
-    assert torch.allclose(y[kept], torch.tensor(1 / (1 - p)))
-    y.sum().backward()
-    assert torch.equal(x.grad, kept.float() / (1 - p))
-    assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
-    assert not Dropout(1.0).train()(x).any()
 
 
 def test_duplicate_targets_are_not_negatives() -> None:
