@@ -65,7 +65,8 @@ def bench(ctx: click.Context, only: str | None, quick: bool, broker: str | None,
 
 
 def _bench_command(name: str, module: str, summary: str) -> click.Command:
-    @click.command(name, help=f"{summary} (options: `streamrec bench {name} -- --help`)",
+    # no help option of its own: `--help` (after `--` or not) reaches the benchmark's parser, which lists its options
+    @click.command(name, help=f"{summary} (options: `streamrec bench {name} -- --help`)", add_help_option=False,
                    context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     @click.pass_context
     def _run(ctx: click.Context) -> None:

@@ -393,6 +393,18 @@ def test_cli_broker_choices() -> None:
     assert one.exit_code == 2 and "--broker" in one.output and "-- --help" in one.output
 
 
+@pytest.mark.parametrize("args", [["quality", "--", "--help"], ["quality", "--help"]])
+def test_a_benchmark_s_help_lists_its_own_options(args: list[str]) -> None:
+    """`streamrec bench quality -- --help`, as the listing says, shows the benchmark's options (it used to
+    show the bench group's summary again, without a single option)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "benchmarks.cli", *args], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "--data" in run.stdout and "--split" in run.stdout, run.stdout + run.stderr
+
+
 def test_without_java_or_maven_the_default_is_tansu_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
