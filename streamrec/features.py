@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -312,16 +313,13 @@ def require_redis(settings: Settings, timeout_s: float = 3.0) -> None:
             client.ping()
         finally:
             client.close()
-    except redis.AuthenticationError as exc:
-        if "required" in str(exc).lower():
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        if not _refused_credentials(exc):
+            raise FeatureStoreError(f"Redis at {where} refused a PING: {exc}") from exc
+        if urlsplit(settings.redis).password is None:
             raise FeatureStoreError(f"Redis at {where} wants a password: put it in REDIS_URL "
                                     "(`rediss://:password@host:port/0`)") from exc
         raise FeatureStoreError(f"Redis at {where} refused the password in REDIS_URL ({exc})") from exc
-    except redis.ResponseError as exc:
-        if "NOAUTH" not in str(exc) and "WRONGPASS" not in str(exc):
-            raise FeatureStoreError(f"Redis at {where} refused a PING: {exc}") from exc
-        raise FeatureStoreError(f"Redis at {where} wants a password: put it in REDIS_URL "
-                                "(`rediss://:password@host:port/0`)") from exc
     except (redis.RedisError, OSError) as exc:
         found = [e for e in (exc, exc.__cause__, exc.__context__) if isinstance(e, ssl.SSLError)]
         text = str(exc)
@@ -338,12 +336,16 @@ def require_redis(settings: Settings, timeout_s: float = 3.0) -> None:
                                 "or set REDIS_URL") from exc
 
 
+def _refused_credentials(exc: BaseException) -> bool:
+    """Redis refused the connection's user or password (or wants one), in ``exc`` or what it was raised from."""
+    return any(type(e).__name__.startswith("Authentication") or "NOAUTH" in str(e) or "WRONGPASS" in str(e)
+               for e in causes(exc))
+
+
 def _store_error(step: str, exc: BaseException) -> FeatureStoreError:
     """``step failed: why``, naming the setting to check when Redis refused the credentials (never the URL,
     which holds the password)."""
-    refused = any(type(e).__name__.startswith("Authentication") or "NOAUTH" in str(e) or "WRONGPASS" in str(e)
-                  for e in causes(exc))
-    hint = " (check the user and password in REDIS_URL)" if refused else ""
+    hint = " (check the user and password in REDIS_URL)" if _refused_credentials(exc) else ""
     return FeatureStoreError(f"{step} failed: {exc}{hint}")
 
 

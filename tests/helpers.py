@@ -180,6 +180,32 @@ def fresh_burst_lag_ms(settings: Settings, worker: Worker, user: str, n: int = 5
 N_EVENTS = 5000
 
 
+def replay_to_ground_truth(settings: Settings, worker: Worker) -> dict[str, dict]:
+    """Replay the first N_EVENTS interactions to a running features worker, wait until it has applied them,
+    and assert the online rows equal the ground truth; returns it (user → row)."""
+    from benchmarks.oracle import ground_truth
+    from producers.replay import replay
+
+    stats = replay(settings, settings.data_dir / "recommendation_interactions.parquet", limit=N_EVENTS)
+    assert stats.delivered == N_EVENTS and stats.failed == 0
+    wait_caught_up(settings, worker, 120)
+    truth = ground_truth(first_events(settings))
+    assert online_state(settings, list(truth)) == truth
+    return truth
+
+
+def ask(settings: Settings, users: list[str], k: int, tag: str) -> list[Any]:
+    """One recommendation request per user through `request`'s client; the answers in that order."""
+    from producers.requests import RequestClient
+    from streamrec.schemas import RecommendationRequest
+
+    client = RequestClient(settings)
+    try:
+        return [client.ask(RecommendationRequest(request_id=f"{tag}-{u}", user_id=u, k=k))[0] for u in users]
+    finally:
+        client.close()
+
+
 def first_events(settings: Settings) -> pd.DataFrame:
     """The first N_EVENTS interactions by time: what a replay with ``limit=N_EVENTS`` sends."""
     frame = pd.read_parquet(settings.data_dir / "recommendation_interactions.parquet")

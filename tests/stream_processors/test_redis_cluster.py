@@ -19,18 +19,19 @@ from pydantic import SecretStr
 
 from benchmarks.oracle import ground_truth
 from producers.replay import replay
-from producers.requests import LoadResult, RequestClient, run_load
+from producers.requests import LoadResult, run_load
 from streamrec.config import Settings
-from streamrec.schemas import RecommendationRequest
 from streamrec.shell import redis_cluster
 from streamrec.shell import stack as _stack
 from tests.helpers import (
     FRESHNESS_BACK_WITHIN_MS,
     N_EVENTS,
     Worker,
+    ask,
     first_events,
     fresh_burst_lag_ms,
     online_state,
+    replay_to_ground_truth,
     wait_caught_up,
     wait_until,
 )
@@ -47,11 +48,7 @@ def test_on_a_redis_cluster_rows_equal_the_ground_truth_and_requests_are_answere
     assert len(statuses) == 6 and all(s.running and "cluster ok" in (s.detail or "") for s in statuses), statuses
 
     worker = worker_factory(env_stack)
-    stats = replay(env_stack, env_stack.data_dir / "recommendation_interactions.parquet", limit=N_EVENTS)
-    assert stats.delivered == N_EVENTS and stats.failed == 0
-    wait_caught_up(env_stack, worker, 120)
-    truth = ground_truth(first_events(env_stack))
-    assert online_state(env_stack, list(truth)) == truth
+    truth = replay_to_ground_truth(env_stack, worker)
     keys = {p: redis.Redis(port=p).dbsize() for p in primaries}
     assert all(n > 0 for n in keys.values()), f"rows should live on every primary: {keys}"
     # the same cluster as an external one (REDIS_URL names one node, REDIS_CLUSTER=true): a replica's address
@@ -64,11 +61,7 @@ def test_on_a_redis_cluster_rows_equal_the_ground_truth_and_requests_are_answere
 
     shutil.copytree(trained_checkpoint, env_stack.checkpoint_dir)
     recommender = worker_factory(env_stack, app="recommender")
-    client = RequestClient(env_stack)
-    try:
-        answers = [client.ask(RecommendationRequest(request_id=f"c-{u}", user_id=u, k=5))[0] for u in list(truth)[:5]]
-    finally:
-        client.close()
+    answers = ask(env_stack, list(truth)[:5], k=5, tag="c")
     assert all(a.error is None and len(a.items) == 5 and a.feature_age_ms is not None for a in answers), answers
     assert recommender.status()["errors"] == 0
 

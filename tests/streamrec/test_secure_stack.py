@@ -16,16 +16,12 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr
 
-from benchmarks.oracle import ground_truth
-from producers.replay import replay
-from producers.requests import RequestClient
 from streamrec import StreamrecError, kafka_clients
 from streamrec.config import Settings, load_settings
 from streamrec.features import require_redis
-from streamrec.schemas import RecommendationRequest
 from streamrec.shell import stack as _stack
 from streamrec.shell.workers import settings_env
-from tests.helpers import N_EVENTS, Worker, first_events, online_state, sourced, wait_caught_up, wait_until
+from tests.helpers import Worker, ask, replay_to_ground_truth, sourced, wait_until
 
 pytestmark = pytest.mark.parametrize("env_stack", ["secure"], indirect=True)
 
@@ -54,19 +50,11 @@ def test_the_whole_path_runs_on_sasl_ssl_and_tls_redis(env_stack: Settings, trai
     assert "SASL_SSL" in lines[0] and "TLS + password" in lines[1], lines
 
     worker = worker_factory(env_stack)
-    stats = replay(env_stack, env_stack.data_dir / "recommendation_interactions.parquet", limit=N_EVENTS)
-    assert stats.delivered == N_EVENTS and stats.failed == 0
-    wait_caught_up(env_stack, worker, 120)
-    truth = ground_truth(first_events(env_stack))
-    assert online_state(env_stack, list(truth)) == truth
+    truth = replay_to_ground_truth(env_stack, worker)
 
     shutil.copytree(trained_checkpoint, env_stack.checkpoint_dir)
     recommender = worker_factory(env_stack, app="recommender")
-    client = RequestClient(env_stack)
-    try:
-        answers = [client.ask(RecommendationRequest(request_id=f"s-{u}", user_id=u, k=5))[0] for u in list(truth)[:5]]
-    finally:
-        client.close()
+    answers = ask(env_stack, list(truth)[:5], k=5, tag="s")
     assert all(a.error is None and len(a.items) == 5 and a.feature_age_ms is not None for a in answers), answers
 
     # the trainer reads the topic and announces its model over SASL_SSL; the recommender swaps to it
