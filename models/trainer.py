@@ -146,6 +146,10 @@ class InteractionLog:
             atomic_write(self.dir / OFFSETS, json.dumps(data, indent=1).encode())
         return len(rows)
 
+    def positions(self) -> dict[int, int]:
+        """Per partition, the next offset not yet in the log: what a run over :meth:`read` has seen."""
+        return self._offsets()
+
     def _offsets_doc(self, positions: dict[int, int]) -> dict[str, Any]:
         try:
             doc = json.loads((self.dir / OFFSETS).read_text(encoding="utf-8"))
@@ -232,9 +236,14 @@ def _score_current(p: Prepared, es: EvalSet, current: tuple[TwoTower, FeatureSch
     return evaluate(model_scorer(model.to(device), enc, es, columns), es)[0]
 
 
-def run_once(settings: Settings, opts: TrainerOptions, extra: pd.DataFrame | None = None) -> RunResult:
-    """One retrain-compare-promote-announce cycle over the base data plus ``extra`` events."""
-    t0 = time.perf_counter()
+def run_once(settings: Settings, opts: TrainerOptions, extra: pd.DataFrame | None = None,
+             logged_through: dict[int, int] | None = None) -> RunResult:
+    """One retrain-compare-promote-announce cycle over the base data plus ``extra`` events.
+
+    ``logged_through`` (partition → next offset of ``opts.topic`` that ``extra`` holds) goes into the
+    checkpoint's data window: which stream events a served model has seen, the measure of model freshness.
+    """
+    t0, started_at = time.perf_counter(), datetime.now(UTC)
     root = Path(settings.checkpoint_dir)
     raw = load_data(Path(settings.data_dir), extra)
     current, cur_version, note = None, latest_version(root), ""
@@ -261,8 +270,11 @@ def run_once(settings: Settings, opts: TrainerOptions, extra: pd.DataFrame | Non
                   "end": pd.Timestamp(int(ts.max()), tz="UTC").isoformat(),
                   "n_interactions": len(ts), "n_logged": 0 if extra is None else len(extra),
                   "n_train": len(p.split.train), "n_val": len(p.split.val), "n_test": len(p.split.test)}
+        if logged_through is not None:
+            window["logged_through"] = {opts.topic: {str(k): int(v) for k, v in sorted(logged_through.items())}}
         train_info = {**vars(opts.train), "warm_start": warm is not None, "compared_with": result.current_version,
-                      "tolerance": opts.tolerance}
+                      "tolerance": opts.tolerance, "run_started_at": started_at.isoformat(),
+                      "run_s": round(time.perf_counter() - t0, 3)}  # until the save: the announcement follows
         path = save_checkpoint(root, model.cpu(), p.enc.schema, metrics=result.candidate, data_window=window,
                                train=train_info, parent=result.current_version,
                                popularity=popularity_ranking(p.raw.interactions))
@@ -310,7 +322,7 @@ def run_trainer(settings: Settings, opts: TrainerOptions, *, every_s: float | No
             if due:
                 report(f"retraining on the base data + {len(log.read()):,} logged events ({pending:,} new)")
                 try:
-                    result = run_once(settings, opts, log.read())
+                    result = run_once(settings, opts, log.read(), log.positions())
                     report(result.line())
                 except StreamrecError as exc:
                     if once:

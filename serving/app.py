@@ -107,7 +107,7 @@ def build(settings: Settings) -> faust.App:
     async def status_page(web: Any, request: Any) -> Any:
         return web.json({
             "ready": serving.ready.is_set() and not serving.stalled, "stalled": serving.stalled,
-            "model_version": serving.version, "swaps": serving.swaps,
+            "model_version": serving.version, "model_since": serving.model_since, "swaps": serving.swaps,
             "refused": sum(serving.refused.values()), "refused_by_reason": dict(serving.refused),
             "requests": serving.requests, "errors": serving.errors, "expired": serving.expired,
             "assigned_partitions": requests.assigned(),

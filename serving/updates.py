@@ -55,6 +55,7 @@ class Serving:
         self.recommender: Recommender | None = None
         self.bundle: ServingBundle | None = None
         self.swaps = 0
+        self.model_since: float | None = None  # epoch seconds the serving model was swapped in (model freshness)
         self.refused: Counter[str] = Counter()  # model updates refused, by reason (never their paths)
         self._refused_versions: set[str] = set()  # versions that failed to load: LATEST is not retried
         self.requests = 0
@@ -113,7 +114,7 @@ class Serving:
             self.refuse("unloadable", f"{version[:40]}: {exc}")
             return False
         self.bundle = bundle  # one assignment: a batch in flight keeps the bundle it started with
-        self.swaps += 1
+        self.swaps, self.model_since = self.swaps + 1, time.time()
         log.info("serving model %s (%d items)", bundle.version, len(bundle.item_ids))
         return True
 

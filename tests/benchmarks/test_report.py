@@ -73,6 +73,20 @@ def test_train_time_over_the_goal_is_not_met_and_other_epoch_counts_are_not_judg
     assert row.met is None and "10 epochs" in row.why_na
 
 
+def test_model_freshness_is_judged_on_its_p99_beside_one_trainer_run() -> None:
+    fresh = {**TRAIN, "model_freshness": {"freshness_s": {"p50": 6.0, "p99": 9.0}, "run_s": {"p50": 3.0},
+                                          "not_covered": 0, "cpu_cores": {"trainer": 0.8}}}
+    rows = rows_for("train", fresh)
+    p99 = _row(rows, "model freshness p99")
+    assert p99.met is True and p99.ratio == pytest.approx(3.0)  # 9 s beside a 3 s run
+    assert _row(rows, "events never served").met is True
+    late = {**fresh, "model_freshness": {**fresh["model_freshness"], "freshness_s": {"p50": 200.0, "p99": 301.0},
+                                         "not_covered": 2}}
+    assert _row(rows_for("train", late), "model freshness p99").met is False
+    assert _row(rows_for("train", late), "events never served").met is False
+    assert not [r for r in rows_for("train", TRAIN) if "freshness" in r.measurement]  # not measured: no rows
+
+
 def test_stream_throughput_needs_both_the_absolute_rate_and_half_the_baseline() -> None:
     rows = rows_for("stream", STREAM)
     drain = _row(rows, "backlog drain (300,000 events, 100,000 users)")
@@ -238,7 +252,7 @@ def test_the_document_has_machine_sizes_tables_failures_and_a_summary() -> None:
     for value in MACHINE.values():
         assert value in md
     assert "**Failed**: `RuntimeError: worker exited`" in md
-    assert "Sizes: epochs = 10; big = 1,000,000; big_epochs = 1, took 90 s." in md
+    assert "Sizes: epochs = 10; big = 1,000,000; big_epochs = 1; freshness_seconds = 120, took 90 s." in md
     assert "| measurement | streamrec | raw baseline | ratio | goal | met? |" in md
     assert "| Recall@10 vs popularity | 0.300 | 0.100 (popularity) | 3.00× | — | — |" in md
     assert "| Recall@10 vs oracle | 0.300 | 0.500 (oracle) | 0.60× | ≥ 0.8× | **not met** |" in md

@@ -107,6 +107,10 @@ def test_trainer_promotes_refuses_and_announces(stack: Settings, topic_factory: 
     assert meta2["parent"] == "v1" and meta2["train"]["warm_start"]
     assert meta2["popularity"] and set(meta2["popularity"]) <= set(schema2.item_ids)  # what serving backfills
     assert meta2["metrics"]["recall@10"] > 0.1
+    # lineage: the offsets of the stream v2 was trained through (model freshness is measured from them)
+    logged = json.loads((log_dir / OFFSETS).read_text())["topics"][topic]
+    assert meta2["data_window"]["logged_through"] == {topic: logged} and sum(logged.values()) == 82
+    assert meta2["train"]["run_started_at"] < meta2["created_at"]
 
     # run 3: a deliberately broken (untrained) candidate is measured against v2 and refused
     log = InteractionLog(settings, topic)

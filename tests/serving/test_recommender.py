@@ -351,15 +351,18 @@ def test_hot_swap_under_load_has_no_errors_and_refuses_a_corrupt_checkpoint(
     meta["version"] = "v2"
     (v2 / "meta.json").write_text(json.dumps(meta))
     result: dict[str, object] = {}
+    v1_since = recommender.status()["model_since"]
     load = threading.Thread(target=lambda: result.update(r=run_load(env_stack, users, 400, 80.0)))
     load.start()
     time.sleep(1.5)
+    promoted_at = time.time()
     promote(env_stack.checkpoint_dir, "v2")  # the recommender watches LATEST
     load.join(60)
     summary = result["r"].summary()
     assert summary["answered"] == summary["sent"] == 400 and summary["errors"] == 0
     status = recommender.status()
     assert status["model_version"] == "v2" and status["swaps"] == 2
+    assert v1_since < promoted_at <= status["model_since"] <= status["time"]  # since when v2 serves
 
     v3 = env_stack.checkpoint_dir / "v3"
     shutil.copytree(v2, v3)
