@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -184,44 +185,43 @@ def run(seconds: float = 120.0, rate: float = 20.0, epochs: int = 5, users: int 
         with own_stack(tmp / "stack", data, checkpoints, broker=kind) as (settings, env):
             # the model serving when the stream starts (no announcement: the recommender reads LATEST)
             run_once(settings, TrainerOptions(train=TrainConfig(epochs=epochs), publish=False))
-            features, _ = start_worker(env, tmp / "features.log")
-            recommender, url = start_worker(env, tmp / "recommender.log", app="recommender")
-            trainer_log = (tmp / "trainer.log").open("w")
-            trainer = subprocess.Popen(
-                [sys.executable, "-m", "streamrec", "trainer", "--after-events", "1", "--epochs", str(epochs),
-                 "--data-dir", str(data), "--out", str(checkpoints)],
-                cwd=ROOT, env=env, stdout=trainer_log, stderr=subprocess.STDOUT)
-            watch = _StatusWatch(url)
-            watch.start()
-            pids = {"trainer": trainer.pid, "recommender": recommender.pid, "features worker": features.pid}
-            for service in _stack.status(settings):
-                if service.pid and service.running:
-                    pids["broker" if service.name.startswith(("kafka", "tansu")) else service.name] = service.pid
-            clock = CpuClock(pids)
-            try:
+            with ExitStack() as running:  # each started process stopped, whatever fails after it
+                features, _ = start_worker(env, tmp / "features.log")
+                running.callback(stop, features)
+                recommender, url = start_worker(env, tmp / "recommender.log", app="recommender")
+                running.callback(stop, recommender)
+                trainer_log = running.enter_context((tmp / "trainer.log").open("w"))
+                trainer = subprocess.Popen(
+                    [sys.executable, "-m", "streamrec", "trainer", "--after-events", "1", "--epochs", str(epochs),
+                     "--data-dir", str(data), "--out", str(checkpoints)],
+                    cwd=ROOT, env=env, stdout=trainer_log, stderr=subprocess.STDOUT)
+                running.callback(stop, trainer)
+                watch = _StatusWatch(url)
+                watch.start()
+                running.callback(watch.close)
+                pids = {"trainer": trainer.pid, "recommender": recommender.pid, "features worker": features.pid}
+                for service in _stack.status(settings):
+                    if service.pid and service.running:
+                        pids["broker" if service.name.startswith(("kafka", "tansu")) else service.name] = service.pid
+                clock = CpuClock(pids)
                 clock.start()
                 progress(f"model freshness: {rate:g} events/s for {seconds:g} s on {kind}, "
                          f"trainer --after-events 1 --epochs {epochs}")
                 sent = _produce(settings, ds.users.user_id.tolist(), ds.items.item_id.tolist(), rate, seconds)
                 produced_s = time.monotonic()
-                last = {}
+                last: dict[int, int] = {}
                 for partition, offset, _ in sent:
                     last[partition] = max(last.get(partition, -1), offset)
                 deadline = time.monotonic() + tail_timeout_s
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline:  # until a served model has seen the last event of each partition
                     if trainer.poll() is not None:
                         raise RuntimeError(f"the trainer exited ({trainer.returncode}): see {tmp / 'trainer.log'}")
-                    swaps = _swaps(checkpoints, dict(watch.seen))
-                    if event_freshness([(p, o, 0.0) for p, o in last.items()], swaps)[1] == 0:
+                    if event_freshness([(p, o, 0.0) for p, o in last.items()],
+                                       _swaps(checkpoints, dict(watch.seen)))[1] == 0:
                         break
                     time.sleep(0.5)
                 cpu = clock.stop()
                 tail_s = time.monotonic() - produced_s
-            finally:
-                watch.close()
-                for proc in (trainer, recommender, features):
-                    stop(proc)
-                trainer_log.close()
             swaps = _swaps(checkpoints, dict(watch.seen))
             ages, missed = event_freshness(sent, swaps)
             runs = _runs(checkpoints, swaps)
