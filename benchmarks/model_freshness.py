@@ -7,7 +7,7 @@ Each checkpoint names the offsets its run had logged (``data_window.logged_throu
 recommender's ``/status`` says since when it serves its model (``model_since``), so every event gets
 
     freshness = (swap time of the first served model whose logged offsets pass the event's offset)
-                − (the time the event was sent)
+                − (the event's Kafka time)
 
 The wait splits into: waiting for a run to start (the schedule, here: as soon as an event is pending),
 the run (read the log, train, evaluate, gate, save), and announce → swap (model-updates, load, index).
@@ -107,7 +107,7 @@ def _events(users: list[str], items: list[str], n: int, start: int) -> list[Any]
 
 def _produce(settings: Any, users: list[str], items: list[str], rate: float, seconds: float
              ) -> list[tuple[int, int, float]]:
-    """Send ``rate`` events a second for ``seconds``; (partition, offset, sent_at) of each."""
+    """Send ``rate`` events a second for ``seconds``; (partition, offset, Kafka time in epoch s) of each."""
     from streamrec import kafka_clients
     from streamrec.schemas import encode
     from streamrec.topics import INTERACTIONS
@@ -126,7 +126,9 @@ def _produce(settings: Any, users: list[str], items: list[str], rate: float, sec
         out = []
         for future, sent_at in pending:
             meta = future.get(timeout=30)
-            out.append((meta.partition, meta.offset, sent_at))
+            # the record's Kafka time (CreateTime, set by this producer), as the contract defines model freshness
+            kafka_time = meta.timestamp / 1000 if meta.timestamp and meta.timestamp > 0 else sent_at
+            out.append((meta.partition, meta.offset, kafka_time))
         return out
     finally:
         producer.close(timeout=10)
