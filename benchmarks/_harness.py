@@ -94,6 +94,15 @@ def start_worker(env: dict[str, str], log: Path, app: str = "features",
     return started.proc, started.url
 
 
+def service_pids(settings: Any) -> dict[str, int]:
+    """The pid of each running service of the stack (a Kafka node as "broker", the others by name), for
+    :class:`streamrec.stats.CpuClock`."""
+    from streamrec.shell import stack as _stack
+
+    return {"broker" if service.name.startswith("kafka") else service.name: service.pid
+            for service in _stack.status(settings) if service.pid and service.running}
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:

@@ -40,9 +40,9 @@ import pandas as pd
 from streamrec.shell.workers import get_json
 
 try:
-    from ._harness import ROOT, broker_kind, latency_ms, own_stack, start_worker, stop
+    from ._harness import ROOT, broker_kind, latency_ms, own_stack, service_pids, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import ROOT, broker_kind, latency_ms, own_stack, start_worker, stop
+    from _harness import ROOT, broker_kind, latency_ms, own_stack, service_pids, start_worker, stop
 
 
 def _train(data: Path, checkpoints: Path, epochs: int) -> None:
@@ -170,7 +170,6 @@ class _Services:
 
     def __init__(self, settings: Any, env: dict[str, str], recommender: subprocess.Popen, users: list[str],
                  tmp: Path) -> None:
-        from streamrec.shell import stack as _stack
         from streamrec.topics import ensure_topics
 
         self.settings, self.users = settings, users
@@ -181,10 +180,7 @@ class _Services:
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=(tmp / "echo.log").open("w"), text=True)
         if not self.echo.stdout or self.echo.stdout.readline().strip() != "ready":
             raise RuntimeError("the echo did not start")
-        self.watch = {"recommender": recommender.pid, "echo": self.echo.pid}
-        for service in _stack.status(settings):
-            if service.pid and service.running:
-                self.watch["broker" if service.name.startswith("kafka") else service.name] = service.pid
+        self.watch = {"recommender": recommender.pid, "echo": self.echo.pid, **service_pids(settings)}
 
     def measure(self, service: str, rate: float, seconds: float, warmup_max_s: float = 0.0) -> dict[str, Any]:
         """``service`` ("recommender" or "echo") at ``rate`` for ``seconds``: the load's summary, its rate and

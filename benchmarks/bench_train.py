@@ -107,10 +107,8 @@ def run(epochs: int = 10, big: int = 1_000_000, big_epochs: int = 1, freshness_s
     if big:
         out["big"] = big_size(big, big_epochs)
     if freshness_seconds > 0:
-        try:
-            from . import model_freshness
-        except ImportError:  # run as a script
-            import model_freshness  # type: ignore[no-redef]
+        from benchmarks import model_freshness  # the project root is importable in both modes (above)
+
         out["model_freshness"] = model_freshness.run(freshness_seconds, freshness_rate)
     return out
 

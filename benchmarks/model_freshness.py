@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from ._harness import ROOT, broker_kind, own_stack, start_worker, stop
+    from ._harness import ROOT, broker_kind, own_stack, service_pids, start_worker, stop
 except ImportError:  # run as a script
-    from _harness import ROOT, broker_kind, own_stack, start_worker, stop
+    from _harness import ROOT, broker_kind, own_stack, service_pids, start_worker, stop
 
 __all__ = ["Swap", "event_freshness", "run"]
 
@@ -94,15 +94,14 @@ class _StatusWatch(threading.Thread):
         self.join(10)
 
 
-def _events(users: list[str], items: list[str], n: int, start: int) -> list[Any]:
+def _event(users: list[str], items: list[str], i: int) -> Any:
     from datetime import UTC
 
     from streamrec.schemas import Interaction
 
-    now = datetime.now(UTC)
-    return [Interaction(event_id=f"mf-{start + i}", user_id=users[(start + i) * 7919 % len(users)],
-                        item_id=items[(start + i) * 104729 % len(items)], interaction_type="positive_view",
-                        timestamp=now) for i in range(n)]
+    return Interaction(event_id=f"mf-{i}", user_id=users[i * 7919 % len(users)],
+                       item_id=items[i * 104729 % len(items)], interaction_type="positive_view",
+                       timestamp=datetime.now(UTC))
 
 
 def _produce(settings: Any, users: list[str], items: list[str], rate: float, seconds: float
@@ -120,7 +119,7 @@ def _produce(settings: Any, users: list[str], items: list[str], rate: float, sec
             delay = t0 + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            (ev,) = _events(users, items, 1, i)
+            ev = _event(users, items, i)
             pending.append((producer.send(INTERACTIONS, key=ev.user_id.encode(), value=encode(ev)), time.time()))
         producer.flush(30)
         out = []
@@ -134,37 +133,42 @@ def _produce(settings: Any, users: list[str], items: list[str], rate: float, sec
         producer.close(timeout=10)
 
 
-def _swaps(checkpoints: Path, seen: dict[str, float]) -> list[Swap]:
-    import json
+class _Checkpoints:
+    """The meta.json of each served version, read once (the wait for the last event asks every 0.5 s)."""
 
-    from models.checkpoints import META
-    from streamrec.topics import INTERACTIONS
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    swaps = []
-    for version, at in seen.items():
-        meta = json.loads((checkpoints / version / META).read_text(encoding="utf-8"))
-        logged = meta.get("data_window", {}).get("logged_through", {}).get(INTERACTIONS, {})
-        swaps.append(Swap(version, at, {int(p): int(o) for p, o in logged.items()}))
-    return swaps
+    def meta(self, version: str) -> dict[str, Any]:
+        import json
 
+        from models.checkpoints import META
 
-def _runs(checkpoints: Path, swaps: list[Swap]) -> list[dict[str, float]]:
-    """Per served model: when its run started, how long it ran (to the save), save → swap."""
-    import json
+        if version not in self._meta:
+            self._meta[version] = json.loads((self.root / version / META).read_text(encoding="utf-8"))
+        return self._meta[version]
 
-    from models.checkpoints import META
+    def swaps(self, seen: dict[str, float]) -> list[Swap]:
+        from streamrec.topics import INTERACTIONS
 
-    runs = []
-    for s in swaps:
-        meta = json.loads((checkpoints / s.version / META).read_text(encoding="utf-8"))
-        train = meta.get("train", {})
-        if "logged_through" not in meta.get("data_window", {}):  # the initial model, trained before the stream
-            continue
-        started = datetime.fromisoformat(train["run_started_at"]).timestamp()
-        saved = datetime.fromisoformat(meta["created_at"]).timestamp()
-        runs.append({"version": s.version, "run_s": saved - started, "save_to_swap_s": s.at - saved,
-                     "started_at": started})
-    return runs
+        out = []
+        for version, at in seen.items():
+            logged = self.meta(version).get("data_window", {}).get("logged_through", {}).get(INTERACTIONS, {})
+            out.append(Swap(version, at, {int(p): int(o) for p, o in logged.items()}))
+        return out
+
+    def runs(self, swaps: list[Swap]) -> list[dict[str, float]]:
+        """Per model the stream trained: how long its run took (to the save), and save → swap."""
+        runs = []
+        for s in swaps:
+            meta = self.meta(s.version)
+            if "logged_through" not in meta.get("data_window", {}):  # the initial model, trained before the stream
+                continue
+            started = datetime.fromisoformat(meta["train"]["run_started_at"]).timestamp()
+            saved = datetime.fromisoformat(meta["created_at"]).timestamp()
+            runs.append({"run_s": saved - started, "save_to_swap_s": s.at - saved})
+        return runs
 
 
 def run(seconds: float = 120.0, rate: float = 20.0, epochs: int = 5, users: int = 1000, items: int = 5000,
@@ -175,7 +179,6 @@ def run(seconds: float = 120.0, rate: float = 20.0, epochs: int = 5, users: int 
     from generation.dataset_gen_amazon import GeneratorConfig, generate, write
     from models.train import TrainConfig
     from models.trainer import TrainerOptions, run_once
-    from streamrec.shell import stack as _stack
     from streamrec.stats import CpuClock, percentiles
 
     with tempfile.TemporaryDirectory(prefix="streamrec-model-freshness-") as tmp_name:
@@ -187,6 +190,7 @@ def run(seconds: float = 120.0, rate: float = 20.0, epochs: int = 5, users: int 
         with own_stack(tmp / "stack", data, checkpoints, broker=kind) as (settings, env):
             # the model serving when the stream starts (no announcement: the recommender reads LATEST)
             run_once(settings, TrainerOptions(train=TrainConfig(epochs=epochs), publish=False))
+            served = _Checkpoints(checkpoints)
             with ExitStack() as running:  # each started process stopped, whatever fails after it
                 features, _ = start_worker(env, tmp / "features.log")
                 running.callback(stop, features)
@@ -201,11 +205,8 @@ def run(seconds: float = 120.0, rate: float = 20.0, epochs: int = 5, users: int 
                 watch = _StatusWatch(url)
                 watch.start()
                 running.callback(watch.close)
-                pids = {"trainer": trainer.pid, "recommender": recommender.pid, "features worker": features.pid}
-                for service in _stack.status(settings):
-                    if service.pid and service.running:
-                        pids["broker" if service.name.startswith(("kafka", "tansu")) else service.name] = service.pid
-                clock = CpuClock(pids)
+                clock = CpuClock({"trainer": trainer.pid, "recommender": recommender.pid,
+                                  "features worker": features.pid, **service_pids(settings)})
                 clock.start()
                 progress(f"model freshness: {rate:g} events/s for {seconds:g} s on {kind}, "
                          f"trainer --after-events 1 --epochs {epochs}")
@@ -219,14 +220,14 @@ def run(seconds: float = 120.0, rate: float = 20.0, epochs: int = 5, users: int 
                     if trainer.poll() is not None:
                         raise RuntimeError(f"the trainer exited ({trainer.returncode}): see {tmp / 'trainer.log'}")
                     if event_freshness([(p, o, 0.0) for p, o in last.items()],
-                                       _swaps(checkpoints, dict(watch.seen)))[1] == 0:
+                                       served.swaps(dict(watch.seen)))[1] == 0:
                         break
                     time.sleep(0.5)
                 cpu = clock.stop()
                 tail_s = time.monotonic() - produced_s
-            swaps = _swaps(checkpoints, dict(watch.seen))
+            swaps = served.swaps(dict(watch.seen))
             ages, missed = event_freshness(sent, swaps)
-            runs = _runs(checkpoints, swaps)
+            runs = served.runs(swaps)
             trainer_lines = (tmp / "trainer.log").read_text(encoding="utf-8", errors="replace").splitlines()
     refused = sum("kept the current model" in line for line in trainer_lines)
     failed = sum("run failed" in line for line in trainer_lines)

@@ -320,9 +320,10 @@ def run_trainer(settings: Settings, opts: TrainerOptions, *, every_s: float | No
             due = once or (every_s is not None and time.monotonic() >= next_at) or (
                 after_events is not None and pending >= after_events)
             if due:
-                report(f"retraining on the base data + {len(log.read()):,} logged events ({pending:,} new)")
+                logged = log.read()  # every parquet part: read once a run, not once per use
+                report(f"retraining on the base data + {len(logged):,} logged events ({pending:,} new)")
                 try:
-                    result = run_once(settings, opts, log.read(), log.positions())
+                    result = run_once(settings, opts, logged, log.positions())
                     report(result.line())
                 except StreamrecError as exc:
                     if once:
