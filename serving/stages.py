@@ -22,8 +22,12 @@ class StageTimes:
         ring.extend([ms] * n)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
+        # Copies first: a garbage collection may start at any allocation below (or in a compute thread) and
+        # its gc.callbacks hook records here (serving/app.py). dict.copy() and list(deque) run in C without
+        # allocating tracked objects mid-copy, so no collection, and no other thread, lands inside them.
         out = {}
-        for stage, ring in self._samples.items():
-            if ring:
-                out[stage] = {**percentiles(ring, (50, 99)), "samples": len(ring)}
+        for stage, ring in self._samples.copy().items():
+            values = list(ring)
+            if values:
+                out[stage] = {**percentiles(values, (50, 99)), "samples": len(values)}
         return out
