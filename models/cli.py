@@ -41,6 +41,11 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--user-tower", default="pooled", show_default=True, type=click.Choice(["pooled", "sequence"]),
                      help="User tower: attention pooling, or causal self-attention over the history (train it "
                           "with --batch-size 1024 --lr 2e-3); a warm start keeps the current model's."),
+        click.option("--skip", default=None, type=click.FloatRange(0, 100),
+                     help="Scale of the linear path beside each tower's MLP (id rows / the history's mean); "
+                          "default: TowerConfig's. A warm start keeps the current model's."),
+        click.option("--skip-dropout", default=None, type=click.FloatRange(0, 1, max_open=True),
+                     help="Dropout on that path in training; default: TowerConfig's."),
         click.option("--temperature", default=0.05, show_default=True,
                      type=click.FloatRange(0, 10, min_open=True), help="Softmax temperature on cosine scores."),
         click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
@@ -56,6 +61,13 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def _model(dim: int, temperature: float, user_tower: str, skip: float | None, skip_dropout: float | None
+           ) -> dict[str, Any]:
+    """TowerConfig options from the shared flags; an unset one keeps TowerConfig's default."""
+    unset = {k: v for k, v in (("skip", skip), ("skip_dropout", skip_dropout)) if v is not None}
+    return {"dim": dim, "temperature": temperature, "user_tower": user_tower, **unset}
 
 
 def _progress(console: Console) -> Progress:
@@ -97,8 +109,8 @@ def _plot(history: list[dict[str, float]], baselines: dict[str, dict[str, float]
               help="PNG of loss and metrics per epoch (default: <checkpoint>/training.png).")
 @click.option("--no-plot", is_flag=True, help="Do not draw the PNG.")
 @click.option("--no-promote", is_flag=True, help="Save the checkpoint but leave LATEST as it is.")
-def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, temperature: float, seed: int,
-          targets: str,
+def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, skip: float | None,
+          skip_dropout: float | None, temperature: float, seed: int, targets: str,
           device: str | None, data_dir: Path | None, out: Path | None, plot: Path | None, no_plot: bool,
           no_promote: bool) -> None:
     """Train the two-tower model on the generated data and compare it with baselines.
@@ -119,8 +131,7 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, te
                       device=device)
     raw = load_data(settings.data_dir)
     with _progress(err) as progress:
-        report = train_and_evaluate(raw, cfg, {"dim": dim, "temperature": temperature, "user_tower": user_tower},
-                                    progress)
+        report = train_and_evaluate(raw, cfg, _model(dim, temperature, user_tower, skip, skip_dropout), progress)
     p, fitted = report.prepared, report.fit
     table = _table(report.test, "two-tower vs baselines (test split)")
     table.caption = (f"{len(p.split.test):,} test users, {p.enc.schema.n_item_rows - 2:,} items, seen items "
@@ -167,7 +178,8 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, te
 @_model_options
 def trainer(every: str | None, after_events: int | None, once: bool, max_runs: int | None, tolerance: float,
             epochs: int, cold_start: bool, topic: str | None, no_publish: bool, threads: int | None, niceness: int,
-            batch_size: int, lr: float, dim: int, user_tower: str, temperature: float, seed: int, targets: str,
+            batch_size: int, lr: float, dim: int, user_tower: str, skip: float | None, skip_dropout: float | None,
+            temperature: float, seed: int, targets: str,
             device: str | None, data_dir: Path | None, out: Path | None) -> None:
     """Retrain periodically on the base data plus new events from Kafka; promote if not worse.
 
@@ -187,7 +199,7 @@ def trainer(every: str | None, after_events: int | None, once: bool, max_runs: i
         tolerance=tolerance, warm_start=not cold_start, topic=topic or INTERACTIONS, publish=not no_publish,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, targets=targets,  # type: ignore[arg-type]
                           device=device),
-        model={"dim": dim, "temperature": temperature, "user_tower": user_tower})
+        model=_model(dim, temperature, user_tower, skip, skip_dropout))
     every_s = parse_duration(every) if every is not None else None
     if not once and every_s is None and after_events is None:
         raise TrainerError("say when to retrain: --every 10m, --after-events N, or --once")

@@ -54,6 +54,7 @@ class NumpyUserTower:
         self.kinds, self.kind_bias, self.pos_bias = a["kinds"], a["kind_bias"], a["pos_bias"]  # kinds' row 0 is 0
         self.query_w, self.query_b = a["query_w"], a["query_b"]
         self.w1, self.b1, self.w2, self.b2 = a["mlp1_w"], a["mlp1_b"], a["mlp2_w"], a["mlp2_b"]
+        self.skip = np.float32(a["skip"])
         self.scale = np.float32(1 / math.sqrt(self.hist.shape[1]))
 
     def __call__(self, age: np.ndarray, gender: np.ndarray, region: np.ndarray, pref: np.ndarray,
@@ -68,9 +69,9 @@ class NumpyUserTower:
         w = np.exp(logits - logits.max(axis=1, keepdims=True))
         w *= valid.any(axis=1, keepdims=True) / w.sum(axis=1, keepdims=True)  # empty history: zeros
         share = valid / np.maximum(valid.sum(1, keepdims=True), 1)
-        x = np.concatenate([prof, np.einsum("bh,bhd->bd", w, h), np.einsum("bh,bhd->bd", share.astype(np.float32), h)],
-                           axis=1)
-        out = _gelu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+        mean = np.einsum("bh,bhd->bd", share.astype(np.float32), h)
+        x = np.concatenate([prof, np.einsum("bh,bhd->bd", w, h), mean], axis=1)
+        out = _gelu(x @ self.w1 + self.b1) @ self.w2 + self.b2 + self.skip * mean  # the linear path (towers._skip)
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
@@ -122,7 +123,7 @@ class NumpySequenceTower:
         x = self.hist[hist_items] + self.kinds[hist_types]  # (B, H, D)
         mean = np.einsum("bh,bhd->bd", valid.astype(np.float32), x) / np.maximum(valid.sum(1, keepdims=True), 1)
         feats = np.concatenate([self.profile(age, gender, region, pref), _layer_norm(z, a, "norm2"), mean], axis=1)
-        out = _gelu(feats @ a["mlp1_w"] + a["mlp1_b"]) @ a["mlp2_w"] + a["mlp2_b"]
+        out = _gelu(feats @ a["mlp1_w"] + a["mlp1_b"]) @ a["mlp2_w"] + a["mlp2_b"] + a["skip"] * mean
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 

@@ -188,8 +188,9 @@ def test_a_version_folder_linked_out_of_the_checkpoint_dir_is_refused(tmp_path: 
 
 
 def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(tmp_path: Path, trained: Report) -> None:
-    """Checkpoints written before TowerConfig had user_tower/heads held the pooled tower: they still load, as
-    that tower, with the same user vectors, in torch and in serving's numpy forward."""
+    """Checkpoints written before TowerConfig had user_tower/heads (and skip/skip_dropout) held the pooled tower
+    without a linear path: they still load, as that tower, with the same user vectors, in torch and in serving's
+    numpy forward."""
     from dataclasses import replace
 
     from models.train import new_model
@@ -197,10 +198,10 @@ def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(t
 
     schema = trained.prepared.enc.schema
     torch.manual_seed(0)
-    old = new_model(schema, trained.prepared.enc, user_tower="pooled")
+    old = new_model(schema, trained.prepared.enc, user_tower="pooled", skip=0.0, skip_dropout=0.0)
     path = save_checkpoint(tmp_path, old, schema, metrics={}, data_window={})
     meta = json.loads((path / checkpoints.META).read_text())
-    for key in ("user_tower", "heads"):
+    for key in ("user_tower", "heads", "skip", "skip_dropout"):
         del meta["config"][key]
     (path / checkpoints.META).write_text(json.dumps(meta))
     model, _, _ = read_checkpoint(path)

@@ -64,7 +64,7 @@ def test_serving_arrays_are_the_checkpoints_user_tower_tensors_by_name(cfg: Towe
     want = {"hist": hist, "age": s["age.weight"], "gender": s["gender.weight"], "region": s["region.weight"],
             "pref": s["pref.weight"], "pref_padding": torch.tensor(0), "kinds": s["kind.weight"],
             "mlp1_w": s["mlp.1.weight"].T, "mlp1_b": s["mlp.1.bias"], "mlp2_w": s["mlp.3.weight"].T,
-            "mlp2_b": s["mlp.3.bias"]}
+            "mlp2_b": s["mlp.3.bias"], "skip": torch.tensor(cfg.skip)}  # a config value, not a tensor
     if cfg.user_tower == "pooled":
         want |= {"kind_bias": s["kind_bias.weight"][:, 0], "pos_bias": s["pos_bias"],
                  "query_w": s["query.weight"].T, "query_b": s["query.bias"]}
@@ -98,7 +98,7 @@ def _user_vectors_slot_by_slot(model: TwoTower, u: UserBatch) -> torch.Tensor:
     w = torch.softmax(logits.masked_fill(~valid, -1e9), dim=-1) * valid.any(dim=-1, keepdim=True)
     pooled = (w.unsqueeze(-1) * h).sum(dim=1)
     mean = (h * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
-    return F.normalize(t.mlp(torch.cat([prof, pooled, mean], dim=-1)), dim=-1)
+    return F.normalize(t.mlp(torch.cat([prof, pooled, mean], dim=-1)) + model.cfg.skip * mean, dim=-1)
 
 
 def test_the_pooled_user_tower_equals_the_slot_by_slot_formula_with_its_gradients() -> None:
