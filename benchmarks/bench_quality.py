@@ -36,8 +36,11 @@ SEQUENCE = "two-tower (sequence)"
 
 
 def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: bool = True,
-        report: Any = print, history: int = HISTORY_LENGTH, sequence: bool = True) -> dict[str, Any]:
-    """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict."""
+        report: Any = print, history: int = HISTORY_LENGTH, sequence: bool = True,
+        tower_options: dict[str, float] | None = None) -> dict[str, Any]:
+    """Every protocol in ``splits`` plus the freshness lift (when temporal is one): a JSON-able dict.
+    ``tower_options``: TowerConfig options for both two-towers instead of the defaults (a what-if, named in the data's
+    name so its report section stands beside the defaults' one)."""
     import torch
 
     from models.data import load_data
@@ -52,21 +55,24 @@ def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: boo
     ctx = context(raw, max_history=history)
     ev = ctx.ev
     out: dict[str, Any] = {
-        "data": {"name": Path(data).resolve().name + ("" if history == HISTORY_LENGTH else f"-history{history}"),
+        "data": {"name": Path(data).resolve().name + ("" if history == HISTORY_LENGTH else f"-history{history}")
+                 + "".join(f"-{k.replace('_', '-')}{v:g}" for k, v in sorted((tower_options or {}).items())),
                  "events": len(ev.frame),
                  "users": len(ev.user_ids), "items": ctx.n_items, "positive_events": int(ctx.positive.sum()),
                  "window": [str(np.datetime64(int(ev.ts.min()), "ns"))[:19],
                             str(np.datetime64(int(ev.ts.max()), "ns"))[:19]]},
-        "settings": {"epochs": epochs, "seed": seed, "history": history, "threads": torch.get_num_threads()},
+        "settings": {"epochs": epochs, "seed": seed, "history": history, "threads": torch.get_num_threads(),
+                     "tower": dict(tower_options or {})},
         "splits": {}}
+    options = dict(tower_options or {})
     for name in splits:
         protocol = PROTOCOLS[name](ctx)
         rankers = [Popularity(), EASE(), *([ALS(seed=seed)] if als else []),
-                   TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed)),
+                   TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed), dict(options)),
                    # the sequence tower (causal self-attention, every position trained in one pass) on the same
                    # harness, at the batch and learning rate it was tuned with
                    *([TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed, **SEQUENCE_TRAINING),
-                                     {"user_tower": "sequence"}, SEQUENCE)] if sequence else [])]
+                                     {**options, "user_tower": "sequence"}, SEQUENCE)] if sequence else [])]
         if raw.affinities is not None:
             rankers.append(Oracle())
         warnings = [f"{what} has {n} requests (< {MIN_REQUESTS}): {consequence}"
@@ -215,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--history", type=int, default=HISTORY_LENGTH,
                     help=f"recent events the two-tower reads (the stream keeps {HISTORY_LENGTH}: another is a what-if)")
+    ap.add_argument("--skip", type=float, default=None,
+                    help="the two-towers' linear path scale (TowerConfig.skip; 0 = none) instead of the default")
+    ap.add_argument("--skip-dropout", type=float, default=None,
+                    help="dropout on that path in training (TowerConfig.skip_dropout) instead of the default")
     ap.add_argument("--no-als", action="store_true", help="leave ALS out")
     ap.add_argument("--no-sequence", action="store_true",
                     help="leave out the sequence user tower, shown beside the default (pooled) one")
@@ -225,12 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.epochs < 1 or args.history < 1:
         ap.error("--epochs and --history must be at least 1")
+    if (args.skip is not None and args.skip < 0) or (args.skip_dropout is not None and not 0 <= args.skip_dropout < 1):
+        ap.error("--skip must be at least 0 and --skip-dropout in [0, 1)")
     err = Console(stderr=True)
     data = args.data or get_settings().data_dir
     splits = ["temporal", "leave-last-out"] if args.split == "both" else [args.split]
+    tower = {k: v for k, v in (("skip", args.skip), ("skip_dropout", args.skip_dropout)) if v is not None}
     with err.status("quality benchmark…") as status:
         r = run(data, splits, epochs=args.epochs, seed=args.seed, als=not args.no_als, history=args.history,
-                sequence=not args.no_sequence,
+                sequence=not args.no_sequence, tower_options=tower,
                 report=lambda line: (status.update(line), err.print(line, highlight=False)))
     command = "streamrec bench quality " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(r, command.strip())

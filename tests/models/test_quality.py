@@ -265,3 +265,14 @@ def test_history_controls_keep_the_events_and_lose_only_their_order_or_everythin
     assert any((shuffled(u, seed).hist_items[0] != items[0]).any() for seed in range(5))
     e = emptied(u)
     assert (e.hist_items == 0).all() and (e.hist_types == 0).all()
+
+
+@pytest.mark.parametrize("argv", [["--skip", "-1"], ["--skip-dropout", "1"]])
+def test_a_bad_linear_path_option_is_one_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.bench_quality import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("--skip must be at least 0 and --skip-dropout in [0, 1)")
