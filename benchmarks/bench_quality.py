@@ -54,21 +54,21 @@ def run(data: Path, splits: list[str], epochs: int = 30, seed: int = 0, als: boo
     t0 = time.perf_counter()
     ctx = context(raw, max_history=history)
     ev = ctx.ev
+    options = dict(tower_options or {})
     out: dict[str, Any] = {
         "data": {"name": Path(data).resolve().name + ("" if history == HISTORY_LENGTH else f"-history{history}")
-                 + "".join(f"-{k.replace('_', '-')}{v:g}" for k, v in sorted((tower_options or {}).items())),
+                 + "".join(f"-{k.replace('_', '-')}{v:g}" for k, v in sorted(options.items())),
                  "events": len(ev.frame),
                  "users": len(ev.user_ids), "items": ctx.n_items, "positive_events": int(ctx.positive.sum()),
                  "window": [str(np.datetime64(int(ev.ts.min()), "ns"))[:19],
                             str(np.datetime64(int(ev.ts.max()), "ns"))[:19]]},
         "settings": {"epochs": epochs, "seed": seed, "history": history, "threads": torch.get_num_threads(),
-                     "tower": dict(tower_options or {})},
+                     "tower": options},
         "splits": {}}
-    options = dict(tower_options or {})
     for name in splits:
         protocol = PROTOCOLS[name](ctx)
         rankers = [Popularity(), EASE(), *([ALS(seed=seed)] if als else []),
-                   TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed), dict(options)),
+                   TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed), options),
                    # the sequence tower (causal self-attention, every position trained in one pass) on the same
                    # harness, at the batch and learning rate it was tuned with
                    *([TwoTowerRanker(TrainConfig(epochs=epochs, seed=seed, **SEQUENCE_TRAINING),
