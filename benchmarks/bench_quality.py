@@ -222,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--history", type=int, default=HISTORY_LENGTH,
                     help=f"recent events the two-tower reads (the stream keeps {HISTORY_LENGTH}: another is a what-if)")
     ap.add_argument("--skip", type=float, default=None,
-                    help="the two-towers' linear path scale (TowerConfig.skip; 0 = none) instead of the default")
+                    help="the two-towers' linear path scale (TowerConfig.skip; 0 = none) instead of "
+                         "choosing it on validation")
     ap.add_argument("--skip-dropout", type=float, default=None,
-                    help="dropout on that path in training (TowerConfig.skip_dropout) instead of the default")
+                    help="dropout on that path in training (TowerConfig.skip_dropout); setting it pins the path")
     ap.add_argument("--no-als", action="store_true", help="leave ALS out")
     ap.add_argument("--no-sequence", action="store_true",
                     help="leave out the sequence user tower, shown beside the default (pooled) one")

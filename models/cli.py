@@ -43,9 +43,11 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "with --batch-size 1024 --lr 2e-3); a warm start keeps the current model's."),
         click.option("--skip", default=None, type=click.FloatRange(0, 100),
                      help="Scale of the linear path beside each tower's MLP (id rows / the history's mean); "
-                          "default: TowerConfig's. A warm start keeps the current model's."),
+                          "0 = none. Unset (with --skip-dropout unset): chosen on validation among the path "
+                          "with dropout 0.2, without dropout, and none (models/train.py PATH_GRID). A warm "
+                          "start keeps the current model's."),
         click.option("--skip-dropout", default=None, type=click.FloatRange(0, 1, max_open=True),
-                     help="Dropout on that path in training; default: TowerConfig's."),
+                     help="Dropout on that path in training (setting it pins the path: nothing is chosen)."),
         click.option("--temperature", default=0.05, show_default=True,
                      type=click.FloatRange(0, 10, min_open=True), help="Softmax temperature on cosine scores."),
         click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
@@ -147,7 +149,7 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, sk
     path = save_checkpoint(settings.checkpoint_dir, fitted.model.cpu(), p.enc.schema,
                            metrics=report.test["two-tower"], data_window=window,
                            train={**vars(cfg), "history": fitted.history, "best_epoch": fitted.best_epoch,
-                                  "selection": fitted.selection,
+                                  "selection": fitted.selection, "path_tried": fitted.path_tried,
                                   "baselines": {k: v for k, v in report.test.items() if k != "two-tower"}},
                            popularity=popularity_ranking(p.raw.interactions))
     if not no_promote:

@@ -11,9 +11,9 @@ Protocols:
 - ``temporal``: one global cut in time; the last ``test_frac`` of all events are the test period. One
   request per user with events before the cut and a first-time positive after it: history = the user's
   events before the cut, targets = the items of those first-time positives. Rankers learn from events
-  before the cut. Tuning (EASE's λ, ALS's factors and weight, the two-tower's epochs) uses the same
-  protocol carved out of the training period (its last ``val_frac`` of all events is the validation
-  period); each ranker is then refit on the whole training period with what won.
+  before the cut. Tuning (EASE's λ, ALS's factors and weight, the two-tower's epochs and linear path)
+  uses the same protocol carved out of the training period (its last ``val_frac`` of all events is the
+  validation period); each ranker is then refit on the whole training period with what won.
 - ``leave-last-out``: per user, the last first-time positive event is the test target and the one
   before the validation target (:func:`models.data.split_by_time`); rankers learn from each user's
   events before their target (for tuning, before their validation target).

@@ -22,7 +22,7 @@ from .data import Encoded, Events, Prepared, RawData, Split, TrainError, encode
 from .evaluation import EvalSet, Scorer, eval_set, model_scorer
 from .features import FeatureSchema
 from .towers import UserBatch
-from .train import TrainConfig, fit, new_model
+from .train import PATH_KEYS, TrainConfig, fit, fit_tuned, new_model
 
 __all__ = ["Fold", "Context", "context", "Ranker", "Random", "Popularity", "Oracle", "EASE", "ALS",
            "TwoTowerRanker"]
@@ -286,7 +286,7 @@ class ALS(Ranker):
 class TwoTowerRanker(Ranker):
     """The project's model, trained by :func:`models.train.fit` on the fold's first-time positives (every
     positive with ``targets="all"``); given validation requests, training chooses its epoch count (early
-    stopping), and the refit trains that long."""
+    stopping) and its linear path (:func:`models.train.fit_tuned`), and the refit trains those."""
 
     name = "two-tower"
 
@@ -301,12 +301,16 @@ class TwoTowerRanker(Ranker):
         if len(train_rows) == 0:
             raise TrainError("no training targets before the cut")
         p = Prepared(ctx.raw, ctx.ev, Split(train_rows, np.zeros(0, np.int64), fold.rows), ctx.enc)
-        torch.manual_seed(cfg.seed)  # before the model exists: its initial weights are part of the run
-        self.model = new_model(ctx.enc.schema, ctx.enc, **self.model_options)
-        self.result = fit(self.model, p, cfg, self.progress, val=val)
-        if val is not None:
-            self.params["epochs"] = self.result.best_epoch
+        if val is not None:  # the epochs and the linear path, chosen on validation
+            tuned = fit_tuned(p, cfg, self.model_options, self.progress, val=val)
+            self.model, self.result = tuned.model, tuned.result
+            self.params |= {"epochs": self.result.best_epoch, **tuned.options}
             self.selection = self.result.selection
+            return
+        path = {k: params[k] for k in PATH_KEYS if k in params}  # a refit: as chosen
+        torch.manual_seed(cfg.seed)  # before the model exists: its initial weights are part of the run
+        self.model = new_model(ctx.enc.schema, ctx.enc, **{**self.model_options, **path})
+        self.result = fit(self.model, p, cfg, self.progress)
 
     def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None,
                transform: Callable[[UserBatch], UserBatch] | None = None) -> Scorer:

@@ -66,8 +66,9 @@ class TowerConfig:
     # dropout); the path is that item-item model, the MLPs keep content, profile and recency on top.
     # ``skip_dropout`` on the path, in training: 0 over-fits ml-100k (leave-last-out 0.099 vs 0.107 without
     # the path), 0.2 keeps it (0.105). It costs logs whose items are known by their content more than by
-    # their few events (synthetic-dynamics: -0.011/-0.018). BENCHMARKS.md, issue 27. Checkpoints without
-    # the keys have no path (0, 0).
+    # their few events (synthetic-dynamics: -0.011/-0.018). BENCHMARKS.md, issue 27. These are the
+    # defaults; training with validation chooses among them, no dropout and no path (models/train.py
+    # PATH_GRID). Checkpoints without the keys have no path (0, 0).
     skip: float = 1.0
     skip_dropout: float = 0.2
 

@@ -45,7 +45,8 @@ from .selection import (
 from .towers import TowerConfig, TwoTower
 
 __all__ = ["TrainConfig", "SEQUENCE_TRAINING", "RowAdam", "retain_freed_memory", "FitResult", "pick_device",
-           "new_model", "grow_state", "fit"]
+           "new_model", "grow_state", "fit", "PATH_GRID", "PATH_KEYS", "path_grid", "Tuned",
+           "fit_tuned"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class FitResult:
     best_epoch: int = 0  # the epoch whose weights the model holds (the last one trained without selection)
     selection: str = ""  # why: models.selection's reason, or why nothing was chosen
     seconds: float = 0.0
+    val_figure: np.ndarray | None = None  # each validation request's figure at the chosen epoch (selecting)
+    path_tried: list[dict[str, Any]] = field(default_factory=list)  # fit_tuned: each PATH_GRID entry's run
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -230,7 +233,7 @@ def _window_steps(model: TwoTower, p: Prepared, w: WindowIndex, cfg: TrainConfig
 
 
 def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | None = None,
-        val: EvalSet | None = None) -> FitResult:
+        val: EvalSet | None = None, label: str = "") -> FitResult:
     """Train on ``p.split.train`` for at most ``cfg.epochs`` epochs; after each, score the validation set
     (``val``, else one built from ``p.split.val``) and keep the epoch :mod:`models.selection` chooses.
 
@@ -256,8 +259,8 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
     result, t0 = FitResult(model), time.perf_counter()
     windows = window_index(p.enc, p.split.train, p.enc.schema.max_history) if model.sequential else None
     n_batches = max(1, -(-len(rows) // cfg.batch_size))
-    ep_task = progress.add_task("epochs", total=epochs) if progress else None
-    b_task = progress.add_task("batches", total=n_batches) if progress else None
+    ep_task = progress.add_task(f"epochs{label}", total=epochs) if progress else None
+    b_task = progress.add_task(f"batches{label}", total=n_batches) if progress else None
     curves: list[np.ndarray] = []  # each epoch's per-request validation figure
     states: dict[int, dict[str, torch.Tensor]] = {}  # the epochs that may still be chosen
     # the batch order comes from ``gen`` alone, so a run is reproducible from cfg.seed
@@ -289,16 +292,75 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
                 states = {e: st for e, st in states.items() if e >= first}  # never chosen: freed
         result.history.append(entry)
         if progress:
-            progress.update(ep_task, advance=1, description=f"epoch {epoch} loss {entry['loss']:.3f}")
+            progress.update(ep_task, advance=1, description=f"epoch {epoch}{label} loss {entry['loss']:.3f}")
         if selecting and should_stop(curves, cfg.patience):
             break
     result.best_epoch = len(result.history)
     if selecting and curves:  # epochs=0: the untrained model, nothing to choose
         choice = choose_epoch(curves)
         result.best_epoch, result.selection = choice.epoch, choice.reason
+        result.val_figure = curves[choice.epoch - 1]
         model.load_state_dict(states[choice.epoch])
     elif val is not None:
         result.selection = f"{len(val.rows)} validation requests < {MIN_REQUESTS}: default schedule, {epochs} epochs"
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+# The linear path's settings (TowerConfig.skip / skip_dropout), chosen on validation as EASE's lambda is:
+# which one wins depends on the log (issue 27, BENCHMARKS.md "The linear path"). With dropout on the path
+# (the default: ml-100k leave-last-out 0.105, 0.099 without it); without its dropout (online-retail
+# temporal ties EASE: 0.100 against 0.093); without the path (logs whose items are known by their content
+# more than by their few events: synthetic-dynamics -0.011/-0.018 with it). The first is the default.
+PATH_GRID: tuple[dict[str, float], ...] = ({}, {"skip_dropout": 0.0}, {"skip": 0.0})
+PATH_KEYS = ("skip", "skip_dropout")
+
+
+def path_grid(options: dict[str, Any]) -> list[dict[str, float]]:
+    """:data:`PATH_GRID`, or only ``options`` as given where they pin the path (``--skip``/``--skip-dropout``)."""
+    return [{}] if any(k in options for k in PATH_KEYS) else [dict(v) for v in PATH_GRID]
+
+
+def _path_name(variant: dict[str, float]) -> str:
+    if not variant:
+        return "linear path (default)"
+    return "no linear path" if variant.get("skip") == 0 else ", ".join(f"{k} {v:g}" for k, v in variant.items())
+
+
+@dataclass
+class Tuned:
+    model: TwoTower
+    result: FitResult  # its path_tried: each entry's epochs and validation figure
+    options: dict[str, float]  # the PATH_GRID entry chosen ({} = the default)
+
+
+def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: Progress | None = None,
+              val: EvalSet | None = None) -> Tuned:
+    """A new model trained by :func:`fit`, its linear path chosen on ``val`` (each :func:`path_grid` entry
+    trained with its own epoch selection; the highest mean validation figure at its chosen epoch wins).
+
+    Below :data:`~models.selection.MIN_REQUESTS` validation requests (or without them) nothing is chosen:
+    the default is trained alone, as :func:`fit` trains the default schedule there.
+    """
+    grid = path_grid(options)
+    if val is None or len(val.rows) < MIN_REQUESTS:
+        grid = grid[:1]
+    best: Tuned | None = None
+    tried: list[dict[str, Any]] = []
+    for variant in grid:
+        torch.manual_seed(cfg.seed)  # before the model exists: its initial weights are part of the run
+        model = new_model(p.enc.schema, p.enc, **{**options, **variant})
+        label = f" ({_path_name(variant)})" if len(grid) > 1 else ""
+        result = fit(model, p, cfg, progress, val=val, label=label)
+        figure = float(result.val_figure.mean()) if result.val_figure is not None else float("nan")
+        tried.append({**variant, "epochs": result.best_epoch, "val_figure": figure})
+        if best is None or figure > float(best.result.val_figure.mean()):  # type: ignore[union-attr]
+            best = Tuned(model, result, variant)
+    assert best is not None
+    best.result.path_tried = tried
+    if len(grid) > 1:
+        figures = "; ".join(f"{_path_name({k: v for k, v in t.items() if k in PATH_KEYS})}: "
+                            f"{t['val_figure']:.4f} at {t['epochs']} epochs" for t in tried)
+        best.result.selection += f"; {_path_name(best.options)} chosen on validation ({figures})"
+    return best

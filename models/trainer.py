@@ -40,7 +40,7 @@ from .data import encode as encode_events
 from .evaluation import EvalSet, eval_set, evaluate, model_scorer
 from .features import FeatureSchema, popularity_ranking
 from .towers import TwoTower
-from .train import TrainConfig, fit, grow_state, new_model, pick_device
+from .train import TrainConfig, fit, fit_tuned, grow_state, new_model, pick_device
 
 __all__ = ["TrainerError", "InteractionLog", "TrainerOptions", "RunResult", "run_once", "run_trainer",
            "parse_duration", "LOG_DIR", "OFFSETS"]
@@ -214,14 +214,14 @@ class RunResult:
 
 def _candidate(p: Prepared, opts: TrainerOptions, current: TwoTower | None) -> TwoTower:
     """Train the candidate: from ``current``'s weights (rows appended for new vocabulary) or fresh."""
+    if current is None:  # a cold start chooses the linear path on validation, as `streamrec train` does
+        val = eval_set(p.enc, p.split.val) if len(p.split.val) else None
+        return fit_tuned(p, opts.train, opts.model, val=val).model
     torch.manual_seed(opts.train.seed)
-    if current is None:
-        model = new_model(p.enc.schema, p.enc, **opts.model)
-    else:
-        sizes = p.enc.schema.sizes()  # everything else (dim, dropout, temperature) stays as it was
-        model = new_model(p.enc.schema, p.enc, **{k: v for k, v in asdict(current.cfg).items() if k not in sizes})
-        grow_state(model, current.state_dict())
-        model.item_tower.set_features(p.enc.items)
+    sizes = p.enc.schema.sizes()  # everything else (dim, dropout, temperature, the path) stays as it was
+    model = new_model(p.enc.schema, p.enc, **{k: v for k, v in asdict(current.cfg).items() if k not in sizes})
+    grow_state(model, current.state_dict())
+    model.item_tower.set_features(p.enc.items)
     fit(model, p, opts.train)
     return model
 

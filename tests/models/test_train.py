@@ -143,6 +143,44 @@ def test_the_model_holds_the_weights_of_the_epoch_selection_chose(trained: Repor
     assert now["ndcg@10"] == pytest.approx(result.history[result.best_epoch - 1]["val_ndcg@10"], abs=1e-6)
 
 
+def test_the_linear_path_is_the_one_that_scored_best_on_validation(trained: Report) -> None:
+    """With >= MIN_REQUESTS validation users every PATH_GRID entry is trained, and the model returned is the
+    entry with the highest validation figure: its config says so, and its figure, recomputed, is that one."""
+    from models.evaluation import eval_set, evaluate, model_scorer
+    from models.metrics import per_row_metrics
+    from models.selection import selection_figure, selection_ks
+    from models.towers import TowerConfig
+    from models.train import PATH_GRID, PATH_KEYS
+
+    result, p = trained.fit, trained.prepared
+    tried = result.path_tried
+    assert [{k: v for k, v in t.items() if k in PATH_KEYS} for t in tried] == list(PATH_GRID)
+    assert len({round(t["val_figure"], 6) for t in tried}) == len(tried)  # three models, not one thrice
+    best = max(tried, key=lambda t: t["val_figure"])
+    defaults = {k: TowerConfig.__dataclass_fields__[k].default for k in PATH_KEYS}
+    assert {k: getattr(result.model.cfg, k) for k in PATH_KEYS} == {**defaults, **{k: best[k] for k in best
+                                                                                   if k in PATH_KEYS}}
+    assert result.best_epoch == best["epochs"]
+    es = eval_set(p.enc, p.split.val)
+    ks = selection_ks(es.n_catalogue)
+    _, top = evaluate(model_scorer(result.model, p.enc, es), es, ks)
+    assert float(selection_figure(per_row_metrics(top, es.targets, ks)[0]).mean()) == pytest.approx(
+        best["val_figure"], abs=1e-6)
+
+
+def test_below_min_requests_or_pinned_the_path_is_not_chosen(tiny) -> None:  # noqa: ANN001 - fixture
+    from models.compare import train_and_evaluate
+    from models.train import PATH_GRID, TrainConfig, path_grid
+    from tests.helpers import raw_of
+
+    assert path_grid({"dim": 8}) == list(PATH_GRID) and PATH_GRID[0] == {}  # the default comes first
+    assert path_grid({"skip": 0.0}) == [{}] and path_grid({"skip_dropout": 0.1}) == [{}]  # as given
+    report = train_and_evaluate(raw_of(tiny), TrainConfig(epochs=1, seed=0), baselines=False)
+    assert len(report.prepared.split.val) < 200
+    assert [{k: v for k, v in t.items() if k != "val_figure"} for t in report.fit.path_tried] == [{"epochs": 1}]
+    assert report.fit.model.cfg.skip == 1.0 and report.fit.model.cfg.skip_dropout == 0.2
+
+
 @pytest.mark.parametrize("tower, margin", [("pooled", 0.0), ("sequence", 0.02)])
 def test_with_session_dynamics_fresh_history_beats_a_day_start_snapshot(tower: str, margin: float) -> None:
     """streamrec train reports the served model's freshness lift: the same test targets answered with each
