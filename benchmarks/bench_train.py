@@ -73,7 +73,7 @@ def seed_size(epochs: int, seed: int = 42, **model: Any) -> dict[str, Any]:
     es = eval_set(report.prepared.enc, report.prepared.split.test)
     r10 = {name: m["recall@10"] for name, m in report.test.items()}
     return {"epochs": epochs, "train_s": report.fit.seconds, "total_s": total, "cpu_s": cpu,
-            "best_epoch": report.fit.best_epoch,
+            "best_epoch": report.fit.best_epoch, "path_runs": max(1, len(report.fit.path_tried)),
             "recall@10": r10, "ndcg@10": {n: m["ndcg@10"] for n, m in report.test.items()},
             "ceiling_recall@10": _ceiling(report.prepared, es), "n_test": len(es.rows),
             "ratio_popularity": r10["two-tower"] / r10["popularity"], "ratio_oracle": r10["two-tower"] / r10["oracle"]}

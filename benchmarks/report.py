@@ -220,8 +220,10 @@ def _train(r: Mapping[str, Any], p: Mapping[str, Any]) -> list[Row]:
     epochs = dig(s, "epochs") or p.get("epochs")
     na = "" if epochs == TRAIN_EPOCHS else f"goal is for {TRAIN_EPOCHS} epochs"
     tt = dig(s, "recall@10", "two-tower")
+    runs = dig(s, "path_runs") or 1  # the linear path chosen on validation: one run per PATH_GRID entry
+    paths = f" (at most, × {runs} linear paths)" if runs > 1 else ""
     rows = [
-        Row(f"train 20k interactions × {epochs} epochs, s", dig(s, "train_s"), goal=f"≤ {TRAIN_TIME_S:.0f} s",
+        Row(f"train 20k interactions × {epochs} epochs{paths}, s", dig(s, "train_s"), goal=f"≤ {TRAIN_TIME_S:.0f} s",
             met=None if na else _at_most(dig(s, "train_s"), TRAIN_TIME_S), why_na=na),
         Row("train, CPU seconds", dig(s, "cpu_s")),
         Row("Recall@10 vs popularity", tt, dig(s, "recall@10", "popularity"), "popularity"),

@@ -331,7 +331,7 @@ def _path_name(variant: dict[str, float]) -> str:
 @dataclass
 class Tuned:
     model: TwoTower
-    result: FitResult  # its path_tried: each entry's epochs and validation figure
+    result: FitResult  # its path_tried: each entry's epochs, validation figure and seconds; seconds: their sum
     options: dict[str, float]  # the PATH_GRID entry chosen ({} = the default)
 
 
@@ -354,11 +354,12 @@ def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: 
         label = f" ({_path_name(variant)})" if len(grid) > 1 else ""
         result = fit(model, p, cfg, progress, val=val, label=label)
         figure = float(result.val_figure.mean()) if result.val_figure is not None else float("nan")
-        tried.append({**variant, "epochs": result.best_epoch, "val_figure": figure})
+        tried.append({**variant, "epochs": result.best_epoch, "val_figure": figure, "seconds": result.seconds})
         if best is None or figure > float(best.result.val_figure.mean()):  # type: ignore[union-attr]
             best = Tuned(model, result, variant)
     assert best is not None
     best.result.path_tried = tried
+    best.result.seconds = sum(t["seconds"] for t in tried)  # what choosing cost: every run, not the kept one
     if len(grid) > 1:
         figures = "; ".join(f"{_path_name({k: v for k, v in t.items() if k in PATH_KEYS})}: "
                             f"{t['val_figure']:.4f} at {t['epochs']} epochs" for t in tried)

@@ -161,6 +161,7 @@ def test_the_linear_path_is_the_one_that_scored_best_on_validation(trained: Repo
     assert {k: getattr(result.model.cfg, k) for k in PATH_KEYS} == {**defaults, **{k: best[k] for k in best
                                                                                    if k in PATH_KEYS}}
     assert result.best_epoch == best["epochs"]
+    assert result.seconds == pytest.approx(sum(t["seconds"] for t in tried))  # training time: every run
     es = eval_set(p.enc, p.split.val)
     ks = selection_ks(es.n_catalogue)
     _, top = evaluate(model_scorer(result.model, p.enc, es), es, ks)
@@ -177,7 +178,8 @@ def test_below_min_requests_or_pinned_the_path_is_not_chosen(tiny) -> None:  # n
     assert path_grid({"skip": 0.0}) == [{}] and path_grid({"skip_dropout": 0.1}) == [{}]  # as given
     report = train_and_evaluate(raw_of(tiny), TrainConfig(epochs=1, seed=0), baselines=False)
     assert len(report.prepared.split.val) < 200
-    assert [{k: v for k, v in t.items() if k != "val_figure"} for t in report.fit.path_tried] == [{"epochs": 1}]
+    assert [{k: v for k, v in t.items() if k not in ("val_figure", "seconds")} for t in report.fit.path_tried
+            ] == [{"epochs": 1}]
     assert report.fit.model.cfg.skip == 1.0 and report.fit.model.cfg.skip_dropout == 0.2
 
 
