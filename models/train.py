@@ -37,6 +37,7 @@ from .selection import (
     DEFAULT_EPOCHS,
     MIN_REQUESTS,
     choose_epoch,
+    choose_variant,
     earliest_choice,
     selection_figure,
     selection_ks,
@@ -308,8 +309,9 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
     return result
 
 
-# The linear path's settings (TowerConfig.skip / skip_dropout), chosen on validation as EASE's lambda is:
-# which one wins depends on the log (issue 27, BENCHMARKS.md "The linear path"). With dropout on the path
+# The linear path's settings (TowerConfig.skip / skip_dropout), chosen on validation as EASE's lambda is
+# (models.selection.choose_variant): which one wins depends on the log (issue 27, BENCHMARKS.md "The linear
+# path"). With dropout on the path
 # (the default: ml-100k leave-last-out 0.105, 0.099 without it); without its dropout (online-retail
 # temporal ties EASE: 0.100 against 0.093); without the path (logs whose items are known by their content
 # more than by their few events: synthetic-dynamics -0.011/-0.018 with it). The first is the default.
@@ -331,14 +333,16 @@ def _path_name(variant: dict[str, float]) -> str:
 @dataclass
 class Tuned:
     model: TwoTower
-    result: FitResult  # its path_tried: each entry's epochs, validation figure and seconds; seconds: their sum
+    result: FitResult  # path_tried: each entry's epochs, seconds, validation figure, gain over the default
+    # and its standard error; seconds: their sum
     options: dict[str, float]  # the PATH_GRID entry chosen ({} = the default)
 
 
 def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: Progress | None = None,
               val: EvalSet | None = None) -> Tuned:
-    """A new model trained by :func:`fit`, its linear path chosen on ``val`` (each :func:`path_grid` entry
-    trained with its own epoch selection; the highest mean validation figure at its chosen epoch wins).
+    """A new model trained by :func:`fit`, its linear path chosen on ``val``: each :func:`path_grid` entry is
+    trained with its own epoch selection, and :func:`~models.selection.choose_variant` keeps the one with
+    the highest mean validation figure at its chosen epoch.
 
     Below :data:`~models.selection.MIN_REQUESTS` validation requests (or without them) nothing is chosen:
     the default is trained alone, as :func:`fit` trains the default schedule there.
@@ -346,22 +350,27 @@ def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: 
     grid = path_grid(options)
     if val is None or len(val.rows) < MIN_REQUESTS:
         grid = grid[:1]
-    best: Tuned | None = None
-    tried: list[dict[str, Any]] = []
+    runs: list[Tuned] = []
     for variant in grid:
         torch.manual_seed(cfg.seed)  # before the model exists: its initial weights are part of the run
         model = new_model(p.enc.schema, p.enc, **{**options, **variant})
         label = f" ({_path_name(variant)})" if len(grid) > 1 else ""
-        result = fit(model, p, cfg, progress, val=val, label=label)
-        figure = float(result.val_figure.mean()) if result.val_figure is not None else float("nan")
-        tried.append({**variant, "epochs": result.best_epoch, "val_figure": figure, "seconds": result.seconds})
-        if best is None or figure > float(best.result.val_figure.mean()):  # type: ignore[union-attr]
-            best = Tuned(model, result, variant)
-    assert best is not None
-    best.result.path_tried = tried
-    best.result.seconds = sum(t["seconds"] for t in tried)  # what choosing cost: every run, not the kept one
+        runs.append(Tuned(model, fit(model, p, cfg, progress, val=val, label=label), variant))
+    tried = [{**r.options, "epochs": r.result.best_epoch, "seconds": r.result.seconds,
+              "val_figure": float(r.result.val_figure.mean()) if r.result.val_figure is not None else float("nan")}
+             for r in runs]
+    keep = 0
+    if len(runs) > 1:
+        keep, gains = choose_variant([r.result.val_figure for r in runs])  # type: ignore[misc]
+        for t, (gain, se) in zip(tried, gains, strict=True):
+            t |= {"gain": gain, "se": se}
+    chosen = runs[keep]
+    chosen.result.path_tried = tried
+    chosen.result.seconds = sum(t["seconds"] for t in tried)  # what choosing cost: every run, not the kept one
     if len(grid) > 1:
         figures = "; ".join(f"{_path_name({k: v for k, v in t.items() if k in PATH_KEYS})}: "
-                            f"{t['val_figure']:.4f} at {t['epochs']} epochs" for t in tried)
-        best.result.selection += f"; {_path_name(best.options)} chosen on validation ({figures})"
-    return best
+                            f"{t['val_figure']:.4f} at {t['epochs']} epochs"
+                            + (f", {t['gain']:+.4f} ± {t['se']:.4f} over the default" if i else "")
+                            for i, t in enumerate(tried))
+        chosen.result.selection += f"; {_path_name(chosen.options)} chosen on validation ({figures})"
+    return chosen

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.selection import DEFAULT_EPOCHS, MIN_REQUESTS, choose_epoch, earliest_choice, selection_figure, should_stop
+from models.selection import (
+    DEFAULT_EPOCHS,
+    MIN_REQUESTS,
+    choose_epoch,
+    choose_variant,
+    earliest_choice,
+    selection_figure,
+    should_stop,
+)
 
 
 def _curves(means: list[float], n: int = 1000, noise: float = 0.2, seed: int = 0) -> list[np.ndarray]:
@@ -61,3 +69,14 @@ def test_weights_freed_before_the_earliest_choice_are_never_chosen_later() -> No
         for n in range(1, len(curves) + 1):
             floor = max(floor, earliest_choice(curves[:n]))
             assert choose_epoch(curves[:n]).best >= floor  # what fit still holds covers every later choice
+
+
+def test_the_variant_with_the_highest_mean_is_kept_and_each_gain_comes_with_its_standard_error() -> None:
+    default, slightly, clearly, more, worse = _curves([0.0, 0.002, 0.02, 0.03, -0.05], noise=0.5)
+    assert choose_variant([default, worse, clearly])[0] == 2
+    assert choose_variant([default, clearly, more])[0] == 2
+    assert choose_variant([default, worse])[0] == 0
+    index, gains = choose_variant([default, slightly, worse])
+    assert index == 1 and gains[0] == (0.0, 0.0)
+    assert gains[1][0] == np.mean(slightly - default) and 0 < gains[1][0] < gains[1][1]  # inside the noise
+    assert gains[2][0] < -10 * gains[2][1]

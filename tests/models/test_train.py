@@ -145,7 +145,7 @@ def test_the_model_holds_the_weights_of_the_epoch_selection_chose(trained: Repor
 
 def test_the_linear_path_is_the_one_that_scored_best_on_validation(trained: Report) -> None:
     """With >= MIN_REQUESTS validation users every PATH_GRID entry is trained, and the model returned is the
-    entry with the highest validation figure: its config says so, and its figure, recomputed, is that one."""
+    one choose_variant keeps: its config says so, and its validation figure, recomputed, is that one's."""
     from models.evaluation import eval_set, evaluate, model_scorer
     from models.metrics import per_row_metrics
     from models.selection import selection_figure, selection_ks
@@ -157,6 +157,8 @@ def test_the_linear_path_is_the_one_that_scored_best_on_validation(trained: Repo
     assert [{k: v for k, v in t.items() if k in PATH_KEYS} for t in tried] == list(PATH_GRID)
     assert len({round(t["val_figure"], 6) for t in tried}) == len(tried)  # three models, not one thrice
     best = max(tried, key=lambda t: t["val_figure"])
+    assert tried[0]["gain"] == 0 and all(t["gain"] == pytest.approx(t["val_figure"] - tried[0]["val_figure"])
+                                         for t in tried)
     defaults = {k: TowerConfig.__dataclass_fields__[k].default for k in PATH_KEYS}
     assert {k: getattr(result.model.cfg, k) for k in PATH_KEYS} == {**defaults, **{k: best[k] for k in best
                                                                                    if k in PATH_KEYS}}
