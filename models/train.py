@@ -357,7 +357,7 @@ def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: 
         label = f" ({_path_name(variant)})" if len(grid) > 1 else ""
         runs.append(Tuned(model, fit(model, p, cfg, progress, val=val, label=label), variant))
     tried = [{**r.options, "epochs": r.result.best_epoch, "seconds": r.result.seconds,
-              "val_figure": float(r.result.val_figure.mean()) if r.result.val_figure is not None else float("nan")}
+              "val_figure": None if r.result.val_figure is None else float(r.result.val_figure.mean())}
              for r in runs]
     keep = 0
     if len(runs) > 1:

@@ -212,18 +212,20 @@ class RunResult:
                 f"{self.seconds:.1f}s")
 
 
-def _candidate(p: Prepared, opts: TrainerOptions, current: TwoTower | None) -> TwoTower:
-    """Train the candidate: from ``current``'s weights (rows appended for new vocabulary) or fresh."""
+def _candidate(p: Prepared, opts: TrainerOptions, current: TwoTower | None) -> tuple[TwoTower, list[dict[str, Any]]]:
+    """Train the candidate: from ``current``'s weights (rows appended for new vocabulary) or fresh; with
+    the linear paths a cold start tried (empty for a warm start)."""
     if current is None:  # a cold start chooses the linear path on validation, as `streamrec train` does
         val = eval_set(p.enc, p.split.val) if len(p.split.val) else None
-        return fit_tuned(p, opts.train, opts.model, val=val).model
+        tuned = fit_tuned(p, opts.train, opts.model, val=val)
+        return tuned.model, tuned.result.path_tried
     torch.manual_seed(opts.train.seed)
     sizes = p.enc.schema.sizes()  # everything else (dim, dropout, temperature, the path) stays as it was
     model = new_model(p.enc.schema, p.enc, **{k: v for k, v in asdict(current.cfg).items() if k not in sizes})
     grow_state(model, current.state_dict())
     model.item_tower.set_features(p.enc.items)
     fit(model, p, opts.train)
-    return model
+    return model, []
 
 
 def _score_current(p: Prepared, es: EvalSet, current: tuple[TwoTower, FeatureSchema, Any]) -> dict[str, float]:
@@ -254,7 +256,7 @@ def run_once(settings: Settings, opts: TrainerOptions, extra: pd.DataFrame | Non
             note = f"; current {cur_version} unreadable, replaced: {exc}"
     warm = current if opts.warm_start else None
     p = prepare(raw, warm[1] if warm else None, opts.train.targets, pick_device(opts.train.device))
-    model = _candidate(p, opts, warm[0] if warm else None)
+    model, path_tried = _candidate(p, opts, warm[0] if warm else None)
     es = eval_set(p.enc, p.split.test)
     result = RunResult(False, "", evaluate(model_scorer(model, p.enc, es), es)[0])
     if current is None:
@@ -272,7 +274,8 @@ def run_once(settings: Settings, opts: TrainerOptions, extra: pd.DataFrame | Non
                   "n_train": len(p.split.train), "n_val": len(p.split.val), "n_test": len(p.split.test)}
         if logged_through is not None:
             window["logged_through"] = {opts.topic: {str(k): int(v) for k, v in sorted(logged_through.items())}}
-        train_info = {**vars(opts.train), "warm_start": warm is not None, "compared_with": result.current_version,
+        train_info = {**vars(opts.train), "warm_start": warm is not None, "path_tried": path_tried,
+                      "compared_with": result.current_version,
                       "tolerance": opts.tolerance, "run_started_at": started_at.isoformat(),
                       "run_s": round(time.perf_counter() - t0, 3)}  # until the save: the announcement follows
         path = save_checkpoint(root, model.cpu(), p.enc.schema, metrics=result.candidate, data_window=window,
