@@ -344,11 +344,12 @@ def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: 
     trained with its own epoch selection, and :func:`~models.selection.choose_variant` keeps the one with
     the highest mean validation figure at its chosen epoch.
 
-    Below :data:`~models.selection.MIN_REQUESTS` validation requests (or without them) nothing is chosen:
-    the default is trained alone, as :func:`fit` trains the default schedule there.
+    Below :data:`~models.selection.MIN_REQUESTS` validation requests (or without them, or with
+    ``cfg.epochs`` 0) nothing is chosen: the default is trained alone, as :func:`fit` trains the default
+    schedule there.
     """
     grid = path_grid(options)
-    if val is None or len(val.rows) < MIN_REQUESTS:
+    if val is None or len(val.rows) < MIN_REQUESTS or cfg.epochs < 1:  # nothing to choose (epochs 0: untrained)
         grid = grid[:1]
     runs: list[Tuned] = []
     for variant in grid:
@@ -360,7 +361,7 @@ def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: 
               "val_figure": None if r.result.val_figure is None else float(r.result.val_figure.mean())}
              for r in runs]
     keep = 0
-    if len(runs) > 1:
+    if len(runs) > 1 and all(r.result.val_figure is not None for r in runs):
         keep, gains = choose_variant([r.result.val_figure for r in runs])  # type: ignore[misc]
         for t, (gain, se) in zip(tried, gains, strict=True):
             t |= {"gain": gain, "se": se}

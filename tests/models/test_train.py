@@ -181,6 +181,14 @@ def test_below_min_requests_or_pinned_the_path_is_not_chosen(tiny) -> None:  # n
 
     assert path_grid({"dim": 8}) == list(PATH_GRID) and PATH_GRID[0] == {}  # the default comes first
     assert path_grid({"skip": 0.0}) == [{}] and path_grid({"skip_dropout": 0.1}) == [{}]  # as given
+    from models.data import prepare
+    from models.evaluation import eval_set
+    from models.train import fit_tuned
+
+    p = prepare(raw_of(tiny))
+    val = eval_set(p.enc, np.resize(p.split.val, 200))  # enough requests (repeated): only epochs 0 stops it
+    untrained = fit_tuned(p, TrainConfig(epochs=0), {}, val=val)
+    assert untrained.options == {} and len(untrained.result.path_tried) == 1
     report = train_and_evaluate(raw_of(tiny), TrainConfig(epochs=1, seed=0), baselines=False)
     assert len(report.prepared.split.val) < 200
     assert [{k: v for k, v in t.items() if k != "seconds"} for t in report.fit.path_tried
