@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True)
     data = args.data or get_settings().data_dir
     splits = ["temporal", "leave-last-out"] if args.split == "both" else [args.split]
-    tower = {k: v for k, v in (("skip", args.skip), ("skip_dropout", args.skip_dropout)) if v is not None}
+    from models.train import path_options
+
+    tower = path_options(args.skip, args.skip_dropout)
     with err.status("quality benchmark…") as status:
         r = run(data, splits, epochs=args.epochs, seed=args.seed, als=not args.no_als, history=args.history,
                 sequence=not args.no_sequence, tower_options=tower,

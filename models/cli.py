@@ -68,8 +68,9 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _model(dim: int, temperature: float, user_tower: str, skip: float | None, skip_dropout: float | None
            ) -> dict[str, Any]:
     """TowerConfig options from the shared flags; an unset one keeps TowerConfig's default."""
-    unset = {k: v for k, v in (("skip", skip), ("skip_dropout", skip_dropout)) if v is not None}
-    return {"dim": dim, "temperature": temperature, "user_tower": user_tower, **unset}
+    from .train import path_options
+
+    return {"dim": dim, "temperature": temperature, "user_tower": user_tower, **path_options(skip, skip_dropout)}
 
 
 def _progress(console: Console) -> Progress:

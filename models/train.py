@@ -46,7 +46,8 @@ from .selection import (
 from .towers import TowerConfig, TwoTower
 
 __all__ = ["TrainConfig", "SEQUENCE_TRAINING", "RowAdam", "retain_freed_memory", "FitResult", "pick_device",
-           "new_model", "grow_state", "fit", "PATH_GRID", "PATH_KEYS", "path_grid", "Tuned",
+           "new_model", "grow_state", "fit", "PATH_GRID", "PATH_KEYS", "path_options", "path_grid",
+           "Tuned",
            "fit_tuned"]
 
 
@@ -318,6 +319,12 @@ PATH_GRID: tuple[dict[str, float], ...] = ({}, {"skip_dropout": 0.0}, {"skip": 0
 PATH_KEYS = ("skip", "skip_dropout")
 
 
+def path_options(skip: float | None, skip_dropout: float | None) -> dict[str, float]:
+    """The TowerConfig path options a user set (``--skip``/``--skip-dropout``); an unset one is left out, so
+    :func:`path_grid` still chooses it."""
+    return {k: v for k, v in zip(PATH_KEYS, (skip, skip_dropout), strict=True) if v is not None}
+
+
 def path_grid(options: dict[str, Any]) -> list[dict[str, float]]:
     """:data:`PATH_GRID`, or only ``options`` as given where they pin the path (``--skip``/``--skip-dropout``)."""
     return [{}] if any(k in options for k in PATH_KEYS) else [dict(v) for v in PATH_GRID]
@@ -360,7 +367,7 @@ def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: 
               "val_figure": None if r.result.val_figure is None else float(r.result.val_figure.mean())}
              for r in runs]
     keep = 0
-    if len(runs) > 1 and all(r.result.val_figure is not None for r in runs):
+    if len(runs) > 1:  # every run selected its epoch on val (>= MIN_REQUESTS, epochs >= 1): each has a figure
         keep, gains = choose_variant([r.result.val_figure for r in runs])  # type: ignore[misc]
         for t, (gain, se) in zip(tried, gains, strict=True):
             t |= {"gain": gain, "se": se}
