@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -149,6 +150,16 @@ def test_the_worker_state_round_trips_through_the_online_row(client: FeatureClie
     ours = client.users_features(users)
     assert ours == [{k: by_feast[k][i] for k in ("user_id", *PROFILE_FEATURES, *HISTORY_FEATURES)}
                     for i in range(len(users))]
+    # and so does the recommender's read: both views in one HMGET per user (a user twice, as a batch may ask)
+    async def read() -> list[dict]:
+        try:
+            return await client.users_features_async([*users, users[0]], only=SERVING_FEATURES)
+        finally:
+            await client.aclose()
+
+    served = asyncio.run(read())
+    assert served == [{k: row[k] for k in ("user_id", *SERVING_FEATURES)} for row in [*ours, ours[0]]]
+    assert served[0]["purchased_item_ids"] == ["I000000"] and served[0]["age"] is not None
     assert state_from_row(client.history_rows(["U000006"])[0]) == state
     later = stamped(state, now_ms=1_790_000_000_001)
     client.write_history([feature_row("U000006", {**later, "items": ["I000009"]})])  # a newer write wins
