@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +188,18 @@ def seen_items(ctx: FilterContext, last_n: int, drop_purchased: bool = True) -> 
 
 def availability_mask(batch: CandidateBatch, contexts: Sequence[FilterContext]) -> np.ndarray:
     """In stock, and available from a date that has come. Unknown stock or arrival: available."""
-    now_ns = np.fromiter((pd.Timestamp(c.now).value for c in contexts), dtype=np.int64, count=len(contexts))
+    now_ns = np.fromiter((_epoch_ns(c.now) for c in contexts), dtype=np.int64, count=len(contexts))
     out_of_stock = batch.stock <= 0  # NaN compares False: unknown stock is not "none left"
     return ~out_of_stock & ((batch.arrival_ns == _NAT) | (batch.arrival_ns <= now_ns[:, None]))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _epoch_ns(when: datetime) -> int:
+    """``pd.Timestamp(when).value`` (a naive time is UTC) without building a Timestamp per request."""
+    return ((when if when.tzinfo else when.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND * 1000
 
 
 def _known(value: Any) -> Any:
@@ -256,7 +265,10 @@ def rows_isin(keys: np.ndarray, per_row: Sequence[np.ndarray]) -> np.ndarray:
     wanted = np.concatenate([np.asarray(s, dtype=np.int64) for s in per_row])
     stride = int(max(keys.max(initial=0), wanted.max(initial=0))) + 2  # keys ≥ -1: +1 keeps rows apart
     offsets = np.arange(rows, dtype=np.int64) * stride
-    return np.isin(offsets[:, None] + keys + 1, np.repeat(offsets, lengths) + wanted + 1)
+    table = np.sort(np.repeat(offsets, lengths) + wanted + 1)
+    probe = offsets[:, None] + keys + 1
+    # a binary search in the sorted table: np.isin's own dispatch cost ~40 µs a batch, a third of the filters
+    return table[np.minimum(np.searchsorted(table, probe), len(table) - 1)] == probe
 
 
 def history_mask(batch: CandidateBatch, seen_keys: Sequence[np.ndarray]) -> np.ndarray:

@@ -180,11 +180,10 @@ class ExactIndex:
             top = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
         else:
             top = np.broadcast_to(np.arange(self.ntotal), scores.shape)
-        # by score, then by row: a stable sort of the rows in row order
-        rows = np.sort(top, axis=1)
-        best = np.take_along_axis(scores, rows, axis=1)
-        order = np.argsort(-best, axis=1, kind="stable")
-        return np.take_along_axis(best, order, axis=1), np.take_along_axis(rows, order, axis=1)
+        at = np.arange(len(scores))[:, None]
+        best = scores[at, top]
+        order = np.lexsort((top, -best), axis=1)  # by score, then by row
+        return best[at, order], top[at, order]
 
 
 @dataclass(frozen=True)

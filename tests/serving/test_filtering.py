@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from generation.dataset_gen_amazon import CATEGORIES
 from serving.filtering import (
@@ -16,12 +18,14 @@ from serving.filtering import (
     FilterConfigError,
     FilterContext,
     Rule,
+    _epoch_ns,
     apply_filters,
     availability,
     contextual,
     demographic,
     history,
     load_filter_config,
+    rows_isin,
 )
 
 NOW = datetime(2026, 11, 4, 14, 0, tzinfo=UTC)  # a Wednesday afternoon
@@ -158,3 +162,21 @@ def test_the_shipped_rules_on_other_categories_exclude_nothing_but_a_users_file_
     mine.write_text("demographic: [{age_max: 24, exclude_categories: [Beauty]}]")
     with pytest.raises(FilterConfigError, match="not in the data"):
         load_filter_config(mine, categories=["Drama"])
+
+
+@given(st.lists(st.tuples(st.lists(st.integers(-1, 40), min_size=6, max_size=6),
+                          st.lists(st.integers(0, 40), max_size=8)), min_size=1, max_size=6))
+def test_rows_isin_is_numpys_isin_row_by_row(rows: list[tuple[list[int], list[int]]]) -> None:
+    """The batch's history filter: each row's keys (-1: an empty slot) against that row's own keys only."""
+    keys = np.array([k for k, _ in rows], dtype=np.int64)
+    per_row = [np.array(w, dtype=np.int64) for _, w in rows]
+    want = np.array([np.isin(k, w) for k, w in zip(keys, per_row, strict=True)]).reshape(keys.shape)
+    assert (rows_isin(keys, per_row) == want).all()
+
+
+@pytest.mark.parametrize("when", [NOW, datetime(2026, 11, 4, 14, 0, 0, 123456), SAT_NIGHT.astimezone(timezone(
+    timedelta(hours=-5))), datetime(1960, 1, 1, tzinfo=UTC), pd.Timestamp("2026-11-04T13:59:59.999999Z")])
+def test_the_request_time_in_epoch_ns_is_pandas_own(when: datetime) -> None:
+    """Availability compares arrival dates (pandas' epoch ns) with the request time: the same clock, a
+    naive time taken as UTC, as pandas takes it."""
+    assert _epoch_ns(when) == pd.Timestamp(when).value
