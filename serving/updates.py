@@ -62,6 +62,7 @@ class Serving:
         self.errors = 0
         self.expired = 0
         self.stalled: list[str] = []
+        self.gc_frozen = 0  # objects frozen after the start (serving/app.py _freeze_start_heap)
         # where a request's time goes: Kafka → request group, feature read, model + filters, response delivery
         self.stages = StageTimes()
 
