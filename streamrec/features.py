@@ -169,8 +169,8 @@ class FeatureClient:
         entity in one hash, so one HMGET of the two views' fields reads both; Feast's own
         ``online_read_async`` is one pipeline per view, with a second HMGET per user (at 500 requests/s the
         read was ~15% of the recommender's loop). The keys, field names and decoding are the online store's
-        own (its Redis layout is not restated here); tests/streamrec/test_features.py holds the result to
-        two ``online_read_async`` calls. For the recommender, whose loop would otherwise hand each batch's
+        own (its Redis layout is not restated here); tests/feature_repo/test_feature_repo.py holds the result
+        to Feast's ``get_online_features``. For the recommender, whose loop would otherwise hand each batch's
         read to a thread and wait for the GIL to come back (the read's p99 was 3x its p50 under load)."""
         views = [(self._view(name), fields) for name, _, fields in _user_views(only)]
         store = self._provider().online_store
