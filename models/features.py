@@ -215,14 +215,15 @@ class FeatureSchema:
         ps = [p or {} for p in profiles]
         ages = np.array([_number(p.get("age")) for p in ps], dtype=np.float64)
         pref = np.zeros((n, self.max_preferred), np.int64)
-        lookup = _lookup(tuple(self.top_categories), 2)  # as _index, without a numpy call per user
-        for i, p in enumerate(ps):
+        kept: list[list[Any]] = []
+        for p in ps:
             cats = p.get("preferred_categories")
             if isinstance(cats, str):  # the seed's "A,B" form
                 cats = [c for c in cats.split(",") if c]
-            if isinstance(cats, (list, tuple, np.ndarray)) and len(cats):
-                codes = [lookup.get(c, OOV) if isinstance(c, str) else OOV for c in list(cats)[: self.max_preferred]]
-                pref[i, : len(codes)] = codes
+            ok = isinstance(cats, (list, tuple, np.ndarray)) and len(cats)
+            kept.append(list(cats)[: self.max_preferred] if ok else [])
+        filled = np.arange(self.max_preferred) < np.array([len(c) for c in kept], np.int64).reshape(n, 1)
+        pref[filled] = _index(self.top_categories, [c for cs in kept for c in cs], 2, OOV)  # one lookup pass
         return {"age": _bucket(ages, self.age_edges).reshape(n),
                 "gender": _index(self.genders, (p.get("gender") for p in ps), 1, 0).reshape(n),
                 "region": _index(self.regions, (p.get("region") for p in ps), 1, 0).reshape(n),

@@ -46,8 +46,7 @@ from .selection import (
 from .towers import TowerConfig, TwoTower
 
 __all__ = ["TrainConfig", "SEQUENCE_TRAINING", "RowAdam", "retain_freed_memory", "FitResult", "pick_device",
-           "new_model", "grow_state", "fit", "PATH_GRID", "PATH_KEYS", "path_options", "path_grid",
-           "Tuned",
+           "new_model", "grow_state", "fit", "PATH_GRID", "PATH_KEYS", "path_options", "path_grid", "Tuned",
            "fit_tuned"]
 
 

@@ -193,14 +193,10 @@ class FeatureClient:
         for (_, requested, keys), (_, fields) in zip(reads, views, strict=True):
             # each value the store wrote is one Value proto; the view's write time (the last field, "_ts:...")
             # is not read here, so it is not parsed (Feast's own conversion parses it per user and view)
-            empty, end = dict.fromkeys(fields), start + len(keys)
-            rows = []
-            for v in values:
-                row = empty.copy()
-                row.update((name, _python(parse(raw))) for name, raw in zip(requested, v[start:end], strict=True)
-                           if raw and name in row)
-                rows.append(row)
-            parts.append(rows)
+            wanted, end = set(fields), start + len(keys)
+            found = [(None, {name: parse(raw) for name, raw in zip(requested, v[start:end], strict=True)
+                             if raw and name in wanted}) for v in values]
+            parts.append(_rows(found, fields))
             start = end
         return _merged(user_ids, *parts)
 
