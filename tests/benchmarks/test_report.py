@@ -210,10 +210,16 @@ def test_hot_swap_sustained_load_and_saturation_are_judged_by_their_own_goals() 
     saturation = {"echo": {"rate": 3000.0, "steps": steps}, "recommender": {"rate": 2250.0, "steps": steps},
                   "ratio": 0.75}
     sat = _row(rows_for("recommend", {**RECOMMEND, "saturation": saturation}), "saturation rate")
-    assert (sat.value, sat.baseline, sat.met) == (2250.0, 3000.0, True)
-    assert sat.baseline_label == "bare echo (the highest rate tried)"  # the echo never failed: a floor, not its rate
-    low = {**saturation, "recommender": {"rate": 750.0, "steps": steps}, "ratio": 0.25}
-    assert _row(rows_for("recommend", {**RECOMMEND, "saturation": low}), "saturation rate").met is False
+    # the echo never failed: its rate is a floor, so 0.75x is a ceiling and the goal's outcome unknown
+    assert (sat.value, sat.baseline, sat.met) == (2250.0, 3000.0, None)
+    assert sat.baseline_label == "bare echo (the highest rate tried)" and "never failed" in sat.why_na
+    failed = [*steps, {"rate": 4000.0}]  # the echo failed at 4,000: 3,000 is its saturation
+    found = {**saturation, "echo": {"rate": 3000.0, "steps": failed}}
+    sat = _row(rows_for("recommend", {**RECOMMEND, "saturation": found}), "saturation rate")
+    assert (sat.baseline_label, sat.met) == ("bare echo", True)
+    for echo in (saturation["echo"], found["echo"]):  # under the goal: not met, whether the echo failed or not
+        low = {**saturation, "echo": echo, "recommender": {"rate": 750.0, "steps": steps}, "ratio": 0.25}
+        assert _row(rows_for("recommend", {**RECOMMEND, "saturation": low}), "saturation rate").met is False
 
 
 @pytest.mark.parametrize("name", ["generate", "features", "stream", "train", "recommend"])
