@@ -175,7 +175,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 # fields added after checkpoints were written, with the value that reproduces those checkpoints' model
-_ADDED = {"user_tower": "pooled", "heads": 2, "skip": 0.0, "skip_dropout": 0.0}
+_ADDED = {"user_tower": "pooled", "heads": 2, "skip": 0.0, "skip_dropout": 0.0, "last_events": 0}
 
 
 def _config(meta: dict[str, Any], schema: FeatureSchema, where: Path) -> TowerConfig:

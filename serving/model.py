@@ -55,6 +55,7 @@ class NumpyUserTower:
         self.query_w, self.query_b = a["query_w"], a["query_b"]
         self.w1, self.b1, self.w2, self.b2 = a["mlp1_w"], a["mlp1_b"], a["mlp2_w"], a["mlp2_b"]
         self.skip = np.float32(a["skip"])
+        self.last_events = int(a["last_events"])
         self.scale = np.float32(1 / math.sqrt(self.hist.shape[1]))
 
     def __call__(self, age: np.ndarray, gender: np.ndarray, region: np.ndarray, pref: np.ndarray,
@@ -70,7 +71,12 @@ class NumpyUserTower:
         w *= valid.any(axis=1, keepdims=True) / w.sum(axis=1, keepdims=True)  # empty history: zeros
         share = valid / np.maximum(valid.sum(1, keepdims=True), 1)
         mean = np.einsum("bh,bhd->bd", share.astype(np.float32), h)
-        x = np.concatenate([prof, np.einsum("bh,bhd->bd", w, h), mean], axis=1)
+        pools = [prof, np.einsum("bh,bhd->bd", w, h), mean]
+        if self.last_events:  # the newest events' plain mean (towers.UserTower)
+            newest = valid & (np.arange(h.shape[1]) < self.last_events)
+            pools.append(np.einsum("bh,bhd->bd", (newest / np.maximum(newest.sum(1, keepdims=True), 1))
+                                   .astype(np.float32), h))
+        x = np.concatenate(pools, axis=1)
         out = _gelu(x @ self.w1 + self.b1) @ self.w2 + self.b2 + self.skip * mean  # the linear path (towers._skip)
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 

@@ -188,7 +188,7 @@ def test_a_version_folder_linked_out_of_the_checkpoint_dir_is_refused(tmp_path: 
 
 
 def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(tmp_path: Path, trained: Report) -> None:
-    """Checkpoints written before TowerConfig had user_tower/heads (and skip/skip_dropout) held the pooled tower
+    """Checkpoints written before TowerConfig had user_tower/heads (and skip/skip_dropout, last_events) held the pooled tower
     without a linear path: they still load, as that tower, with the same user vectors, in torch and in serving's
     numpy forward."""
     from dataclasses import replace
@@ -201,7 +201,7 @@ def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(t
     old = new_model(schema, trained.prepared.enc, user_tower="pooled", skip=0.0, skip_dropout=0.0)
     path = save_checkpoint(tmp_path, old, schema, metrics={}, data_window={})
     meta = json.loads((path / checkpoints.META).read_text())
-    for key in ("user_tower", "heads", "skip", "skip_dropout"):
+    for key in ("user_tower", "heads", "skip", "skip_dropout", "last_events"):
         del meta["config"][key]
     (path / checkpoints.META).write_text(json.dumps(meta))
     model, _, _ = read_checkpoint(path)
@@ -212,3 +212,39 @@ def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(t
         served = load_checkpoint(path)._users
         assert isinstance(served, NumpyUserTower)
         assert np.allclose(served(*(t.cpu().numpy() for t in u)), old.users(u).numpy(), atol=2e-5)
+
+
+def test_a_checkpoint_with_the_newest_events_input_serves_what_it_trained(tmp_path: Path, trained: Report) -> None:
+    """TowerConfig.last_events widens the pooled tower's MLP: its checkpoint loads with that width and serving's
+    numpy forward gives the torch model's user vectors, and the newest events move them (the input is read)."""
+    from models.train import new_model
+
+    schema, enc = trained.prepared.enc.schema, trained.prepared.enc
+    torch.manual_seed(0)
+    model = new_model(schema, enc, last_events=2).eval()
+    with torch.no_grad():
+        for p in model.user_tower.mlp.parameters():
+            p.normal_(0, 0.5)
+    path = save_checkpoint(tmp_path, model, schema, metrics={}, data_window={})
+    loaded, _, _ = read_checkpoint(path)
+    assert loaded.cfg.last_events == 2 and loaded.user_tower.mlp[1].in_features == 7 * model.cfg.dim
+    u = user_batch(enc, torch.as_tensor(trained.prepared.split.test[:8]))
+    assert (u.hist_items[:, 2] > 0).all(), "the test needs histories longer than last_events"
+    with torch.inference_mode():
+        want = model.users(u).numpy()
+        assert np.allclose(loaded.users(u).numpy(), want, atol=1e-6)
+        assert np.allclose(load_checkpoint(path)._users(*(t.cpu().numpy() for t in u)), want, atol=2e-5)
+
+    # the added block reads the newest two events and nothing older: with the MLP reading only that block
+    # (and no linear path), older events change nothing and the newest do
+    only = new_model(schema, enc, last_events=2, skip=0.0).eval()
+    with torch.no_grad():
+        only.user_tower.mlp[1].weight[:, :6 * model.cfg.dim] = 0
+    items = u.hist_items.clone()
+    older, newest = items.clone(), items.clone()
+    older[:, 2:] = torch.where(older[:, 2:] > 0, 1, 0)  # every older event becomes the OOV row
+    newest[:, :2] = 1
+    with torch.inference_mode():
+        base = only.users(u)
+        assert torch.allclose(only.users(u._replace(hist_items=older)), base, atol=1e-6)
+        assert not torch.allclose(only.users(u._replace(hist_items=newest)), base, atol=1e-3)

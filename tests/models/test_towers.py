@@ -67,7 +67,8 @@ def test_serving_arrays_are_the_checkpoints_user_tower_tensors_by_name(cfg: Towe
             "mlp2_b": s["mlp.3.bias"], "skip": torch.tensor(cfg.skip)}  # a config value, not a tensor
     if cfg.user_tower == "pooled":
         want |= {"kind_bias": s["kind_bias.weight"][:, 0], "pos_bias": s["pos_bias"],
-                 "query_w": s["query.weight"].T, "query_b": s["query.bias"]}
+                 "query_w": s["query.weight"].T, "query_b": s["query.bias"],
+                 "last_events": torch.tensor(cfg.last_events)}  # a config value too
     else:
         w, b = s["qkv.weight"], s["qkv.bias"]
         want |= {"q_w": w[:d].T, "q_b": b[:d], "k_item": hist @ w[d:2 * d].T + b[d:2 * d],

@@ -71,11 +71,13 @@ def test_fresh_events_move_the_user_toward_their_category(loaded: LoadedModel, m
     assert (gains_ >= 0).all(), f"a burst in C must never push C out of the top-10: {gains}"
 
 
-@pytest.mark.parametrize(("tower", "skip"), [("sequence", 0.0), ("pooled", 0.0), ("sequence", 1.5), ("pooled", 1.5)])
-def test_the_numpy_user_tower_equals_the_torch_one(tower: str, skip: float) -> None:
+@pytest.mark.parametrize(("tower", "skip", "last"), [("sequence", 0.0, 0), ("pooled", 0.0, 0), ("sequence", 1.5, 0),
+                                                     ("pooled", 1.5, 0), ("pooled", 0.0, 3)])
+def test_the_numpy_user_tower_equals_the_torch_one(tower: str, skip: float, last: int) -> None:
     """Serving embeds users with numpy_tower(model); it must give TwoTower.users' vectors: random weights
     everywhere (biases, recency and type priors too), random and empty histories, OOV and padding codes,
-    a batch of one and of many; with and without the linear path beside the MLP (TowerConfig.skip)."""
+    a batch of one and of many; with and without the linear path beside the MLP (TowerConfig.skip), and
+    with the newest events as an input of their own (TowerConfig.last_events)."""
     from dataclasses import replace
 
     import torch
@@ -85,7 +87,7 @@ def test_the_numpy_user_tower_equals_the_torch_one(tower: str, skip: float) -> N
     from tests.towers import CFG, random_batch
 
     torch.manual_seed(3)
-    model = TwoTower(replace(CFG, user_tower=tower, skip=skip, skip_dropout=0.5)).eval()
+    model = TwoTower(replace(CFG, user_tower=tower, skip=skip, skip_dropout=0.5, last_events=last)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)
