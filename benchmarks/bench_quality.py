@@ -248,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     splits = ["temporal", "leave-last-out"] if args.split == "both" else [args.split]
     from models.train import path_options
 
-    tower = {**path_options(args.skip, args.skip_dropout), **({"last_events": args.last_events} if args.last_events else {})}
+    tower = path_options(args.skip, args.skip_dropout)
+    if args.last_events:
+        tower["last_events"] = args.last_events
     with err.status("quality benchmark…") as status:
         r = run(data, splits, epochs=args.epochs, seed=args.seed, als=not args.no_als, history=args.history,
                 sequence=not args.no_sequence, tower_options=tower,

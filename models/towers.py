@@ -74,9 +74,9 @@ class TowerConfig:
     # The pooled tower's MLP also reads the plain mean of the newest ``last_events`` events (0 = not). Its
     # attention pool, queried by the profile, barely followed recency: on the generator's sessions
     # (`generate --dynamics`) the served model's freshness lift was +0.007 Recall@10 [-0.003, +0.018] and
-    # emptying the history cost it nothing; with the newest event as an input, +0.04 [+0.025, +0.057] (two
-    # seeds), but its temporal-split NDCG@10 (weeks of picks from the history at the cut) fell 0.178 ->
-    # 0.162, ml-100k's 0.173 -> 0.155 (98 requests), leave-last-out +0.002 / -0.009 on ml-100k /
+    # emptying the history cost it nothing; with the newest event as an input, +0.030 [+0.019, +0.042] (bench
+    # quality), but its temporal-split NDCG@10 (weeks of picks from the history at the cut) fell 0.178 ->
+    # 0.155, ml-100k's 0.173 -> 0.155 (98 requests), leave-last-out +0.002 / -0.009 on ml-100k /
     # ml-latest-small (issue 27, 2026-12-07). Next-event gains, long-horizon losses: off by default. The
     # sequence tower ignores it (its causal attention reads recency with a learned bias per distance).
     last_events: int = 0
@@ -255,7 +255,7 @@ class UserTower(nn.Module):
             rows.append((newest / newest.sum(1, keepdim=True).clamp(min=1)).to(w.dtype))
         weights = torch.stack(rows, dim=1)  # (B, 2 or 3, H): attention, mean[, newest]
         per_type = torch.zeros(*weights.shape[:2], kinds.size(0), dtype=w.dtype, device=w.device)
-        per_type.scatter_add_(2, types.unsqueeze(1).expand_as(weights), weights)  # (B, 2, T)
+        per_type.scatter_add_(2, types.unsqueeze(1).expand_as(weights), weights)  # (B, 2 or 3, T)
         pools = weights @ hist + per_type @ kinds  # (B, 2 or 3, D)
         x = torch.cat([prof, *pools.unbind(1)], dim=-1)  # (B, 6D or 7D)
         return F.normalize(_skip(self, self.mlp(x), pools[:, 1]), dim=-1)  # (B, D)

@@ -188,9 +188,9 @@ def test_a_version_folder_linked_out_of_the_checkpoint_dir_is_refused(tmp_path: 
 
 
 def test_a_checkpoint_from_before_the_sequence_tower_loads_as_the_pooled_tower(tmp_path: Path, trained: Report) -> None:
-    """Checkpoints written before TowerConfig had user_tower/heads (and skip/skip_dropout, last_events) held the pooled tower
-    without a linear path: they still load, as that tower, with the same user vectors, in torch and in serving's
-    numpy forward."""
+    """Checkpoints written before TowerConfig had user_tower/heads (and skip/skip_dropout, last_events) held the
+    pooled tower without a linear path: they still load, as that tower, with the same user vectors, in torch and
+    in serving's numpy forward."""
     from dataclasses import replace
 
     from models.train import new_model
