@@ -70,7 +70,7 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _model(dim: int, temperature: float, user_tower: str, skip: float | None, skip_dropout: float | None,
-           last_events: int = 0) -> dict[str, Any]:
+           last_events: int) -> dict[str, Any]:
     """TowerConfig options from the shared flags; an unset one keeps TowerConfig's default."""
     from .train import path_options
 

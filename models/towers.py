@@ -109,6 +109,11 @@ def _skip(tower: nn.Module, out: Tensor, linear: Tensor) -> Tensor:
     return out + tower.skip * F.dropout(linear, tower.skip_dropout, tower.training)
 
 
+def _mean_weights(mask: Tensor) -> Tensor:
+    """(B, H) weights of a plain mean over each row's True slots (all zero for a row without any)."""
+    return mask / mask.sum(1, keepdim=True).clamp(min=1)
+
+
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
 
@@ -248,11 +253,10 @@ class UserTower(nn.Module):
         logits = logits.masked_fill(~valid, -1e9)
         # an empty history pools to zeros instead of a NaN softmax over nothing
         w = torch.softmax(logits, dim=-1) * valid.any(dim=-1, keepdim=True)  # (B, H)
-        share = valid / valid.sum(1, keepdim=True).clamp(min=1)  # the plain mean's weights
-        rows = [w, share.to(w.dtype)]
+        rows = [w, _mean_weights(valid).to(w.dtype)]  # attention, the plain mean
         if self.last_events:  # the newest events' plain mean (histories are newest first)
-            newest = valid & (torch.arange(n_hist, device=valid.device) < self.last_events)
-            rows.append((newest / newest.sum(1, keepdim=True).clamp(min=1)).to(w.dtype))
+            rows.append(_mean_weights(valid & (torch.arange(n_hist, device=valid.device) < self.last_events))
+                        .to(w.dtype))
         weights = torch.stack(rows, dim=1)  # (B, 2 or 3, H): attention, mean[, newest]
         per_type = torch.zeros(*weights.shape[:2], kinds.size(0), dtype=w.dtype, device=w.device)
         per_type.scatter_add_(2, types.unsqueeze(1).expand_as(weights), weights)  # (B, 2 or 3, T)

@@ -76,11 +76,11 @@ def _freeze_start_heap() -> int:
     many objects were frozen.
 
     A full collection walks every tracked object: on this heap one took ~171 ms (123 ms in that process,
-    ~0 once frozen), all of it a stopped loop,
-    and it came during serving too (once in ~13 s after a start, at 2,000 requests/s, 2026-12-07): the
-    round's p99 went from ~25 to ~130-145 ms. Frozen objects are still freed by reference counting; only
-    cycles among them are never collected, and the start's objects live as long as the process. A hot swap's
-    new model is not frozen (a few thousand objects: its full collections take milliseconds)."""
+    ~0 once frozen), all of it a stopped loop, and it came during serving too (once in ~13 s after a start,
+    at 2,000 requests/s, 2026-12-07): the round's p99 went from ~25 to ~130-145 ms. Frozen objects are still
+    freed by reference counting; only cycles among them are never collected, and the start's objects live as
+    long as the process. A hot swap's new model is not frozen (a few thousand objects: its full collections
+    take milliseconds)."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

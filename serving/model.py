@@ -69,16 +69,18 @@ class NumpyUserTower:
         logits = np.where(valid, logits, np.float32(-1e9))
         w = np.exp(logits - logits.max(axis=1, keepdims=True))
         w *= valid.any(axis=1, keepdims=True) / w.sum(axis=1, keepdims=True)  # empty history: zeros
-        share = valid / np.maximum(valid.sum(1, keepdims=True), 1)
-        mean = np.einsum("bh,bhd->bd", share.astype(np.float32), h)
+        mean = _masked_mean(valid, h)
         pools = [prof, np.einsum("bh,bhd->bd", w, h), mean]
         if self.last_events:  # the newest events' plain mean (towers.UserTower)
-            newest = valid & (np.arange(h.shape[1]) < self.last_events)
-            pools.append(np.einsum("bh,bhd->bd", (newest / np.maximum(newest.sum(1, keepdims=True), 1))
-                                   .astype(np.float32), h))
+            pools.append(_masked_mean(valid & (np.arange(h.shape[1]) < self.last_events), h))
         x = np.concatenate(pools, axis=1)
         out = _gelu(x @ self.w1 + self.b1) @ self.w2 + self.b2 + self.skip * mean  # the linear path (towers._skip)
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _masked_mean(mask: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """(B, D) plain mean of each row's slots of ``h`` (B, H, D) where ``mask`` (B, H) is True; zeros without any."""
+    return np.einsum("bh,bhd->bd", (mask / np.maximum(mask.sum(1, keepdims=True), 1)).astype(np.float32), h)
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:

@@ -94,7 +94,7 @@ class FeatureClient:
         self._provider_cache: Any = None
         self._views: dict[str, Any] = {}
         self._view_encoders: dict[str, dict[str, Any]] = {}
-        self._hash_field_cache: dict[tuple[str, tuple[str, ...]], tuple[str, list[str], list[Any]]] = {}
+        self._hash_field_cache: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
         self._redis_key_cache: dict[str, bytes] = {}
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -170,14 +170,13 @@ class FeatureClient:
         ``online_read_async`` is one pipeline per view, with a second HMGET per user (at 500 requests/s the
         read was ~15% of the recommender's loop). The keys, field names and decoding are the online store's
         own, and each value is Feast's Value proto (its Redis layout is not restated here; the write time of
-        each view is not parsed: nothing here reads it); tests/feature_repo/test_feature_repo.py holds the result
+        each view is not read: nothing here uses it); tests/feature_repo/test_feature_repo.py holds the result
         to Feast's ``get_online_features``. For the recommender, whose loop would otherwise hand each batch's
         read to a thread and wait for the GIL to come back (the read's p99 was 3x its p50 under load)."""
         views = [(self._view(name), fields) for name, _, fields in _user_views(only)]
         store = self._provider().online_store
         config = self.store.config
-        reads = [self._hash_fields(store, view, fields) for view, fields in views]
-        hset_keys = [key for _, _, keys in reads for key in keys]
+        hset_keys = [key for view, fields in views for key in self._hash_fields(store, view, fields)]
         try:
             client = await store._get_client_async(config.online_store)
             async with client.pipeline(transaction=False) as pipe:
@@ -188,27 +187,27 @@ class FeatureClient:
             raise _store_error("online read of user_profile and user_recent_history", exc) from exc
         from feast.protos.feast.types.Value_pb2 import Value
 
-        parse = Value.FromString
+        parse = Value.FromString  # each value the store wrote is one Value proto
         parts, start = [], 0
-        for (_, requested, keys), (_, fields) in zip(reads, views, strict=True):
-            # each value the store wrote is one Value proto; the view's write time (the last field, "_ts:...")
-            # is not read here, so it is not parsed (Feast's own conversion parses it per user and view)
-            wanted, end = set(fields), start + len(keys)
-            found = [(None, {name: parse(raw) for name, raw in zip(requested, v[start:end], strict=True)
-                             if raw and name in wanted}) for v in values]
+        for _, fields in views:
+            end = start + len(fields)
+            found = [(None, {name: parse(raw) for name, raw in zip(fields, v[start:end], strict=True) if raw})
+                     for v in values]
             parts.append(_rows(found, fields))
             start = end
         return _merged(user_ids, *parts)
 
-    def _hash_fields(self, store: Any, view: Any, fields: tuple[str, ...]) -> tuple[str, list[str], list[Any]]:
-        """(the view's name in the store, the fields as the store's decoder wants them, their hash fields)."""
+    def _hash_fields(self, store: Any, view: Any, fields: tuple[str, ...]) -> list[Any]:
+        """The hash fields of ``fields`` of ``view``, in order, as the online store names them. Not the view's
+        write time (the store's "_ts:<view>" field, which it appends last): nothing here reads it, so it is
+        neither fetched nor parsed (Feast's own conversion parses it per user and view)."""
         cached = self._hash_field_cache.get((view.name, fields))
         if cached is None:
             from feast.infra.online_stores.redis import _versioned_fv_name
 
             fv_name = _versioned_fv_name(view, self.store.config)
-            requested, keys = store._generate_hset_keys_for_features(view, list(fields), fv_name_override=fv_name)
-            cached = self._hash_field_cache[(view.name, fields)] = (fv_name, requested, keys)
+            _, keys = store._generate_hset_keys_for_features(view, list(fields), fv_name_override=fv_name)
+            cached = self._hash_field_cache[(view.name, fields)] = keys[:len(fields)]
         return cached
 
     def _redis_keys(self, store: Any, user_ids: list[str]) -> list[bytes]:
