@@ -73,11 +73,11 @@ class TowerConfig:
     skip_dropout: float = 0.2
     # The pooled tower's MLP also reads the plain mean of the newest ``last_events`` events (0 = not). Its
     # attention pool, queried by the profile, barely followed recency: on the generator's sessions
-    # (`generate --dynamics`) the served model's freshness lift was +0.007 Recall@10 [-0.003, +0.018] and
-    # emptying the history cost it nothing; with the newest event as an input, +0.030 [+0.019, +0.042] (bench
-    # quality), but its temporal-split NDCG@10 (weeks of picks from the history at the cut) fell 0.178 ->
-    # 0.155, ml-100k's 0.173 -> 0.155 (98 requests), leave-last-out +0.002 / -0.009 on ml-100k /
-    # ml-latest-small (issue 27, 2026-12-07). Next-event gains, long-horizon losses: off by default. The
+    # (`generate --dynamics`) the served model's freshness lift was +0.005 Recall@10 [-0.004, +0.014] and
+    # emptying the history cost it nothing; with the newest event as an input, +0.039 [+0.025, +0.052] (bench
+    # quality, 2026-12-08), but its temporal-split NDCG@10 (weeks of picks from the history at the cut) fell
+    # 0.180 -> 0.171; ml-100k leave-last-out 0.112 -> 0.116, temporal 0.181 -> 0.172 (98 requests). Next-event
+    # gains, a long-horizon cost: off by default until the other logs are measured (issue 27). The
     # sequence tower ignores it (its causal attention reads recency with a learned bias per distance).
     last_events: int = 0
 
