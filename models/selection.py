@@ -9,10 +9,10 @@ sees ~5x more hits, so it is less noisy, the first is what the bench reports):
 1. Smooth each request's curve over three neighbouring epochs (a single lucky epoch does not win).
 2. Choose the epoch with the highest smoothed mean.
 
-Training goes on while it can still find a better epoch (:func:`should_stop`): it stops only when the best
-lies ``patience`` epochs back and every epoch since is clearly worse (more than one standard error of the
-paired difference below it). An epoch within the noise of the best restarts the count: the curve has not
-turned down yet. Patience must outlast a sag: with 5, ml-100k leave-last-out stopped at a first high (9
+Training goes on while it can still find a better epoch (:func:`should_stop`): it stops only when the last
+``patience`` epochs are all clearly worse than the best (more than one standard error of the paired
+difference below it). An epoch within the noise of the best restarts the count: the curve has not turned
+down yet. Patience must outlast a sag: with 5, ml-100k leave-last-out stopped at a first high (9
 epochs, test NDCG@10 0.107) where its validation curve rises again to a best at 22 (0.112).
 
 An earlier rule chose the *latest* epoch within one standard error of the best, against under-training by
@@ -104,9 +104,9 @@ def earliest_choice(curves: Sequence[np.ndarray]) -> int:
 
 
 def should_stop(curves: Sequence[np.ndarray], patience: int, min_requests: int = MIN_REQUESTS) -> bool:
-    """Early stop: the smoothed best lies ``patience`` epochs back and every epoch since is clearly worse
-    (more than one standard error below it). An epoch within the noise of the best keeps training going:
-    the curve has not turned down yet."""
+    """Early stop: the last ``patience`` epochs are all clearly worse than the smoothed best (more than one
+    standard error below it). An epoch within the noise of the best restarts the count: the curve has not
+    turned down yet."""
     c = np.asarray(curves, np.float64)
     if len(c) <= patience or c.shape[1] < min_requests:
         return False

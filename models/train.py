@@ -55,7 +55,7 @@ class TrainConfig:
     # at most: with validation requests, models.selection chooses the length and stops early; a long cap
     # costs little (the curve flattens, patience stops it) where a short one under-trained on real logs
     epochs: int = 30
-    patience: int = 8  # epochs past the best, all clearly worse, before training stops (5 stopped in a sag)
+    patience: int = 8  # epochs in a row clearly worse than the best before training stops (5 stopped in a sag)
     # in-batch negatives: larger is harder, but 256 keeps ~60 steps/epoch at 20k; the pooled tower scored
     # worse at 1024 (ml-100k temporal 0.155 vs 0.173); the sequence tower wants 1024 at lr 2e-3
     # (SEQUENCE_TRAINING, best of 256/1e-3, 1024/2e-3, 1024/4e-3 on ml-100k)
