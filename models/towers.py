@@ -77,8 +77,9 @@ class TowerConfig:
     # emptying the history cost it nothing; with the newest event as an input, +0.039 [+0.025, +0.052] (bench
     # quality, 2026-12-08), but its temporal-split NDCG@10 (weeks of picks from the history at the cut) fell
     # 0.180 -> 0.171; ml-100k leave-last-out 0.112 -> 0.116, temporal 0.181 -> 0.172 (98 requests). Next-event
-    # gains, a long-horizon cost: off by default until the other logs are measured (issue 27). The
-    # sequence tower ignores it (its causal attention reads recency with a learned bias per distance).
+    # gains, a long-horizon cost; leave-last-out fell on ml-latest-small 0.064 -> 0.051 and lastfm-2k 0.028 ->
+    # 0.024: off by default (issue 27). The sequence tower ignores it (its causal attention reads recency
+    # with a learned bias per distance).
     last_events: int = 0
 
 
