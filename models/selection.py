@@ -74,22 +74,23 @@ def choose_epoch(curves: Sequence[np.ndarray], min_requests: int = MIN_REQUESTS)
     c = np.asarray(curves, np.float64)  # (E, R)
     if c.shape[1] < min_requests:
         return Choice(len(c), f"{c.shape[1]} validation requests < {min_requests}: no selection")
-    best = int(np.argmax(_smoothed(c).mean(axis=1)))
-    return Choice(best + 1, "best smoothed epoch")
+    return Choice(_best(_smoothed(c)) + 1, "best smoothed epoch")
+
+
+def _best(smoothed: np.ndarray) -> int:
+    """The epoch (0-based) with the highest smoothed mean."""
+    return int(np.argmax(smoothed.mean(axis=1)))
 
 
 def _last_competitive(c: np.ndarray) -> int:
     """The latest epoch (0-based) at or after the smoothed best whose paired difference to the best is within
     one standard error: while it is recent, the curve may still rise past the best."""
     s = _smoothed(c)
-    best = int(np.argmax(s.mean(axis=1)))
-    last = best
-    for e in range(best + 1, len(c)):
-        d = s[e] - s[best]
-        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-        if d.mean() >= -se:
-            last = e
-    return last
+    best = _best(s)
+    d = s[best + 1:] - s[best]  # (later epochs, R)
+    se = d.std(axis=1, ddof=1) / np.sqrt(d.shape[1]) if d.shape[1] > 1 else 0.0
+    close = np.flatnonzero(d.mean(axis=1) >= -se)
+    return best + 1 + int(close[-1]) if len(close) else best
 
 
 def earliest_choice(curves: Sequence[np.ndarray]) -> int:
@@ -100,7 +101,7 @@ def earliest_choice(curves: Sequence[np.ndarray]) -> int:
     done = len(c) - SMOOTH
     if done <= 0:
         return 1
-    return int(np.argmax(_smoothed(c).mean(axis=1)[:done])) + 1
+    return _best(_smoothed(c)[:done]) + 1
 
 
 def should_stop(curves: Sequence[np.ndarray], patience: int, min_requests: int = MIN_REQUESTS) -> bool:
