@@ -271,6 +271,8 @@ class RequestGroup:
             await asyncio.sleep(0)  # see streamrec/offsets.py: aiokafka's stop() right after start()
             await self.consumer.stop()
             await self.producer.stop()
+            if self.serving.features is not None:  # the asyncio Redis client the feature reads opened, on its loop
+                await self.serving.features.aclose()
 
     async def _hand_over(self, records: Sequence[Any]) -> None:
         """Prepare a batch's answers and send them; its delivery and commit go on in a task."""

@@ -301,6 +301,56 @@ def test_over_kafka_answers_and_malformed_requests_get_errors(env_stack: Setting
     assert status["gc_frozen"] > 100_000, status["gc_frozen"]
 
 
+def test_a_stopped_request_group_closes_the_redis_connections_its_reads_opened(env_stack: Settings,
+                                                                              trained_checkpoint: Path) -> None:
+    """The request group reads features through Feast's asyncio Redis client; when the group stops (the
+    app's shutdown cancels it) those connections are closed on its loop, not left open until the process
+    exits or the collector finds them."""
+    import asyncio
+    import contextlib
+
+    import redis
+
+    from serving.requests import RequestGroup
+    from serving.updates import Serving
+
+    shutil.copytree(trained_checkpoint, env_stack.checkpoint_dir)
+    server = redis.Redis.from_url(env_stack.redis)
+
+    def ask() -> RecommendationResponse:
+        client = RequestClient(env_stack)
+        try:
+            return client.ask(RecommendationRequest(request_id="one", user_id="U000003", k=5))[0]
+        finally:
+            client.close()
+
+    async def main() -> tuple[RecommendationResponse, int, int]:
+        serving, followers = Serving(env_stack), []
+        await serving.start(lambda c: followers.append(asyncio.ensure_future(c)))
+        group = asyncio.ensure_future(RequestGroup(serving).run())
+        try:
+            response = await asyncio.get_running_loop().run_in_executor(None, ask)
+            serving_clients = len(server.client_list())
+            group.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await group
+            await asyncio.sleep(0.2)  # the server drops a closed connection from its list a moment later
+            return response, serving_clients, len(server.client_list())
+        finally:
+            for f in [group, *followers]:
+                f.cancel()
+            await asyncio.gather(group, *followers, return_exceptions=True)
+            assert serving.features is not None
+            serving.features.close()
+
+    try:
+        response, serving_clients, stopped = asyncio.run(main())
+    finally:
+        server.close()
+    assert response.error is None and len(response.items) == 5  # the group read features: the client was used
+    assert stopped < serving_clients, (serving_clients, stopped)
+
+
 def test_a_burst_of_views_moves_a_new_category_into_the_top_10(env_stack: Settings, trained_checkpoint: Path,
                                                                worker_factory: Callable[..., Worker]) -> None:
     """No retraining: the fresh history alone moves the user's embedding."""
