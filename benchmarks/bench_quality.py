@@ -226,10 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                          "choosing it on validation")
     ap.add_argument("--skip-dropout", type=float, default=None,
                     help="dropout on that path in training (TowerConfig.skip_dropout); setting it pins the path")
-    ap.add_argument("--last-events", type=int, default=None,
-                    help="the pooled two-tower reads the newest N events' mean as an input (TowerConfig."
-                         "last_events; 0 = not) instead of trying the newest event on validation: a what-if, its "
-                         "section named <log>-last-eventsN")
+    ap.add_argument("--last-events", type=int, default=0,
+                    help="the pooled two-tower also reads the newest N events' mean as an input (TowerConfig."
+                         "last_events; 0 = not, the default): a what-if, its section named <log>-last-eventsN")
     ap.add_argument("--no-als", action="store_true", help="leave ALS out")
     ap.add_argument("--no-sequence", action="store_true",
                     help="leave out the sequence user tower, shown beside the default (pooled) one")
@@ -240,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.epochs < 1 or args.history < 1:
         ap.error("--epochs and --history must be at least 1")
-    if args.last_events is not None and not 0 <= args.last_events <= args.history:
+    if not 0 <= args.last_events <= args.history:
         ap.error("--last-events must be between 0 and --history")
     if (args.skip is not None and args.skip < 0) or (args.skip_dropout is not None and not 0 <= args.skip_dropout < 1):
         ap.error("--skip must be at least 0 and --skip-dropout in [0, 1)")
@@ -250,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.train import path_options
 
     tower = path_options(args.skip, args.skip_dropout)
-    if args.last_events is not None:
+    if args.last_events:
         tower["last_events"] = args.last_events
     with err.status("quality benchmark…") as status:
         r = run(data, splits, epochs=args.epochs, seed=args.seed, als=not args.no_als, history=args.history,

@@ -48,12 +48,10 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "start keeps the current model's."),
         click.option("--skip-dropout", default=None, type=click.FloatRange(0, 1, max_open=True),
                      help="Dropout on that path in training (setting it pins the path: nothing is chosen)."),
-        click.option("--last-events", default=None, type=click.IntRange(0, 50),
+        click.option("--last-events", default=0, show_default=True, type=click.IntRange(0, 50),
                      help="The pooled user tower also reads the mean of the newest N events as an input of its "
                           "own (0 = not): next-event quality on session-like logs, at some cost to long-horizon "
-                          "picks (TowerConfig.last_events). Unset: the newest event is tried on the chosen path "
-                          "and kept if validation scores it higher (models/train.py LAST_EVENTS_CHOICE). A warm "
-                          "start keeps the current model's."),
+                          "picks (TowerConfig.last_events). A warm start keeps the current model's."),
         click.option("--temperature", default=0.05, show_default=True,
                      type=click.FloatRange(0, 10, min_open=True), help="Softmax temperature on cosine scores."),
         click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
@@ -72,13 +70,12 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _model(dim: int, temperature: float, user_tower: str, skip: float | None, skip_dropout: float | None,
-           last_events: int | None) -> dict[str, Any]:
-    """TowerConfig options from the shared flags; an unset one is left out (chosen on validation where
-    :func:`models.train.fit_tuned` chooses it, else TowerConfig's default)."""
+           last_events: int) -> dict[str, Any]:
+    """TowerConfig options from the shared flags; an unset one keeps TowerConfig's default."""
     from .train import path_options
 
-    return {"dim": dim, "temperature": temperature, "user_tower": user_tower, **path_options(skip, skip_dropout),
-            **({} if last_events is None else {"last_events": last_events})}
+    return {"dim": dim, "temperature": temperature, "user_tower": user_tower, "last_events": last_events,
+            **path_options(skip, skip_dropout)}
 
 
 def _progress(console: Console) -> Progress:
@@ -121,7 +118,7 @@ def _plot(history: list[dict[str, float]], baselines: dict[str, dict[str, float]
 @click.option("--no-plot", is_flag=True, help="Do not draw the PNG.")
 @click.option("--no-promote", is_flag=True, help="Save the checkpoint but leave LATEST as it is.")
 def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, skip: float | None,
-          skip_dropout: float | None, last_events: int | None, temperature: float, seed: int, targets: str,
+          skip_dropout: float | None, last_events: int, temperature: float, seed: int, targets: str,
           device: str | None, data_dir: Path | None, out: Path | None, plot: Path | None, no_plot: bool,
           no_promote: bool) -> None:
     """Train the two-tower model on the generated data and compare it with baselines.
@@ -191,7 +188,7 @@ def train(epochs: int, batch_size: int, lr: float, dim: int, user_tower: str, sk
 def trainer(every: str | None, after_events: int | None, once: bool, max_runs: int | None, tolerance: float,
             epochs: int, cold_start: bool, topic: str | None, no_publish: bool, threads: int | None, niceness: int,
             batch_size: int, lr: float, dim: int, user_tower: str, skip: float | None, skip_dropout: float | None,
-            last_events: int | None, temperature: float, seed: int, targets: str,
+            last_events: int, temperature: float, seed: int, targets: str,
             device: str | None, data_dir: Path | None, out: Path | None) -> None:
     """Retrain periodically on the base data plus new events from Kafka; promote if not worse.
 

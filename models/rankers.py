@@ -22,7 +22,7 @@ from .data import Encoded, Events, Prepared, RawData, Split, TrainError, encode
 from .evaluation import EvalSet, Scorer, eval_set, model_scorer
 from .features import FeatureSchema
 from .towers import UserBatch
-from .train import CHOSEN_KEYS, TrainConfig, fit, fit_tuned, new_model
+from .train import PATH_KEYS, TrainConfig, fit, fit_tuned, new_model
 
 __all__ = ["Fold", "Context", "context", "Ranker", "Random", "Popularity", "Oracle", "EASE", "ALS",
            "TwoTowerRanker"]
@@ -286,8 +286,7 @@ class ALS(Ranker):
 class TwoTowerRanker(Ranker):
     """The project's model, trained by :func:`models.train.fit` on the fold's first-time positives (every
     positive with ``targets="all"``); given validation requests, training chooses its epoch count (early
-    stopping), its linear path and its newest-event input (:func:`models.train.fit_tuned`), and the refit
-    trains those."""
+    stopping) and its linear path (:func:`models.train.fit_tuned`), and the refit trains those."""
 
     name = "two-tower"
 
@@ -308,9 +307,9 @@ class TwoTowerRanker(Ranker):
             self.params |= {"epochs": self.result.best_epoch, **tuned.options}
             self.selection = self.result.selection
             return
-        chosen = {k: params[k] for k in CHOSEN_KEYS if k in params}  # a refit: as chosen
+        path = {k: params[k] for k in PATH_KEYS if k in params}  # a refit: as chosen
         torch.manual_seed(cfg.seed)  # before the model exists: its initial weights are part of the run
-        self.model = new_model(ctx.enc.schema, ctx.enc, **{**self.model_options, **chosen})
+        self.model = new_model(ctx.enc.schema, ctx.enc, **{**self.model_options, **path})
         self.result = fit(self.model, p, cfg, self.progress)
 
     def scorer(self, ctx: Context, es: EvalSet, history_rows: np.ndarray | None = None,

@@ -46,8 +46,8 @@ from .selection import (
 from .towers import TowerConfig, TwoTower
 
 __all__ = ["TrainConfig", "SEQUENCE_TRAINING", "RowAdam", "retain_freed_memory", "FitResult", "pick_device",
-           "new_model", "grow_state", "fit", "PATH_GRID", "PATH_KEYS", "LAST_EVENTS_CHOICE", "CHOSEN_KEYS",
-           "path_options", "path_grid", "tries_last_events", "Tuned", "fit_tuned"]
+           "new_model", "grow_state", "fit", "PATH_GRID", "PATH_KEYS", "path_options", "path_grid", "Tuned",
+           "fit_tuned"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class FitResult:
     selection: str = ""  # why: models.selection's reason, or why nothing was chosen
     seconds: float = 0.0
     val_figure: np.ndarray | None = None  # each validation request's figure at the chosen epoch (selecting)
-    path_tried: list[dict[str, Any]] = field(default_factory=list)  # fit_tuned: each run it chose among
+    path_tried: list[dict[str, Any]] = field(default_factory=list)  # fit_tuned: each PATH_GRID entry's run
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -316,13 +316,6 @@ def fit(model: TwoTower, p: Prepared, cfg: TrainConfig, progress: Progress | Non
 # whose items are known by their content more than by their few events: the synthetic generator).
 PATH_GRID: tuple[dict[str, float], ...] = ({}, {"skip_dropout": 0.0}, {"skip": 0.0})
 PATH_KEYS = ("skip", "skip_dropout")
-# The newest event as an input of its own (TowerConfig.last_events), tried once more on the chosen path and
-# kept when validation scores it higher. It helps next-event quality on logs with sessions and costs where a
-# request is scored on weeks of picks, and which one a log is, validation says: on the four splits measured
-# with and without it, the higher validation figure was the higher test figure each time (ml-100k and
-# synthetic-dynamics, both splits; BENCHMARKS.md "The newest event as an input of its own").
-LAST_EVENTS_CHOICE = 1
-CHOSEN_KEYS = (*PATH_KEYS, "last_events")  # what fit_tuned may choose: a refit trains these as chosen
 
 
 def path_options(skip: float | None, skip_dropout: float | None) -> dict[str, float]:
@@ -336,77 +329,54 @@ def path_grid(options: dict[str, Any]) -> list[dict[str, float]]:
     return [{}] if any(k in options for k in PATH_KEYS) else [dict(v) for v in PATH_GRID]
 
 
-def tries_last_events(options: dict[str, Any]) -> bool:
-    """Whether :func:`fit_tuned` also tries :data:`LAST_EVENTS_CHOICE`: the pooled tower, ``last_events`` unset
-    (``--last-events`` given pins it, 0 included)."""
-    return "last_events" not in options and options.get("user_tower", "pooled") == "pooled"
-
-
-def _path_name(variant: dict[str, Any]) -> str:
-    path = {k: v for k, v in variant.items() if k in PATH_KEYS}
-    name = ("linear path (default)" if not path else "no linear path" if path.get("skip") == 0
-            else ", ".join(f"{k} {v:g}" for k, v in path.items()))
-    n = variant.get("last_events", 0)
-    return name + (f" + the newest {n} event{'s' * (n > 1)} as an input" if n else "")
+def _path_name(variant: dict[str, float]) -> str:
+    if not variant:
+        return "linear path (default)"
+    return "no linear path" if variant.get("skip") == 0 else ", ".join(f"{k} {v:g}" for k, v in variant.items())
 
 
 @dataclass
 class Tuned:
     model: TwoTower
-    result: FitResult  # path_tried: each run's options, epochs, seconds, validation figure, gain and its
-    # standard error (a path: over the default; the newest-event run: over the path it was tried on);
-    # seconds: their sum
-    options: dict[str, float]  # what was chosen ({} = the defaults): CHOSEN_KEYS entries
+    result: FitResult  # path_tried: each entry's epochs, seconds, validation figure, gain over the default
+    # and its standard error; seconds: their sum
+    options: dict[str, float]  # the PATH_GRID entry chosen ({} = the default)
 
 
 def fit_tuned(p: Prepared, cfg: TrainConfig, options: dict[str, Any], progress: Progress | None = None,
               val: EvalSet | None = None) -> Tuned:
-    """A new model trained by :func:`fit`, its linear path and newest-event input chosen on ``val``: each
-    :func:`path_grid` entry is trained with its own epoch selection, and
-    :func:`~models.selection.choose_variant` keeps the one with the highest mean validation figure at its
-    chosen epoch; then (:func:`tries_last_events`) that path once more with :data:`LAST_EVENTS_CHOICE`, kept
-    when it scores higher still.
+    """A new model trained by :func:`fit`, its linear path chosen on ``val``: each :func:`path_grid` entry is
+    trained with its own epoch selection, and :func:`~models.selection.choose_variant` keeps the one with
+    the highest mean validation figure at its chosen epoch.
 
     Below :data:`~models.selection.MIN_REQUESTS` validation requests (or without them, or with
     ``cfg.epochs`` 0) nothing is chosen: the default is trained alone, as :func:`fit` trains the default
     schedule there.
     """
-    choosing = val is not None and len(val.rows) >= MIN_REQUESTS and cfg.epochs >= 1  # epochs 0: untrained
-    grid = path_grid(options) if choosing else path_grid(options)[:1]
-    stages = len(grid) + (choosing and tries_last_events(options))
-
-    def train(variant: dict[str, float]) -> Tuned:
+    grid = path_grid(options)
+    if val is None or len(val.rows) < MIN_REQUESTS or cfg.epochs < 1:  # nothing to choose (epochs 0: untrained)
+        grid = grid[:1]
+    runs: list[Tuned] = []
+    for variant in grid:
         torch.manual_seed(cfg.seed)  # before the model exists: its initial weights are part of the run
         model = new_model(p.enc.schema, p.enc, **{**options, **variant})
-        label = f" ({_path_name(variant)})" if stages > 1 else ""
-        return Tuned(model, fit(model, p, cfg, progress, val=val, label=label), variant)
-
-    def row(r: Tuned) -> dict[str, Any]:
-        return {**r.options, "epochs": r.result.best_epoch, "seconds": r.result.seconds,
-                "val_figure": None if r.result.val_figure is None else float(r.result.val_figure.mean())}
-
-    runs = [train(variant) for variant in grid]
-    tried = [row(r) for r in runs]
+        label = f" ({_path_name(variant)})" if len(grid) > 1 else ""
+        runs.append(Tuned(model, fit(model, p, cfg, progress, val=val, label=label), variant))
+    tried = [{**r.options, "epochs": r.result.best_epoch, "seconds": r.result.seconds,
+              "val_figure": None if r.result.val_figure is None else float(r.result.val_figure.mean())}
+             for r in runs]
     keep = 0
     if len(runs) > 1:  # every run selected its epoch on val (>= MIN_REQUESTS, epochs >= 1): each has a figure
         keep, gains = choose_variant([r.result.val_figure for r in runs])  # type: ignore[misc]
         for t, (gain, se) in zip(tried, gains, strict=True):
             t |= {"gain": gain, "se": se}
-    lines = [f"{_path_name(t)}: {t['val_figure']:.4f} at {t['epochs']} epochs"
-             + (f", {t['gain']:+.4f} ± {t['se']:.4f} over the default" if i else "")
-             for i, t in enumerate(tried)] if stages > 1 else []
-    if stages > len(grid):
-        on = runs[keep]
-        runs.append(train({**on.options, "last_events": LAST_EVENTS_CHOICE}))
-        better, gains = choose_variant([on.result.val_figure, runs[-1].result.val_figure])  # type: ignore[list-item]
-        gain, se = gains[1]
-        tried.append(row(runs[-1]) | {"gain": gain, "se": se})
-        lines.append(f"{_path_name(tried[-1])}: {tried[-1]['val_figure']:.4f} at {tried[-1]['epochs']} epochs, "
-                     f"{gain:+.4f} ± {se:.4f} over that path")
-        keep = len(runs) - 1 if better else keep
     chosen = runs[keep]
     chosen.result.path_tried = tried
     chosen.result.seconds = sum(t["seconds"] for t in tried)  # what choosing cost: every run, not the kept one
-    if lines:
-        chosen.result.selection += f"; {_path_name(chosen.options)} chosen on validation ({'; '.join(lines)})"
+    if len(grid) > 1:
+        figures = "; ".join(f"{_path_name({k: v for k, v in t.items() if k in PATH_KEYS})}: "
+                            f"{t['val_figure']:.4f} at {t['epochs']} epochs"
+                            + (f", {t['gain']:+.4f} ± {t['se']:.4f} over the default" if i else "")
+                            for i, t in enumerate(tried))
+        chosen.result.selection += f"; {_path_name(chosen.options)} chosen on validation ({figures})"
     return chosen

@@ -164,13 +164,12 @@ def test_the_served_checkpoint_ranks_exactly_as_the_benchmark_scored_it(ctx, tmp
     assert agree >= 0.98  # float32 serving vs the benchmark's scores: at most a near-tie swaps
 
 
-@pytest.mark.parametrize("path, expect", [({"skip": 0.0}, (0.0, 0.2, 0)), ({"skip_dropout": 0.0}, (1.0, 0.0, 0)),
-                                          ({}, (1.0, 0.2, 0)), ({"skip": 0.0, "last_events": 1}, (0.0, 0.2, 1))])
+@pytest.mark.parametrize("path, expect", [({"skip": 0.0}, (0.0, 0.2)), ({"skip_dropout": 0.0}, (1.0, 0.0)),
+                                          ({}, (1.0, 0.2))])
 def test_the_refit_trains_the_linear_path_that_tuning_chose(ctx, path, expect) -> None:  # noqa: ANN001
-    """...and the newest-event input: every key fit_tuned may choose reaches the refit's model."""
     ranker = TwoTowerRanker(TrainConfig(epochs=1, batch_size=64, lr=3e-3), SMALL)
     ranker.fit(ctx, leave_last_out(ctx).test, {"epochs": 1, **path})
-    assert (ranker.model.cfg.skip, ranker.model.cfg.skip_dropout, ranker.model.cfg.last_events) == expect
+    assert (ranker.model.cfg.skip, ranker.model.cfg.skip_dropout) == expect
 
 
 def test_a_stale_history_ends_at_the_users_first_event_of_the_day(ctx) -> None:  # noqa: ANN001

@@ -146,31 +146,25 @@ def test_the_model_holds_the_weights_of_the_epoch_selection_chose(trained: Repor
 
 
 def test_the_linear_path_is_the_one_that_scored_best_on_validation(trained: Report) -> None:
-    """With >= MIN_REQUESTS validation users every PATH_GRID entry is trained, then the best of them once more
-    with the newest event as an input; the model returned is the one choose_variant keeps at each stage: its
-    config says so, and its validation figure, recomputed, is that one's."""
+    """With >= MIN_REQUESTS validation users every PATH_GRID entry is trained, and the model returned is the
+    one choose_variant keeps: its config says so, and its validation figure, recomputed, is that one's."""
     from models.evaluation import eval_set, evaluate, model_scorer
     from models.metrics import per_row_metrics
     from models.selection import selection_figure, selection_ks
     from models.towers import TowerConfig
-    from models.train import CHOSEN_KEYS, LAST_EVENTS_CHOICE, PATH_GRID
+    from models.train import PATH_GRID, PATH_KEYS
 
     result, p = trained.fit, trained.prepared
     tried = result.path_tried
-    paths, last = tried[:len(PATH_GRID)], tried[len(PATH_GRID):]
-    assert [{k: v for k, v in t.items() if k in CHOSEN_KEYS} for t in paths] == list(PATH_GRID)
-    assert len({round(t["val_figure"], 6) for t in tried}) == len(tried)  # four models, not one four times
+    assert [{k: v for k, v in t.items() if k in PATH_KEYS} for t in tried] == list(PATH_GRID)
+    assert len({round(t["val_figure"], 6) for t in tried}) == len(tried)  # three models, not one thrice
     json.dumps(tried, allow_nan=False)  # checkpoints' meta.json holds it
-    assert paths[0]["gain"] == 0 and all(t["gain"] == pytest.approx(t["val_figure"] - paths[0]["val_figure"])
-                                         for t in paths)
-    on = max(paths, key=lambda t: t["val_figure"])  # the path the newest event was tried on, and its gain over it
-    assert len(last) == 1 and {k: v for k, v in last[0].items() if k in CHOSEN_KEYS} == {
-        **{k: on[k] for k in on if k in CHOSEN_KEYS}, "last_events": LAST_EVENTS_CHOICE}
-    assert last[0]["gain"] == pytest.approx(last[0]["val_figure"] - on["val_figure"])
     best = max(tried, key=lambda t: t["val_figure"])
-    defaults = {k: TowerConfig.__dataclass_fields__[k].default for k in CHOSEN_KEYS}
-    assert {k: getattr(result.model.cfg, k) for k in CHOSEN_KEYS} == {**defaults, **{k: best[k] for k in best
-                                                                                     if k in CHOSEN_KEYS}}
+    assert tried[0]["gain"] == 0 and all(t["gain"] == pytest.approx(t["val_figure"] - tried[0]["val_figure"])
+                                         for t in tried)
+    defaults = {k: TowerConfig.__dataclass_fields__[k].default for k in PATH_KEYS}
+    assert {k: getattr(result.model.cfg, k) for k in PATH_KEYS} == {**defaults, **{k: best[k] for k in best
+                                                                                   if k in PATH_KEYS}}
     assert result.best_epoch == best["epochs"]
     assert result.seconds == pytest.approx(sum(t["seconds"] for t in tried))  # training time: every run
     es = eval_set(p.enc, p.split.val)
@@ -187,10 +181,6 @@ def test_below_min_requests_or_pinned_the_path_is_not_chosen(tiny) -> None:  # n
 
     assert path_grid({"dim": 8}) == list(PATH_GRID) and PATH_GRID[0] == {}  # the default comes first
     assert path_grid({"skip": 0.0}) == [{}] and path_grid({"skip_dropout": 0.1}) == [{}]  # as given
-    from models.train import tries_last_events
-
-    assert tries_last_events({}) and tries_last_events({"skip": 0.0})  # pinning the path leaves this choice
-    assert not tries_last_events({"last_events": 0}) and not tries_last_events({"user_tower": "sequence"})
     from models.data import prepare
     from models.evaluation import eval_set
     from models.train import fit_tuned
