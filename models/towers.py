@@ -71,15 +71,11 @@ class TowerConfig:
     # PATH_GRID). Checkpoints without the keys have no path (0, 0).
     skip: float = 1.0
     skip_dropout: float = 0.2
-    # The pooled tower's MLP also reads the plain mean of the newest ``last_events`` events (0 = not). Its
-    # attention pool, queried by the profile, barely followed recency: on the generator's sessions
-    # (`generate --dynamics`) the served model's freshness lift was +0.005 Recall@10 [-0.004, +0.014] and
-    # emptying the history cost it nothing; with the newest event as an input, +0.039 [+0.025, +0.052] (bench
-    # quality, 2026-12-08), but its temporal-split NDCG@10 (weeks of picks from the history at the cut) fell
-    # 0.180 -> 0.171; ml-100k leave-last-out 0.112 -> 0.116, temporal 0.181 -> 0.172 (98 requests). Next-event
-    # gains, a long-horizon cost; leave-last-out fell on ml-latest-small 0.064 -> 0.051 and lastfm-2k 0.028 ->
-    # 0.024: off by default (issue 27). The sequence tower ignores it (its causal attention reads recency
-    # with a learned bias per distance).
+    # The pooled tower's MLP also reads the plain mean of the newest ``last_events`` events (0 = not): its
+    # profile-queried attention pool barely followed recency. The input helps next-event requests and costs
+    # long-horizon ones, and chosen on validation its picks were within the noise, so it is off by default
+    # (figures: docs/MODEL.md, "The newest events as an input of their own"; issue 27). The sequence tower
+    # ignores it (its causal attention reads recency with a learned bias per distance).
     last_events: int = 0
 
 
